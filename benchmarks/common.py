@@ -1,0 +1,139 @@
+"""Shared benchmark tools: GB-scale checkpoints made at run time, and timed child processes.
+
+Peak RSS is read from the child's own rusage (``os.wait4``), so no external tool is needed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+VENV_BIN = Path(sys.executable).parent
+BIGMODEL = str(VENV_BIN / "bigmodel")
+
+# Realistic SD-1.5 UNet shapes (fp32), repeated until the target size is reached.
+UNET_SHAPES: list[tuple[str, tuple[int, ...]]] = [
+    ("conv_in.weight", (320, 4, 3, 3)),
+    ("time_embedding.linear_1.weight", (1280, 320)),
+    ("time_embedding.linear_2.weight", (1280, 1280)),
+    ("down_blocks.{i}.resnets.0.conv1.weight", (640, 640, 3, 3)),
+    ("down_blocks.{i}.resnets.0.conv2.weight", (640, 640, 3, 3)),
+    ("down_blocks.{i}.resnets.0.time_emb_proj.weight", (640, 1280)),
+    ("down_blocks.{i}.attentions.0.proj_in.weight", (640, 640)),
+    ("down_blocks.{i}.attentions.0.transformer_blocks.0.attn1.to_q.weight", (640, 640)),
+    ("down_blocks.{i}.attentions.0.transformer_blocks.0.attn2.to_k.weight", (640, 768)),
+    ("down_blocks.{i}.attentions.0.transformer_blocks.0.ff.net.0.proj.weight", (5120, 640)),
+    ("down_blocks.{i}.attentions.0.transformer_blocks.0.ff.net.2.weight", (640, 2560)),
+    ("down_blocks.{i}.attentions.0.norm.bias", (640,)),
+    ("mid_block.resnets.{i}.conv1.weight", (1280, 1280, 3, 3)),
+    ("up_blocks.{i}.resnets.0.conv1.weight", (1280, 2560, 3, 3)),
+    ("up_blocks.{i}.resnets.0.conv2.weight", (1280, 1280, 3, 3)),
+    ("up_blocks.{i}.attentions.0.transformer_blocks.0.ff.net.0.proj.weight", (10240, 1280)),
+]
+
+
+def unet_like_entries(total_bytes: int) -> list[tuple[str, tuple[int, ...]]]:
+    """Tensor names and shapes (fp32) whose bytes add up to about ``total_bytes``."""
+    entries: list[tuple[str, tuple[int, ...]]] = []
+    size = 0
+    i = 0
+    while size < total_bytes:
+        for pattern, shape in UNET_SHAPES:
+            name = pattern.format(i=i)
+            if name in dict(entries):
+                continue
+            entries.append((name, shape))
+            n = 4
+            for d in shape:
+                n *= d
+            size += n
+            if size >= total_bytes:
+                break
+        i += 1
+    return entries
+
+
+def write_safetensors(
+    path: Path, entries: list[tuple[str, tuple[int, ...]]], dtype: str = "F32"
+) -> int:
+    """A valid safetensors file of random bytes in ``entries``' shapes; returns its size."""
+    width = {"F32": 4, "F16": 2, "BF16": 2}[dtype]
+    header: dict[str, object] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name, shape in entries:
+        n = width
+        for d in shape:
+            n *= d
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    chunk = os.urandom(16 << 20)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)) + raw)
+        left = offset
+        while left:
+            step = min(left, len(chunk))
+            f.write(chunk[:step])
+            left -= step
+    return 8 + len(raw) + offset
+
+
+@contextmanager
+def temp_dir(prefix: str = "bigmodel-bench-") -> Iterator[Path]:
+    """A scratch folder on the same disk as the repo's temp space, removed afterwards."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class Measured:
+    seconds: float
+    peak_rss: int  # bytes
+    returncode: int
+
+
+def measure(cmd: list[str], env: dict[str, str] | None = None) -> Measured:
+    """Run ``cmd``, wall time and the child's peak RSS (from rusage)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env or os.environ.copy()
+    )
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+        raise SystemExit(f"benchmark command failed ({code}): {' '.join(cmd)}\n{err}")
+    return Measured(seconds, usage.ru_maxrss * 1024, code)
+
+
+def warm_cache(path: Path) -> None:
+    """Read a file (or every file under a folder) once so the page cache holds it."""
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    for f in files:
+        with open(f, "rb") as fh:
+            while fh.read(64 << 20):
+                pass
+
+
+def row(label: str, m: Measured, baseline: Measured | None = None) -> str:
+    ratio = f"{m.seconds / baseline.seconds:5.2f}x" if baseline else "    -"
+    return f"| {label:<44} | {m.seconds:8.2f} s | {ratio} | {m.peak_rss / 1e6:9.1f} MB |"
+
+
+def table_header(title: str) -> str:
+    return f"\n### {title}\n\n| command | time | vs baseline | peak RSS |\n|---|---:|---:|---:|"

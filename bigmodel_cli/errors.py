@@ -1,0 +1,40 @@
+"""The one exception type of the project: a reason, the file it concerns, an exit status."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+EXIT_OK = 0
+EXIT_BUG = 1
+EXIT_BAD_INPUT = 2
+EXIT_NO_FIT = 3
+EXIT_INTERRUPTED = 130
+
+
+class BigmodelError(Exception):
+    """Bad input or a refused operation. The CLI prints ``str(error)`` as one line."""
+
+    exit_code = EXIT_BAD_INPUT
+
+    def __init__(
+        self, reason: str, path: str | Path | None = None, tensor: str | None = None
+    ) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.path = None if path is None else str(path)
+        self.tensor = tensor
+
+    def __str__(self) -> str:
+        where = f"{self.path}: " if self.path else ""
+        what = f"tensor {self.tensor!r}: " if self.tensor is not None else ""
+        return " ".join(f"{where}{what}{self.reason}".split())
+
+
+class UsageError(BigmodelError):
+    """A flag value that cannot be understood (``--max-shard-size 5XB``)."""
+
+
+class FitError(BigmodelError):
+    """``--require-fit`` was given and the plan does not fit."""
+
+    exit_code = EXIT_NO_FIT

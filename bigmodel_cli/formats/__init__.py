@@ -1,0 +1,1 @@
+"""On-disk formats: safetensors headers, Hugging Face index JSON, legacy pickle checkpoints."""

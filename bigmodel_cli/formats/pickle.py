@@ -1,0 +1,110 @@
+"""Legacy PyTorch pickle checkpoints (``.bin``, ``.pt``, ``.pth``), read safely.
+
+Only ever ``torch.load(weights_only=True, mmap=True)``: the restricted unpickler
+refuses any pickle that would import or call arbitrary code, and memory-mapping keeps
+the tensor data on disk until it is touched.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bigmodel_cli.errors import BigmodelError
+from bigmodel_cli.formats.safetensors import TensorInfo
+
+if TYPE_CHECKING:
+    import torch
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
+_NESTED_KEYS = ("state_dict", "model", "module")
+
+
+def torch_dtype_code(dtype: torch.dtype) -> str:
+    """The safetensors dtype code of a torch dtype (``torch.float16`` -> ``F16``)."""
+    import torch
+
+    table = {
+        torch.bool: "BOOL",
+        torch.uint8: "U8",
+        torch.int8: "I8",
+        torch.int16: "I16",
+        torch.int32: "I32",
+        torch.int64: "I64",
+        torch.float16: "F16",
+        torch.bfloat16: "BF16",
+        torch.float32: "F32",
+        torch.float64: "F64",
+        torch.complex64: "C64",
+    }
+    for name, code in (
+        ("uint16", "U16"),
+        ("uint32", "U32"),
+        ("uint64", "U64"),
+        ("float8_e4m3fn", "F8_E4M3"),
+        ("float8_e5m2", "F8_E5M2"),
+        ("float8_e4m3fnuz", "F8_E4M3FNUZ"),
+        ("float8_e5m2fnuz", "F8_E5M2FNUZ"),
+        ("float8_e8m0fnu", "F8_E8M0"),
+        ("float4_e2m1fn_x2", "F4"),
+    ):
+        if hasattr(torch, name):
+            table[getattr(torch, name)] = code
+    if dtype not in table:
+        raise KeyError(str(dtype))
+    return table[dtype]
+
+
+def load_state_dict(path: Path) -> dict[str, Any]:
+    """The tensors of a pickle checkpoint, memory-mapped; never runs code from the file."""
+    import pickle
+
+    import torch
+
+    try:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc):
+                raise
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()
+        detail = next((line for line in first if "Unsupported" in line), first[0] if first else "")
+        raise BigmodelError(
+            f"refused to unpickle: not a plain tensor checkpoint ({detail.strip()[:200]})", path
+        ) from None
+    except (RuntimeError, OSError, EOFError, ValueError, KeyError, AttributeError) as exc:
+        raise BigmodelError(
+            f"cannot read pickle checkpoint ({str(exc).splitlines()[0][:200]})", path
+        ) from None
+    return _flatten(obj, path)
+
+
+def _flatten(obj: Any, path: Path) -> dict[str, Any]:
+    import torch
+
+    if isinstance(obj, dict) and len(obj) == 1:
+        ((key, inner),) = obj.items()
+        if key in _NESTED_KEYS and isinstance(inner, dict):
+            obj = inner
+    if not isinstance(obj, dict):
+        raise BigmodelError("pickle checkpoint is not a dict of tensors", path)
+    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not tensors or not all(isinstance(k, str) for k in tensors):
+        raise BigmodelError("pickle checkpoint holds no named tensors", path)
+    return tensors
+
+
+def read_pickle_tensors(path: Path) -> list[TensorInfo]:
+    """Tensor records of a pickle file (no byte ranges: ``start == end == -1``)."""
+    records = []
+    for name, tensor in load_state_dict(path).items():
+        try:
+            code = torch_dtype_code(tensor.dtype)
+        except KeyError:
+            raise BigmodelError(
+                f"dtype {tensor.dtype} has no safetensors equivalent", path, name
+            ) from None
+        records.append(TensorInfo(name, code, tuple(tensor.shape), path, -1, -1))
+    return records

@@ -1,0 +1,36 @@
+"""Output for people (rich tables on stdout) and machines (one JSON document on stdout).
+
+Warnings and progress go to stderr so that ``--json`` output stays parseable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+from rich.console import Console
+
+
+def stdout() -> Console:
+    return Console(no_color="NO_COLOR" in os.environ or None, highlight=False)
+
+
+def stderr() -> Console:
+    return Console(stderr=True, no_color="NO_COLOR" in os.environ or None, highlight=False)
+
+
+def print_json(doc: Any) -> None:
+    """One JSON document on stdout, nothing else."""
+    sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+    sys.stdout.flush()
+
+
+def bar(used: int, capacity: int, width: int = 20) -> str:
+    """``[#########-----------] 45%`` for a device's fill."""
+    if capacity <= 0:
+        return "[" + "-" * width + "]   n/a"
+    ratio = used / capacity
+    filled = min(width, round(ratio * width))
+    return "[" + "#" * filled + "-" * (width - filled) + f"] {ratio:4.0%}"

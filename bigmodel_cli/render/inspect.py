@@ -1,0 +1,134 @@
+"""``bigmodel inspect`` output."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+
+from bigmodel_cli.checkpoint import Checkpoint
+from bigmodel_cli.render import print_json, stdout
+from bigmodel_cli.sizes import DTYPES, format_size
+from bigmodel_cli.summary import CheckpointSummary, ComponentSummary
+
+TOP_BLOCKS = 12
+
+
+def _component_doc(c: ComponentSummary) -> dict[str, Any]:
+    return {
+        "layout": c.layout,
+        "library": list(c.library) if c.library else None,
+        "files": list(c.files),
+        "file_bytes": c.file_bytes,
+        "tensors": c.tensors,
+        "parameters": c.parameters,
+        "bytes": c.bytes,
+        "bytes_at_dtype": c.bytes_at_dtype,
+        "dtypes": c.dtypes,
+        "largest_tensor": {"name": c.largest_tensor[0], "bytes": c.largest_tensor[1]},
+        "blocks": c.blocks,
+    }
+
+
+def inspect_doc(
+    s: CheckpointSummary, ckpt: Checkpoint | None = None, tensors: bool = False
+) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "source": s.source,
+        "kind": s.kind,
+        "dtype": s.dtype,
+        "components": {c.name: _component_doc(c) for c in s.components},
+        "skipped": list(s.skipped),
+        "total": {
+            "tensors": s.total("tensors"),
+            "parameters": s.total("parameters"),
+            "bytes": s.total("bytes"),
+            "bytes_at_dtype": s.total("bytes_at_dtype"),
+        },
+    }
+    if tensors and ckpt is not None:
+        for comp in ckpt.components:
+            doc["components"][comp.name]["tensor_list"] = [
+                {
+                    "name": t.name,
+                    "dtype": DTYPES[t.dtype].name,
+                    "shape": list(t.shape),
+                    "bytes": t.nbytes,
+                    "file": t.file.name,
+                }
+                for t in comp.tensors
+            ]
+    return doc
+
+
+def render_inspect(s: CheckpointSummary, ckpt: Checkpoint, as_json: bool, tensors: bool) -> None:
+    if as_json:
+        print_json(inspect_doc(s, ckpt, tensors))
+        return
+    console = stdout()
+    at = f"at {s.dtype}" if s.dtype else "at --dtype"
+    table = Table(title=f"{s.source} ({s.kind})", title_justify="left")
+    for col in (
+        "component",
+        "layout",
+        "files",
+        "tensors",
+        "parameters",
+        "dtypes",
+        "bytes",
+        at,
+        "largest tensor",
+    ):
+        table.add_column(
+            col,
+            justify="right" if col in ("files", "tensors", "parameters", "bytes", at) else "left",
+        )
+    for c in s.components:
+        mix = ", ".join(f"{k} {v / max(c.parameters, 1):.0%}" for k, v in c.dtypes.items())
+        table.add_row(
+            c.name,
+            c.layout,
+            str(len(c.files)),
+            f"{c.tensors:,}",
+            f"{c.parameters:,}",
+            mix,
+            format_size(c.bytes),
+            format_size(c.bytes_at_dtype) if s.dtype else "-",
+            f"{c.largest_tensor[0]} ({format_size(c.largest_tensor[1])})",
+        )
+    if len(s.components) > 1:
+        table.add_row(
+            "total",
+            "",
+            str(sum(len(c.files) for c in s.components)),
+            f"{s.total('tensors'):,}",
+            f"{s.total('parameters'):,}",
+            "",
+            format_size(s.total("bytes")),
+            format_size(s.total("bytes_at_dtype")) if s.dtype else "-",
+            "",
+            style="bold",
+        )
+    console.print(table)
+    for c in s.components:
+        blocks = sorted(c.blocks.items(), key=lambda kv: -kv[1])
+        shown = ", ".join(f"{name} {format_size(size)}" for name, size in blocks[:TOP_BLOCKS])
+        more = f" (+{len(blocks) - TOP_BLOCKS} more)" if len(blocks) > TOP_BLOCKS else ""
+        console.print(f"[bold]{c.name}[/] blocks: {shown}{more}")
+    if s.skipped:
+        console.print(f"skipped (no weights): {', '.join(s.skipped)}")
+    if tensors:
+        _render_tensors(ckpt)
+
+
+def _render_tensors(ckpt: Checkpoint) -> None:
+    console = stdout()
+    for comp in ckpt.components:
+        table = Table(title=f"{comp.name} tensors", title_justify="left")
+        for col in ("name", "dtype", "shape", "bytes", "file"):
+            table.add_column(col, justify="right" if col == "bytes" else "left")
+        for t in comp.tensors:
+            table.add_row(
+                t.name, DTYPES[t.dtype].name, str(list(t.shape)), format_size(t.nbytes), t.file.name
+            )
+        console.print(table)

@@ -1,0 +1,123 @@
+"""Byte sizes (``5GB``, ``1.5GiB``) and tensor dtypes (names, bit widths)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+
+from bigmodel_cli.errors import UsageError
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str, flag: str = "size") -> int:
+    """``"5GB"`` -> 5_000_000_000; ``"1.5GiB"`` -> 1_610_612_736; ``"123"`` -> 123 bytes."""
+    match = _SIZE.match(str(text))
+    unit = match.group(2).lower() if match else ""
+    if not match or unit not in _UNITS:
+        raise UsageError(
+            f"invalid {flag} {text!r}: expected bytes or a number with a unit "
+            "(KB MB GB TB, KiB MiB GiB TiB), e.g. 5GB"
+        )
+    try:
+        value = Decimal(match.group(1)) * _UNITS[unit]
+    except InvalidOperation as exc:  # pragma: no cover - the regex admits only numbers
+        raise UsageError(f"invalid {flag} {text!r}") from exc
+    return int(value)
+
+
+def format_size(n: int | float) -> str:
+    """Decimal units, as Hugging Face prints them: 3_440_000_000 -> ``3.44 GB``."""
+    n = float(n)
+    sign = "-" if n < 0 else ""
+    n = abs(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000:
+            return f"{sign}{n:.0f} {unit}" if unit == "B" else f"{sign}{n:.2f} {unit}"
+        n /= 1000
+    return f"{sign}{n:.2f} TB"
+
+
+@dataclass(frozen=True)
+class DType:
+    """A safetensors dtype: its header code, the torch name, its width in bits."""
+
+    code: str
+    name: str
+    bits: int
+    floating: bool
+
+    def nbytes(self, numel: int) -> int:
+        return numel * self.bits // 8
+
+
+_DTYPE_LIST = [
+    DType("BOOL", "bool", 8, False),
+    DType("U8", "uint8", 8, False),
+    DType("I8", "int8", 8, False),
+    DType("U16", "uint16", 16, False),
+    DType("I16", "int16", 16, False),
+    DType("U32", "uint32", 32, False),
+    DType("I32", "int32", 32, False),
+    DType("U64", "uint64", 64, False),
+    DType("I64", "int64", 64, False),
+    DType("F4", "float4_e2m1fn_x2", 4, True),
+    DType("F6_E2M3", "float6_e2m3fn", 6, True),
+    DType("F6_E3M2", "float6_e3m2fn", 6, True),
+    DType("F8_E5M2", "float8_e5m2", 8, True),
+    DType("F8_E4M3", "float8_e4m3fn", 8, True),
+    DType("F8_E5M2FNUZ", "float8_e5m2fnuz", 8, True),
+    DType("F8_E4M3FNUZ", "float8_e4m3fnuz", 8, True),
+    DType("F8_E8M0", "float8_e8m0fnu", 8, True),
+    DType("F16", "float16", 16, True),
+    DType("BF16", "bfloat16", 16, True),
+    DType("F32", "float32", 32, True),
+    DType("F64", "float64", 64, True),
+    DType("C64", "complex64", 64, False),
+]
+DTYPES: dict[str, DType] = {d.code: d for d in _DTYPE_LIST}
+_ALIASES = {
+    "fp32": "F32",
+    "fp16": "F16",
+    "half": "F16",
+    "bf16": "BF16",
+    "fp8": "F8_E4M3",
+    "fp64": "F64",
+    "double": "F64",
+    "float": "F32",
+    "float8_e4m3": "F8_E4M3",
+    "float8_e8m0": "F8_E8M0",
+}
+_BY_NAME = {d.name: d.code for d in _DTYPE_LIST} | {d.code.lower(): d.code for d in _DTYPE_LIST}
+
+
+def parse_dtype(text: str) -> DType:
+    """``fp16`` / ``float16`` / ``F16`` -> the F16 dtype; unknown names are a usage error."""
+    key = text.strip().lower().removeprefix("torch.")
+    code = _ALIASES.get(key) or _BY_NAME.get(key)
+    if code is None:
+        known = "float32|fp32, float16|fp16, bfloat16|bf16, float8_e4m3fn|fp8, " + ", ".join(
+            d.name for d in _DTYPE_LIST if d.code not in ("F32", "F16", "BF16", "F8_E4M3")
+        )
+        raise UsageError(f"unknown dtype {text!r}; expected one of: {known}")
+    return DTYPES[code]
+
+
+def bytes_at(dtype: DType, numel: int, target: DType | None) -> int:
+    """Size of a tensor once cast to ``target``: floating tensors change, others keep theirs."""
+    if target is None or not dtype.floating:
+        return dtype.nbytes(numel)
+    return target.nbytes(numel)

@@ -1,0 +1,74 @@
+"""What ``bigmodel inspect`` reports: per-component totals, dtype mix and blocks (pure)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from bigmodel_cli.checkpoint import Checkpoint, Component, group_blocks
+from bigmodel_cli.sizes import DTYPES, DType, bytes_at
+
+
+@dataclass(frozen=True)
+class ComponentSummary:
+    name: str
+    layout: str
+    files: tuple[str, ...]
+    file_bytes: int
+    tensors: int
+    parameters: int
+    bytes: int
+    bytes_at_dtype: int
+    dtypes: dict[str, int]
+    largest_tensor: tuple[str, int]
+    blocks: dict[str, int]
+    library: tuple[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class CheckpointSummary:
+    source: str
+    kind: str
+    dtype: str | None
+    components: tuple[ComponentSummary, ...]
+    skipped: tuple[str, ...] = field(default=())
+
+    def total(self, attribute: str) -> int:
+        return sum(int(getattr(c, attribute)) for c in self.components)
+
+
+def summarize_component(c: Component, target: DType | None) -> ComponentSummary:
+    dtypes: dict[str, int] = {}
+    blocks: dict[str, int] = {}
+    block_names = group_blocks([t.name for t in c.tensors])
+    largest = ("", -1)
+    for t in c.tensors:
+        name = DTYPES[t.dtype].name
+        dtypes[name] = dtypes.get(name, 0) + t.numel
+        blocks[block_names[t.name]] = blocks.get(block_names[t.name], 0) + t.nbytes
+        if t.nbytes > largest[1]:
+            largest = (t.name, t.nbytes)
+    return ComponentSummary(
+        name=c.name,
+        layout=c.layout,
+        files=tuple(str(f) for f in c.files),
+        file_bytes=sum(os.path.getsize(f) for f in c.files),
+        tensors=len(c.tensors),
+        parameters=sum(t.numel for t in c.tensors),
+        bytes=c.nbytes,
+        bytes_at_dtype=sum(bytes_at(DTYPES[t.dtype], t.numel, target) for t in c.tensors),
+        dtypes=dtypes,
+        largest_tensor=(largest[0], max(largest[1], 0)),
+        blocks=blocks,
+        library=c.library,
+    )
+
+
+def summarize(ckpt: Checkpoint, target: DType | None) -> CheckpointSummary:
+    return CheckpointSummary(
+        source=str(ckpt.source),
+        kind=ckpt.kind,
+        dtype=target.name if target else None,
+        components=tuple(summarize_component(c, target) for c in ckpt.components),
+        skipped=ckpt.skipped,
+    )
