@@ -13,8 +13,20 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
+DEMO := demo-out
+PIPE := fixtures/tiny-pipeline
+
+# The main job on the checked-in tiny pipeline: inspect, shard, plan, run.
 demo: install
-	bash benchmarks/../scripts/demo.sh
+	rm -rf $(DEMO) && mkdir -p $(DEMO)
+	$(BIN)/bigmodel inspect $(PIPE) --dtype fp16
+	$(BIN)/bigmodel shard $(PIPE) -o $(DEMO)/tiny-pipeline-sharded --max-shard-size 500KB
+	$(BIN)/bigmodel inspect $(DEMO)/tiny-pipeline-sharded
+	$(BIN)/bigmodel plan $(DEMO)/tiny-pipeline-sharded --max-memory 0=2MB,1=2MB --dtype fp16
+	$(BIN)/bigmodel plan $(DEMO)/tiny-pipeline-sharded --max-memory 0=1MB,1=1MB,cpu=1GB \
+		--dtype fp16 --strategy auto
+	$(BIN)/bigmodel plan $(DEMO)/tiny-pipeline-sharded --max-memory cpu=1GB -o $(DEMO)/plan.json
+	$(BIN)/bigmodel run $(DEMO)/tiny-pipeline-sharded --plan $(DEMO)/plan.json --verify
 
 test: install
 	$(BIN)/pytest

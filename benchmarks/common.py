@@ -106,19 +106,31 @@ class Measured:
     returncode: int
 
 
+GNU_TIME = "/usr/bin/time"
+
+
 def measure(cmd: list[str], env: dict[str, str] | None = None) -> Measured:
-    """Run ``cmd``, wall time and the child's peak RSS (from rusage)."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env or os.environ.copy()
-    )
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - start
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-        raise SystemExit(f"benchmark command failed ({code}): {' '.join(cmd)}\n{err}")
-    return Measured(seconds, usage.ru_maxrss * 1024, code)
+    """Run ``cmd``: wall time and its peak RSS.
+
+    The RSS comes from GNU time's ``%M`` where it exists (a small C parent, so the figure
+    is the command's own); otherwise from ``os.wait4``'s rusage, which can include the
+    pre-exec copy of this Python process, so it is then an upper bound.
+    """
+    with tempfile.NamedTemporaryFile("r", suffix=".rss") as rss:
+        wrapped = [GNU_TIME, "-f", "%M", "-o", rss.name, *cmd] if os.path.exists(GNU_TIME) else cmd
+        start = time.perf_counter()
+        proc = subprocess.Popen(
+            wrapped, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env or os.environ.copy()
+        )
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - start
+        code = os.waitstatus_to_exitcode(status)
+        if code != 0:
+            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+            raise SystemExit(f"benchmark command failed ({code}): {' '.join(cmd)}\n{err}")
+        text = rss.read().strip().splitlines()
+        kib = int(text[-1]) if text and text[-1].isdigit() else usage.ru_maxrss
+    return Measured(seconds, kib * 1024, code)
 
 
 def warm_cache(path: Path) -> None:

@@ -60,8 +60,10 @@ def load_checkpoint(
 ) -> Checkpoint:
     """Resolve ``source`` (a path, a Hugging Face repo id, or None for the current folder)."""
     path = Path(source) if source is not None else Path.cwd()
+    name = path.resolve().name or "model"
     if not path.exists() and source is not None and _REPO_ID.match(str(source)):
         path = _from_hf_cache(str(source))
+        name = str(source).rsplit("/", 1)[1]
     if path.is_file():
         return Checkpoint(
             path, path.parent, "file", (_file_component("model", path),), variant=variant
@@ -70,7 +72,7 @@ def load_checkpoint(
         raise BigmodelError("no such file or directory", path)
     if (path / "model_index.json").is_file():
         return _pipeline(path, variant)
-    component = find_component(path, path.resolve().name or "model", variant)
+    component = find_component(path, name, variant)
     if component is None:
         raise BigmodelError(_nothing_found(path, variant), path)
     return Checkpoint(path, path, "model", (component,), variant=variant)

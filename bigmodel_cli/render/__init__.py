@@ -12,9 +12,13 @@ from typing import Any
 
 from rich.console import Console
 
+PIPE_WIDTH = 160
+
 
 def stdout() -> Console:
-    return Console(no_color="NO_COLOR" in os.environ or None, highlight=False)
+    """Rich console on stdout; wide when piped, so that grep sees whole names."""
+    width = None if sys.stdout.isatty() else PIPE_WIDTH
+    return Console(no_color="NO_COLOR" in os.environ or None, highlight=False, width=width)
 
 
 def stderr() -> Console:

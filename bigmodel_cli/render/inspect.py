@@ -66,57 +66,49 @@ def render_inspect(s: CheckpointSummary, ckpt: Checkpoint, as_json: bool, tensor
         print_json(inspect_doc(s, ckpt, tensors))
         return
     console = stdout()
-    at = f"at {s.dtype}" if s.dtype else "at --dtype"
+    at = f"at {s.dtype}" if s.dtype else None
     table = Table(title=f"{s.source} ({s.kind})", title_justify="left")
-    for col in (
-        "component",
-        "layout",
-        "files",
-        "tensors",
-        "parameters",
-        "dtypes",
-        "bytes",
-        at,
-        "largest tensor",
-    ):
-        table.add_column(
-            col,
-            justify="right" if col in ("files", "tensors", "parameters", "bytes", at) else "left",
-        )
+    table.add_column("component", no_wrap=True)
+    table.add_column("layout")
+    for col in ("files", "tensors", "parameters", "bytes", *([at] if at else [])):
+        table.add_column(col, justify="right")
     for c in s.components:
-        mix = ", ".join(f"{k} {v / max(c.parameters, 1):.0%}" for k, v in c.dtypes.items())
+        at_cell = [format_size(c.bytes_at_dtype)] if at else []
         table.add_row(
             c.name,
             c.layout,
             str(len(c.files)),
             f"{c.tensors:,}",
             f"{c.parameters:,}",
-            mix,
             format_size(c.bytes),
-            format_size(c.bytes_at_dtype) if s.dtype else "-",
-            f"{c.largest_tensor[0]} ({format_size(c.largest_tensor[1])})",
+            *at_cell,
         )
     if len(s.components) > 1:
+        at_cell = [format_size(s.total("bytes_at_dtype"))] if at else []
         table.add_row(
             "total",
             "",
             str(sum(len(c.files) for c in s.components)),
             f"{s.total('tensors'):,}",
             f"{s.total('parameters'):,}",
-            "",
             format_size(s.total("bytes")),
-            format_size(s.total("bytes_at_dtype")) if s.dtype else "-",
-            "",
+            *at_cell,
             style="bold",
         )
     console.print(table)
     for c in s.components:
+        mix = ", ".join(f"{k} {v / max(c.parameters, 1):.0%}" for k, v in c.dtypes.items())
         blocks = sorted(c.blocks.items(), key=lambda kv: -kv[1])
         shown = ", ".join(f"{name} {format_size(size)}" for name, size in blocks[:TOP_BLOCKS])
         more = f" (+{len(blocks) - TOP_BLOCKS} more)" if len(blocks) > TOP_BLOCKS else ""
-        console.print(f"[bold]{c.name}[/] blocks: {shown}{more}")
+        console.print(
+            f"[bold]{c.name}[/]: {mix}; largest tensor {c.largest_tensor[0]} "
+            f"({format_size(c.largest_tensor[1])})",
+            markup=True,
+        )
+        console.print(f"  blocks: {shown}{more}", markup=False)
     if s.skipped:
-        console.print(f"skipped (no weights): {', '.join(s.skipped)}")
+        console.print(f"skipped (no weights): {', '.join(s.skipped)}", markup=False)
     if tensors:
         _render_tensors(ckpt)
 
@@ -125,8 +117,11 @@ def _render_tensors(ckpt: Checkpoint) -> None:
     console = stdout()
     for comp in ckpt.components:
         table = Table(title=f"{comp.name} tensors", title_justify="left")
-        for col in ("name", "dtype", "shape", "bytes", "file"):
-            table.add_column(col, justify="right" if col == "bytes" else "left")
+        table.add_column("name", overflow="fold")
+        table.add_column("dtype")
+        table.add_column("shape", overflow="fold")
+        table.add_column("bytes", justify="right")
+        table.add_column("file", overflow="fold")
         for t in comp.tensors:
             table.add_row(
                 t.name, DTYPES[t.dtype].name, str(list(t.shape)), format_size(t.nbytes), t.file.name

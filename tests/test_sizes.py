@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bigmodel_cli.errors import UsageError
+from bigmodel_cli.sizes import DTYPES, bytes_at, format_size, parse_dtype, parse_size
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("5GB", 5_000_000_000),
+        ("5gb", 5_000_000_000),
+        ("5 GB", 5_000_000_000),
+        ("5GiB", 5 * 2**30),
+        ("1.5GB", 1_500_000_000),
+        ("1.5GiB", 1_610_612_736),
+        ("123", 123),
+        ("123B", 123),
+        ("10KB", 10_000),
+        ("10kib", 10_240),
+        ("2MB", 2_000_000),
+        ("2MiB", 2 * 2**20),
+        ("1TB", 10**12),
+        ("1TiB", 2**40),
+        (".5KB", 500),
+    ],
+)
+def test_parse_size_accepts_spec_forms(text: str, expected: int) -> None:
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "GB", "5XB", "-5GB", "5 G B", "five", "1e9", "5GB5", "nan"])
+def test_parse_size_rejects_anything_else_naming_the_value(text: str) -> None:
+    with pytest.raises(UsageError, match="invalid --max-shard-size"):
+        parse_size(text, "--max-shard-size")
+
+
+@given(st.integers(min_value=0, max_value=10**15))
+def test_plain_integers_are_bytes(n: int) -> None:
+    assert parse_size(str(n)) == n
+
+
+def test_format_size_uses_decimal_units() -> None:
+    assert format_size(3_440_000_000) == "3.44 GB"
+    assert format_size(999) == "999 B"
+    assert format_size(1_500_000) == "1.50 MB"
+    assert format_size(2 * 10**12) == "2.00 TB"
+
+
+@pytest.mark.parametrize(
+    ("name", "code"),
+    [
+        ("float32", "F32"),
+        ("fp32", "F32"),
+        ("float16", "F16"),
+        ("fp16", "F16"),
+        ("bfloat16", "BF16"),
+        ("bf16", "BF16"),
+        ("float8_e4m3fn", "F8_E4M3"),
+        ("fp8", "F8_E4M3"),
+        ("float8_e5m2", "F8_E5M2"),
+        ("torch.float16", "F16"),
+        ("F16", "F16"),
+        ("int8", "I8"),
+    ],
+)
+def test_parse_dtype_names(name: str, code: str) -> None:
+    assert parse_dtype(name).code == code
+
+
+def test_unknown_dtype_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match="unknown dtype 'fp12'"):
+        parse_dtype("fp12")
+
+
+def test_every_safetensors_dtype_has_a_width() -> None:
+    expected = {
+        "BOOL": 1,
+        "U8": 1,
+        "I8": 1,
+        "F16": 2,
+        "BF16": 2,
+        "I32": 4,
+        "F32": 4,
+        "I64": 8,
+        "F64": 8,
+    }
+    for code, width in expected.items():
+        assert DTYPES[code].nbytes(10) == 10 * width
+    assert DTYPES["F4"].nbytes(4) == 2
+
+
+def test_target_dtype_changes_floating_tensors_only() -> None:
+    fp16 = parse_dtype("fp16")
+    assert bytes_at(DTYPES["F32"], 10, fp16) == 20
+    assert bytes_at(DTYPES["I64"], 10, fp16) == 80
+    assert bytes_at(DTYPES["BOOL"], 10, fp16) == 10
+    assert bytes_at(DTYPES["F32"], 10, None) == 40
