@@ -1,0 +1,120 @@
+"""Every command fed hostile checkpoints: exit 0 or 2 with one line, never a traceback,
+never a hang, never memory out of proportion, never a half-written OUT.
+
+`make test` runs a short pass; `make fuzz` sets BIGMODEL_FUZZ_EXAMPLES for a long one.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import signal
+import tempfile
+import tracemalloc
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+
+from tests.conftest import FIXTURES, CliResult, run_cli
+from tests.fuzz.mutations import Case, safetensors_cases, sharded_cases
+
+EXAMPLES = int(os.environ.get("BIGMODEL_FUZZ_EXAMPLES", "60"))
+SECONDS_PER_COMMAND = 5
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+
+class Hang(BaseException):
+    """Raised by the watchdog: a command ran past its time."""
+
+
+@contextmanager
+def watchdog(seconds: int) -> Iterator[None]:
+    def fire(signum: int, frame: object) -> None:
+        raise Hang(f"command still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, fire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def tree_digest(path: Path) -> dict[str, str]:
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+def input_bytes(path: Path) -> int:
+    return sum(os.path.getsize(p) for p in tree_digest(path))
+
+
+def check(result: CliResult, args: list[str]) -> None:
+    assert "Traceback" not in result.stderr, (args, result.stderr)
+    assert result.code in (0, 2), (args, result.code, result.stderr)
+    if result.code == 2:
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1, (args, result.stderr)
+
+
+@functools.cache
+def warm_up() -> None:
+    """Import what inspect and plan use, so the memory check sees reading, not importing."""
+    for args in (["inspect", "--json"], ["plan", "--max-memory", "cpu=1GB", "--json"]):
+        run_cli(args[0], FIXTURES / "single.safetensors", *args[1:])
+
+
+def run_every_command(tmp: Path, case: Case) -> None:
+    work = tmp / "in"
+    work.mkdir()
+    source = case(work)
+    before = tree_digest(source)
+    size = input_bytes(source)
+    commands = [
+        ["inspect", str(source), "--json"],
+        ["plan", str(source), "--max-memory", "cpu=1GB", "-o", str(tmp / "plan.json")],
+        ["run", str(source), "--plan", str(tmp / "plan.json"), "--verify"],
+        ["shard", str(source), "-o", str(tmp / "sharded"), "--max-shard-size", "16"],
+        ["merge", str(source), "-o", str(tmp / "merged")],
+    ]
+    for args in commands:
+        tracemalloc.start()
+        try:
+            with watchdog(SECONDS_PER_COMMAND):
+                result = run_cli(*args)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        check(result, args)
+        if args[0] in ("inspect", "plan"):
+            assert peak <= 2 * size + 4_000_000, (args, peak, size)
+        if args[0] in ("shard", "merge"):
+            out = Path(args[3])
+            assert out.exists() == (result.code == 0), (args, result.stderr)
+            leftovers = [p.name for p in tmp.iterdir() if "tmp" in p.name or p.name.startswith(".")]
+            assert not leftovers, leftovers
+    assert tree_digest(source) == before, "the source was modified"
+
+
+@FUZZ
+@given(case=safetensors_cases())
+def test_hostile_safetensors_files(case: Case) -> None:
+    warm_up()
+    with tempfile.TemporaryDirectory() as tmp:
+        run_every_command(Path(tmp), case)
+
+
+@FUZZ
+@given(case=sharded_cases())
+def test_hostile_sharded_folders(case: Case) -> None:
+    warm_up()
+    with tempfile.TemporaryDirectory() as tmp:
+        run_every_command(Path(tmp), case)
