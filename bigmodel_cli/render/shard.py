@@ -1,0 +1,48 @@
+"""``bigmodel shard`` / ``bigmodel merge`` output."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bigmodel_cli.render import print_json, stderr, stdout
+from bigmodel_cli.sharding import WriteResult
+from bigmodel_cli.sizes import format_size
+
+
+def write_doc(result: WriteResult) -> dict[str, Any]:
+    """The ``--json`` document."""
+    return {
+        "source": result.source,
+        "output": result.output,
+        "components": {
+            c.name: {"files": list(c.files), "bytes": c.bytes, "tensors": c.tensors}
+            for c in result.components
+        },
+        "bytes_written": result.bytes_written,
+        "seconds": round(result.seconds, 3),
+    }
+
+
+def render_write(result: WriteResult, as_json: bool) -> None:
+    warn = stderr()
+    for line in result.warnings:
+        warn.print(f"bigmodel: warning: {line}", markup=False)
+    if as_json:
+        print_json(write_doc(result))
+        return
+    from rich.table import Table
+
+    console = stdout()
+    table = Table(title=f"{result.source} -> {result.output}", title_justify="left")
+    for col in ("component", "files", "tensors", "bytes"):
+        table.add_column(col, justify="left" if col == "component" else "right")
+    for c in result.components:
+        table.add_row(c.name, str(len(c.files)), f"{c.tensors:,}", format_size(c.bytes))
+    console.print(table)
+    speed = result.bytes_written / result.seconds if result.seconds > 0 else 0.0
+    verb = "sharded" if result.mode == "shard" else "merged"
+    console.print(
+        f"{verb} into {result.output}: {format_size(result.bytes_written)} written "
+        f"in {result.seconds:.2f} s ({format_size(speed)}/s)",
+        markup=False,
+    )

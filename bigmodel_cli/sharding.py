@@ -1,0 +1,399 @@
+"""``bigmodel shard`` and ``bigmodel merge``: decide a layout (pure data), then stream it.
+
+Deciding and doing are apart, as in huggingface_hub's ``split_state_dict_into_shards``:
+
+- :func:`split_sizes` cuts a list of tensor sizes into shards, greedily, in order;
+- :func:`plan_component` turns one checkpoint component into a :class:`ComponentPlan`
+  (which tensors go to which file under which name, and the index);
+- :func:`plan_write` adds the non-weight files to copy and gives a :class:`WritePlan`;
+- :mod:`bigmodel_cli.writer` executes a plan byte range by byte range, inside an
+  :class:`~bigmodel_cli.atomic.AtomicFolder` that appears whole or not at all.
+
+Tensors keep the byte order of the source files, so reads are sequential and
+``shard`` followed by ``merge`` gives back the source file byte for byte.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from bigmodel_cli.atomic import AtomicFolder, check_output, default_output
+from bigmodel_cli.checkpoint import Checkpoint, Component, load_checkpoint
+from bigmodel_cli.errors import BigmodelError, UsageError
+from bigmodel_cli.formats.index import index_json
+from bigmodel_cli.formats.safetensors import HeaderEntry, TensorInfo
+from bigmodel_cli.progress import Progress
+from bigmodel_cli.sizes import DTYPES, DType
+
+Mode = Literal["shard", "merge"]
+EXTENSION = ".safetensors"
+# transformers' legacy pickle name and the safetensors name it expects instead.
+_SAFETENSORS_NAME = {"pytorch_model": "model"}
+
+
+@dataclass(frozen=True)
+class TensorSlot:
+    """One tensor of an output file: where its bytes are read and what they become.
+
+    ``start``/``end`` are absolute offsets in ``file``; ``-1`` for a pickle source,
+    whose tensors are read through torch instead.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    source_dtype: str
+    dtype: str
+    file: Path
+    start: int
+    end: int
+
+    @property
+    def nbytes(self) -> int:
+        return DTYPES[self.dtype].nbytes(math.prod(self.shape))
+
+    @property
+    def converts(self) -> bool:
+        return self.dtype != self.source_dtype
+
+    @property
+    def entry(self) -> HeaderEntry:
+        return HeaderEntry(self.name, self.dtype, self.shape)
+
+
+@dataclass(frozen=True)
+class OutputFile:
+    """One written ``.safetensors`` file: its name and its tensors in write order."""
+
+    name: str
+    tensors: tuple[TensorSlot, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors)
+
+
+@dataclass(frozen=True)
+class ComponentPlan:
+    """The files of one component in OUT. ``folder`` is relative to OUT (``""`` or ``unet``)."""
+
+    name: str
+    folder: str
+    files: tuple[OutputFile, ...]
+    metadata: dict[str, str]
+    index_name: str | None
+    index_extra: dict[str, Any]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(f.nbytes for f in self.files)
+
+    @property
+    def tensor_count(self) -> int:
+        return sum(len(f.tensors) for f in self.files)
+
+    def weight_map(self) -> dict[str, str]:
+        return {t.name: f.name for f in self.files for t in f.tensors}
+
+    def index_text(self) -> str | None:
+        """The index as Hugging Face writes it, or None for a single file."""
+        if self.index_name is None:
+            return None
+        return index_json(self.weight_map(), self.nbytes, self.index_extra)
+
+    def path(self, name: str) -> str:
+        """``name`` relative to OUT."""
+        return f"{self.folder}/{name}" if self.folder else name
+
+
+@dataclass(frozen=True)
+class FileCopy:
+    """A non-weight file copied as is; ``target`` is relative to OUT."""
+
+    source: Path
+    target: str
+
+
+@dataclass(frozen=True)
+class WritePlan:
+    """Everything OUT will hold: components, copied files, folders (even empty ones)."""
+
+    source: str
+    output: Path
+    mode: Mode
+    components: tuple[ComponentPlan, ...]
+    copies: tuple[FileCopy, ...]
+    folders: tuple[str, ...]
+    warnings: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ComponentResult:
+    name: str
+    files: tuple[str, ...]
+    bytes: int
+    tensors: int
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """What ``shard`` / ``merge`` did, for :func:`bigmodel_cli.render.shard.render_write`."""
+
+    mode: Mode
+    source: str
+    output: str
+    components: tuple[ComponentResult, ...]
+    bytes_written: int
+    seconds: float
+    warnings: tuple[str, ...] = ()
+
+
+# --- pure planning -------------------------------------------------------------------
+
+
+def split_sizes(sizes: Sequence[int], limit: int | None) -> list[range]:
+    """Cut ``sizes`` into consecutive runs of at most ``limit`` bytes each, greedily.
+
+    A size larger than ``limit`` gets a run of its own, as in Hugging Face; unlike
+    huggingface_hub it also closes the run before it, so that every shard is a contiguous
+    stretch of the source (sequential reads, and ``merge`` restores the source order).
+    ``limit=None`` means one run. There is always at least one run (empty for no sizes).
+    """
+    if limit is None or not sizes:
+        return [range(len(sizes))]
+    runs: list[range] = []
+    first, filled = 0, 0
+    for i, size in enumerate(sizes):
+        if i > first and (filled + size > limit or size > limit):
+            runs.append(range(first, i))
+            first, filled = i, 0
+        filled += size
+    runs.append(range(first, len(sizes)))
+    return runs
+
+
+def shard_names(weights: str, variant: str | None, count: int) -> tuple[list[str], str | None]:
+    """File names for ``count`` shards, and the index name (None for a single file).
+
+    Diffusers' and transformers' ``_add_variant`` rule: ``model.fp16.safetensors``,
+    ``model.fp16-00001-of-00002.safetensors`` and ``model.safetensors.index.fp16.json``.
+    """
+    stem = f"{weights}.{variant}" if variant else weights
+    if count == 1:
+        return [f"{stem}{EXTENSION}"], None
+    names = [f"{stem}-{i:05d}-of-{count:05d}{EXTENSION}" for i in range(1, count + 1)]
+    index = (
+        f"{weights}{EXTENSION}.index.{variant}.json"
+        if variant
+        else f"{weights}{EXTENSION}.index.json"
+    )
+    return names, index
+
+
+def source_order(tensors: Sequence[TensorInfo]) -> list[TensorInfo]:
+    """Tensors in the byte order of their files (files by name: shard numbers ascend)."""
+    return sorted(tensors, key=lambda t: (str(t.file), t.start))
+
+
+def plan_component(
+    component: Component,
+    folder: str,
+    limit: int | None,
+    dtype: DType | None,
+    variant: str | None,
+) -> ComponentPlan:
+    """The output files of ``component``: shards of at most ``limit`` bytes (None: one file)."""
+    slots = [
+        TensorSlot(
+            t.name,
+            t.shape,
+            t.dtype,
+            dtype.code if dtype is not None and DTYPES[t.dtype].floating else t.dtype,
+            t.file,
+            t.start,
+            t.end,
+        )
+        for t in source_order(component.tensors)
+    ]
+    runs = split_sizes([s.nbytes for s in slots], limit)
+    weights = _SAFETENSORS_NAME.get(component.weights_name, component.weights_name)
+    names, index_name = shard_names(weights, variant, len(runs))
+    files = tuple(
+        OutputFile(name, tuple(slots[i] for i in run))
+        for name, run in zip(names, runs, strict=True)
+    )
+    metadata = dict(component.metadata or {})
+    metadata.setdefault("format", "pt")
+    extra: dict[str, Any] = {}
+    if component.index is not None:
+        extra = {k: v for k, v in component.index.metadata.items() if k != "total_size"}
+    return ComponentPlan(component.name, folder, files, metadata, index_name, extra)
+
+
+# --- planning with the file system: what else to copy ---------------------------------
+
+
+def _boundary(root: Path) -> Path:
+    """Links may lead anywhere inside this folder: the source, or for a Hugging Face cache
+    snapshot (whose files link to ``../../blobs``) the repo's cache folder."""
+    real = Path(os.path.realpath(root))
+    if real.parent.name == "snapshots" and (real.parent.parent / "blobs").is_dir():
+        return real.parent.parent
+    return real
+
+
+@dataclass
+class _CopyWalk:
+    boundary: Path
+    skip: set[str]
+    written: set[str]
+    copies: list[FileCopy]
+    folders: list[str]
+    warnings: list[str]
+
+    def walk(self, folder: Path, rel: str) -> None:
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as exc:
+            raise BigmodelError(f"cannot list folder ({exc.strerror})", folder) from None
+        for entry in entries:
+            target = f"{rel}/{entry.name}" if rel else entry.name
+            if os.path.abspath(entry.path) in self.skip:
+                continue
+            if entry.is_symlink():
+                self._link(Path(entry.path), target)
+            elif entry.is_dir(follow_symlinks=False):
+                self.folders.append(target)
+                self.walk(Path(entry.path), target)
+            elif entry.is_file(follow_symlinks=False):
+                self._file(Path(entry.path), target)
+            else:
+                self.warnings.append(f"not copied: {target} is not a regular file")
+
+    def _link(self, path: Path, target: str) -> None:
+        real = Path(os.path.realpath(path))
+        if real != self.boundary and self.boundary not in real.parents:
+            self.warnings.append(f"not copied: {target} is a link leading outside the source")
+        elif real.is_dir():
+            self.warnings.append(f"not copied: {target} is a link to a folder")
+        elif not real.is_file():
+            self.warnings.append(f"not copied: {target} is a broken link")
+        else:
+            self._file(path, target)
+
+    def _file(self, path: Path, target: str) -> None:
+        if target in self.written:
+            self.warnings.append(f"not copied: {target} (replaced by the new weights)")
+        else:
+            self.copies.append(FileCopy(path, target))
+
+
+def plan_write(
+    ckpt: Checkpoint, out: Path, mode: Mode, limit: int | None, dtype: DType | None
+) -> WritePlan:
+    """The full plan: each component's files, plus every other file of the source."""
+    variant = ckpt.variant
+    if ckpt.kind == "file" and variant is None:
+        variant = _file_variant(ckpt.source.name)
+    components = []
+    for c in ckpt.components:
+        folder = "" if ckpt.kind != "pipeline" else os.path.relpath(c.folder, ckpt.root)
+        components.append(plan_component(c, folder, limit, dtype, variant))
+    walk = _CopyWalk(_boundary(ckpt.root), set(), set(), [], [], [])
+    for c in ckpt.components:
+        walk.skip.update(os.path.abspath(f) for f in c.files)
+        if c.index is not None:
+            walk.skip.add(os.path.abspath(c.index.path))
+    for p in components:
+        walk.written.update(p.path(f.name) for f in p.files)
+        walk.written.update([p.path(p.index_name)] if p.index_name else [])
+    if ckpt.kind != "file":
+        walk.walk(ckpt.root, "")
+    return WritePlan(
+        str(ckpt.source),
+        out,
+        mode,
+        tuple(components),
+        tuple(walk.copies),
+        tuple(walk.folders),
+        tuple(walk.warnings),
+    )
+
+
+def _file_variant(name: str) -> str | None:
+    """``unet.fp16.safetensors`` -> ``fp16``: a lone file keeps its variant in the new names."""
+    parts = name.split(".")
+    return parts[-2] if len(parts) > 2 else None
+
+
+# --- the commands --------------------------------------------------------------------
+
+
+def shard(
+    source: str | None,
+    output: str | None,
+    max_shard_size: int,
+    dtype: DType | None,
+    variant: str | None,
+    force: bool,
+    progress: Progress,
+) -> WriteResult:
+    """Write SOURCE as shards of at most ``max_shard_size`` tensor bytes into OUT."""
+    if max_shard_size <= 0:
+        raise UsageError(f"--max-shard-size must be positive, not {max_shard_size}")
+    return _write("shard", source, output, max_shard_size, dtype, variant, force, progress)
+
+
+def merge(
+    source: str | None,
+    output: str | None,
+    dtype: DType | None,
+    variant: str | None,
+    force: bool,
+    progress: Progress,
+) -> WriteResult:
+    """Write SOURCE with each component in one ``.safetensors`` file into OUT."""
+    return _write("merge", source, output, None, dtype, variant, force, progress)
+
+
+def _write(
+    mode: Mode,
+    source: str | None,
+    output: str | None,
+    limit: int | None,
+    dtype: DType | None,
+    variant: str | None,
+    force: bool,
+    progress: Progress,
+) -> WriteResult:
+    from bigmodel_cli.writer import check_space, execute, verify
+
+    started = time.perf_counter()
+    ckpt = load_checkpoint(source, variant)
+    out = Path(output) if output is not None else default_output(source, ckpt, mode)
+    check_output(ckpt, out)
+    with AtomicFolder(out, force) as folder:
+        plan = plan_write(ckpt, out, mode, limit, dtype)
+        check_space(plan, folder.path)
+        written = execute(plan, folder.path, progress)
+        verify(plan, folder.path)
+        folder.commit()
+    return WriteResult(
+        mode,
+        plan.source,
+        str(out),
+        tuple(
+            ComponentResult(
+                c.name, tuple(c.path(f.name) for f in c.files), c.nbytes, c.tensor_count
+            )
+            for c in plan.components
+        ),
+        written,
+        time.perf_counter() - started,
+        plan.warnings,
+    )
