@@ -1,0 +1,121 @@
+"""The blocks of a component for block-level placement, and which of them must share a device.
+
+A block is a dotted prefix whose forward can run on a device of its own: the top-level
+numbered blocks (``down_blocks.1``, ``model.layers.12``, ``transformer_blocks.7``) and
+the modules around them (``conv_in``, ``model.embed_tokens``, ``lm_head``), as
+:func:`bigmodel_cli.checkpoint.group_blocks` finds them. On top of that:
+
+- a diffusers ``mid_block`` is one block (its resnets and attentions are never split);
+- ``--no-split PREFIX`` merges every block under PREFIX into one;
+- tied tensors share a device: transformers checkpoints saved with
+  ``tie_word_embeddings`` hold no ``lm_head.weight``, yet ``from_pretrained(device_map=...)``
+  needs ``lm_head`` on the device of the embedding it shares; T5's ``encoder.embed_tokens``
+  is ``shared``. Such blocks form one :class:`Unit`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+
+from bigmodel_cli.checkpoint import group_blocks
+from bigmodel_cli.planner import Unit
+
+ATOMIC: frozenset[str] = frozenset()  # modules whose children never go to different devices
+_HEAD_ARCHITECTURE = re.compile(r"(ForCausalLM|LMHeadModel|ForConditionalGeneration)$")
+# transformers' `_tied_weights_keys` targets for the output embedding, most common first
+_INPUT_EMBEDDINGS = (
+    "model.embed_tokens.weight",
+    "model.language_model.embed_tokens.weight",
+    "transformer.wte.weight",
+    "model.decoder.embed_tokens.weight",
+    "model.text_model.embed_tokens.weight",
+    "backbone.embeddings.weight",
+    "transformer.word_embeddings.weight",
+    "model.shared.weight",
+    "shared.weight",
+)
+_NUMBER = re.compile(r"(\d+)")
+
+
+def natural_key(name: str) -> tuple[tuple[int, int, str], ...]:
+    """Sort key comparing numbers as numbers: ``layers.2`` before ``layers.10``."""
+    return tuple(
+        (0, int(part), "") if part.isdigit() else (1, 0, part)
+        for part in _NUMBER.split(name)
+        if part
+    )
+
+
+def coarsen(block: str, no_split: Sequence[str]) -> str:
+    """``mid_block.resnets.0`` -> ``mid_block``; a block under a --no-split PREFIX -> PREFIX."""
+    parts = block.split(".")
+    for i, part in enumerate(parts[:-1]):
+        if part in ATOMIC:
+            block = ".".join(parts[: i + 1])
+            break
+    covering = [p for p in no_split if block == p or block.startswith(p + ".")]
+    return min(covering, key=len) if covering else block
+
+
+def tied_names(names: Sequence[str], config: Mapping[str, object] | None) -> list[tuple[str, str]]:
+    """``(tensor, tensor it shares storage with)`` pairs; the first may be absent from the
+    checkpoint (saved once, as transformers does for tied weights)."""
+    present = set(names)
+    pairs: list[tuple[str, str]] = []
+    embedding = next((n for n in _INPUT_EMBEDDINGS if n in present), None)
+    if embedding is not None and _ties_word_embeddings(config, "lm_head.weight" in present):
+        pairs.append(("lm_head.weight", embedding))
+    if "shared.weight" in present:  # T5-style encoders/decoders embed with `shared`
+        for side in ("encoder", "decoder"):
+            if any(n.startswith(side + ".") for n in present):
+                pairs.append((f"{side}.embed_tokens.weight", "shared.weight"))
+    return pairs
+
+
+def _ties_word_embeddings(config: Mapping[str, object] | None, head_saved: bool) -> bool:
+    if config is None or not config.get("tie_word_embeddings", True):
+        return False
+    if head_saved:
+        return True
+    architectures = config.get("architectures")
+    names = architectures if isinstance(architectures, list) else []
+    return any(isinstance(a, str) and _HEAD_ARCHITECTURE.search(a) for a in names)
+
+
+def build_units(
+    tensors: Sequence[tuple[str, int]],
+    config: Mapping[str, object] | None = None,
+    no_split: Sequence[str] = (),
+) -> tuple[Unit, ...]:
+    """Group ``(tensor name, bytes)`` into units in natural block order."""
+    ties = tied_names([n for n, _ in tensors], config)
+    sizes = dict(tensors)
+    names = list(sizes) + [tied for tied, _ in ties if tied not in sizes]
+    blocks = {n: coarsen(b, no_split) for n, b in group_blocks(names).items()}
+    leader = {b: b for b in blocks.values()}
+    for tied, source in ties:
+        _join(leader, blocks[tied], blocks[source])
+    members: dict[str, list[str]] = {}
+    totals: dict[str, int] = {}
+    for name, block in blocks.items():
+        root = _find(leader, block)
+        if block not in members.setdefault(root, []):
+            members[root].append(block)
+        totals[root] = totals.get(root, 0) + sizes.get(name, 0)
+    units = [
+        Unit(tuple(sorted(group, key=natural_key)), totals[root]) for root, group in members.items()
+    ]
+    return tuple(sorted(units, key=lambda u: natural_key(u.prefixes[0])))
+
+
+def _find(leader: dict[str, str], block: str) -> str:
+    while leader[block] != block:
+        block = leader[block]
+    return block
+
+
+def _join(leader: dict[str, str], a: str, b: str) -> None:
+    ra, rb = _find(leader, a), _find(leader, b)
+    if ra != rb:
+        leader[max(ra, rb)] = min(ra, rb)

@@ -1,0 +1,304 @@
+"""``bigmodel plan``: read the headers, build the planner's items, run a strategy, and
+describe the result as a :class:`Plan` (and its JSON document, schema version 1).
+
+No model class is built and neither diffusers nor transformers is imported; torch is
+imported only to detect GPUs when ``--max-memory`` is not given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bigmodel_cli import planner
+from bigmodel_cli.blocks import build_units
+from bigmodel_cli.checkpoint import Checkpoint, Component, fingerprint, load_checkpoint
+from bigmodel_cli.checkpoint import read_json_file as read_config
+from bigmodel_cli.devices import Budget, Device, DeviceKey, make_budget
+from bigmodel_cli.errors import BigmodelError, UsageError
+from bigmodel_cli.formats.safetensors import parse_json_object
+from bigmodel_cli.planner import Bin, Layout, Part, Placement
+from bigmodel_cli.sizes import DTYPES, DType, bytes_at
+
+PLAN_VERSION = 1
+MAX_PLAN_BYTES = 100_000_000
+STRATEGIES: dict[str, Callable[[Sequence[Part], Sequence[Bin]], Layout]] = {
+    "balanced": planner.balanced,
+    "auto": planner.auto,
+    "sequential": planner.sequential,
+}
+
+
+@dataclass(frozen=True)
+class DevicePlan:
+    """A device of the plan: its budget, the reserve held back, and what is planned on it."""
+
+    key: DeviceKey
+    budget: int | None  # None: unlimited
+    reserve: int
+    planned: int
+    held: int = 0  # kept free for offloaded blocks run here (auto)
+
+    @property
+    def capacity(self) -> int | None:
+        return None if self.budget is None else max(0, self.budget - self.reserve)
+
+    @property
+    def label(self) -> str:
+        return f"GPU {self.key}" if isinstance(self.key, int) else str(self.key)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Where each component (and, when split, each block) goes."""
+
+    source: str
+    fingerprint: str
+    strategy: str
+    dtype: str | None
+    variant: str | None
+    devices: tuple[DevicePlan, ...]
+    components: Mapping[str, int]  # bytes at the plan's dtype
+    device_map: Mapping[str, DeviceKey]  # a GPU index, "cpu", "disk" or "split"
+    component_maps: Mapping[str, Mapping[str, DeviceKey]]
+    offloaded: tuple[str, ...]
+    fits: bool
+    execution_device: int | None
+    peak_gpu: int | None
+    held_for_offload: int
+    detected: bool  # no --max-memory: devices found on this machine
+    block_bytes: Mapping[str, Mapping[DeviceKey, int]]  # split components: bytes per device
+    skipped: tuple[str, ...] = ()
+
+    @property
+    def gpus(self) -> tuple[DevicePlan, ...]:
+        return tuple(d for d in self.devices if isinstance(d.key, int))
+
+
+def make_plan(
+    source: str | None,
+    max_memory: str | None,
+    strategy: str,
+    dtype: DType | None,
+    reserve: str | None,
+    no_split: list[str],
+    variant: str | None,
+) -> Plan:
+    """Plan SOURCE (default: the current folder) on the devices of ``--max-memory``."""
+    if strategy not in STRATEGIES:
+        raise UsageError(
+            f"unknown --strategy {strategy!r}; expected one of: {', '.join(STRATEGIES)}"
+        )
+    budget = make_budget(max_memory, reserve)
+    ckpt = load_checkpoint(source, variant)
+    parts = [_part(c, dtype, no_split, with_units=strategy == "auto") for c in ckpt.components]
+    bins = [Bin(d.key, d.capacity) for d in budget.devices]
+    layout = STRATEGIES[strategy](parts, bins)
+    return _describe(ckpt, budget, strategy, dtype, parts, layout)
+
+
+def _part(c: Component, dtype: DType | None, no_split: Sequence[str], with_units: bool) -> Part:
+    sizes = [(t.name, bytes_at(DTYPES[t.dtype], t.numel, dtype)) for t in c.tensors]
+    total = sum(n for _, n in sizes)
+    if not with_units or c.name in no_split:
+        return Part(c.name, total)
+    return Part(c.name, total, build_units(sizes, read_config(c.folder / "config.json"), no_split))
+
+
+def _describe(
+    ckpt: Checkpoint,
+    budget: Budget,
+    strategy: str,
+    dtype: DType | None,
+    parts: Sequence[Part],
+    layout: Layout,
+) -> Plan:
+    sizes = {p.name: p.nbytes for p in parts}
+    placements = {p.name: p for p in layout.placements}
+    offloaded = tuple(p.name for p in layout.placements if _off_gpu(p))
+    runner = layout.execution_device
+    reserve = next((d.reserve for d in budget.devices if d.key == runner), 0)
+    peak = None if layout.peak_gpu is None else layout.peak_gpu + reserve
+    if strategy == "sequential":  # fits: the largest component fits the GPU that runs it
+        fits = runner is not None and (layout.peak_gpu or 0) <= _capacity(budget, runner)
+    else:
+        fits = not offloaded
+    return Plan(
+        source=str(ckpt.source.resolve()),
+        fingerprint=fingerprint(ckpt),
+        strategy=strategy,
+        dtype=dtype.name if dtype else None,
+        variant=ckpt.variant,
+        devices=_device_plans(budget.devices, placements.values(), sizes),
+        components=sizes,
+        device_map={p.name: p.device for p in layout.placements},
+        component_maps={
+            p.name: {prefix: d for unit, d in p.units for prefix in unit.prefixes}
+            for p in layout.placements
+            if p.units
+        },
+        offloaded=offloaded,
+        fits=fits,
+        execution_device=runner,
+        peak_gpu=peak,
+        held_for_offload=sum(p.held for p in layout.placements),
+        detected=budget.detected,
+        block_bytes={p.name: _bytes_by_device(p) for p in layout.placements if p.units},
+        skipped=ckpt.skipped,
+    )
+
+
+def _capacity(budget: Budget, key: DeviceKey | None) -> int:
+    return next((d.capacity or 0 for d in budget.devices if d.key == key), 0)
+
+
+def _bytes_by_device(p: Placement) -> dict[DeviceKey, int]:
+    found: dict[DeviceKey, int] = {}
+    for unit, key in p.units:
+        found[key] = found.get(key, 0) + unit.nbytes
+    return found
+
+
+def _off_gpu(p: Placement) -> bool:
+    if p.units:
+        return any(not isinstance(d, int) for _, d in p.units)
+    return not isinstance(p.device, int)
+
+
+def _device_plans(
+    devices: Sequence[Device], placements: Iterable[Placement], sizes: Mapping[str, int]
+) -> tuple[DevicePlan, ...]:
+    planned: dict[DeviceKey, int] = {d.key: 0 for d in devices}
+    held: dict[DeviceKey, int] = {d.key: 0 for d in devices}
+    for p in placements:
+        if p.units:
+            for unit, key in p.units:
+                planned[key] += unit.nbytes
+        else:
+            planned[p.device] += sizes[p.name]
+        if p.execution_device is not None:
+            held[p.execution_device] += p.held
+    return tuple(
+        DevicePlan(d.key, d.budget, d.reserve, planned[d.key], held[d.key]) for d in devices
+    )
+
+
+# ---------------------------------------------------------------- the JSON document
+
+
+def plan_to_json(plan: Plan) -> dict[str, Any]:
+    """The plan file, schema version 1 (``bigmodel run --plan`` reads it)."""
+    return {
+        "version": PLAN_VERSION,
+        "source": plan.source,
+        "fingerprint": plan.fingerprint,
+        "strategy": plan.strategy,
+        "dtype": plan.dtype,
+        "variant": plan.variant,
+        "devices": {
+            str(d.key): {
+                "capacity": d.capacity,
+                "planned": d.planned,
+                "budget": d.budget,
+                "reserve": d.reserve,
+                "held": d.held,
+            }
+            for d in plan.devices
+        },
+        "device_map": dict(plan.device_map),
+        "component_maps": {name: dict(m) for name, m in plan.component_maps.items()},
+        "offloaded": list(plan.offloaded),
+        "fits": plan.fits,
+        "components": {name: {"bytes": n} for name, n in plan.components.items()},
+        "execution_device": plan.execution_device,
+        "peak_gpu": plan.peak_gpu,
+        "held_for_offload": plan.held_for_offload,
+        "detected": plan.detected,
+        "split_bytes": {
+            name: {str(k): n for k, n in by_device.items()}
+            for name, by_device in plan.block_bytes.items()
+        },
+        "skipped": list(plan.skipped),
+    }
+
+
+def read_plan(path: str | Path) -> dict[str, Any]:
+    """A plan file, checked against schema version 1; a bad file is a BigmodelError (exit 2)."""
+    path = Path(path)
+    try:
+        if path.stat().st_size > MAX_PLAN_BYTES:
+            raise BigmodelError(f"plan file is larger than {MAX_PLAN_BYTES} bytes", path)
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise BigmodelError(f"cannot read plan ({exc.strerror or exc})", path) from None
+    doc = parse_json_object(raw, path, "plan")
+    _check_plan(doc, path)
+    return doc
+
+
+_TOP_LEVEL: dict[str, type | tuple[type, ...]] = {
+    "source": str,
+    "fingerprint": str,
+    "strategy": str,
+    "devices": dict,
+    "device_map": dict,
+    "component_maps": dict,
+    "offloaded": list,
+    "fits": bool,
+    "components": dict,
+}
+
+
+def _check_plan(doc: dict[str, Any], path: Path) -> None:
+    if "version" not in doc:
+        raise BigmodelError(
+            "not a bigmodel plan: no 'version' (write one with bigmodel plan -o)", path
+        )
+    if doc["version"] != PLAN_VERSION or isinstance(doc["version"], bool):
+        raise BigmodelError(
+            f"plan version {doc['version']!r} is not supported (expected {PLAN_VERSION})", path
+        )
+    for key, kind in _TOP_LEVEL.items():
+        if not isinstance(doc.get(key), kind):
+            raise BigmodelError(f"plan {key!r} is missing or not a {_kind(kind)}", path)
+    if doc["strategy"] not in STRATEGIES:
+        raise BigmodelError(f"plan strategy {doc['strategy']!r} is unknown", path)
+    for key, entry in doc["devices"].items():
+        _check_device(key, entry, path)
+    devices = set(doc["devices"])
+    for name, where in doc["device_map"].items():
+        if where != "split" and _device_name(where) not in devices:
+            raise BigmodelError(f"plan puts {name!r} on {where!r}, not one of its devices", path)
+        if where == "split" and not isinstance(doc["component_maps"].get(name), dict):
+            raise BigmodelError(f"plan splits {name!r} but has no component_maps entry", path)
+    for name, module_map in doc["component_maps"].items():
+        for prefix, where in module_map.items() if isinstance(module_map, dict) else [(name, None)]:
+            if _device_name(where) not in devices:
+                raise BigmodelError(f"plan puts {name}:{prefix} on {where!r}", path)
+
+
+def _check_device(key: str, entry: Any, path: Path) -> None:
+    if key not in ("cpu", "disk") and not key.isdigit():
+        raise BigmodelError(f"plan names an unknown device {key!r}", path)
+    if not isinstance(entry, dict):
+        raise BigmodelError(f"plan device {key!r} is not an object", path)
+    capacity, planned = entry.get("capacity"), entry.get("planned")
+    if not _count(planned) or not (capacity is None or _count(capacity)):
+        raise BigmodelError(f"plan device {key!r} needs byte counts 'capacity' and 'planned'", path)
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _device_name(value: Any) -> str | None:
+    if _count(value):
+        return str(value)
+    return value if value in ("cpu", "disk") else None
+
+
+def _kind(kind: type | tuple[type, ...]) -> str:
+    names = {str: "string", dict: "object", list: "list", bool: "boolean"}
+    return names.get(kind, str(kind)) if isinstance(kind, type) else "value"

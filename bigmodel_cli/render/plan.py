@@ -1,0 +1,176 @@
+"""``bigmodel plan`` output: the plan file (``-o``), the JSON document (``--json``), or a
+table per device with a capacity bar and one sentence on what was offloaded and why."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from rich.markup import escape
+from rich.table import Table
+
+from bigmodel_cli.errors import BigmodelError, FitError
+from bigmodel_cli.planning import DevicePlan, Plan, plan_to_json
+from bigmodel_cli.render import bar, print_json, stdout
+from bigmodel_cli.sizes import format_size
+
+SHOWN_BLOCKS = 4
+
+
+def render_plan(plan: Plan, as_json: bool, output: str | None, require_fit: bool) -> None:
+    """Write ``-o``, print the plan; then exit 3 under ``--require-fit`` if it does not fit."""
+    doc = plan_to_json(plan)
+    if output is not None:
+        write_atomically(Path(output), json.dumps(doc, indent=2) + "\n")
+    if as_json:
+        print_json(doc)
+    else:
+        _print_human(plan, output)
+    if require_fit and not plan.fits:
+        raise FitError(f"the plan does not fit (--require-fit): {summary(plan)}")
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """A temporary file in the same folder, renamed over ``path`` once complete."""
+    folder = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise BigmodelError("is a folder; -o wants a file name such as plan.json", path)
+    if not folder.is_dir():
+        raise BigmodelError("folder does not exist", folder)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _print_human(plan: Plan, output: str | None) -> None:
+    console = stdout()
+    dtype = plan.dtype or "checkpoint dtypes"
+    console.print(f"[bold]{escape(plan.source)}[/]: {plan.strategy} plan at {dtype}")
+    for device in plan.devices:
+        console.print()
+        console.print(_device_line(plan, device), markup=False)
+        console.print(_device_table(plan, device))
+    console.print(summary(plan))
+    if output is not None:
+        console.print(f"plan written to {output}")
+
+
+def _device_line(plan: Plan, device: DevicePlan) -> str:
+    """``GPU 0  [#########-----------]  45%  3.60 GB of 7.00 GB (reserve 1.00 GB held back)``."""
+    used = device.planned + device.held + _peak_here(plan, device)
+    capacity = device.capacity
+    room = "unlimited" if capacity is None else format_size(capacity)
+    reserve = f" (reserve {format_size(device.reserve)} held back)" if device.reserve else ""
+    fill = f"{bar(used, capacity)}  " if capacity is not None else ""
+    return f"{device.label}  {fill}{format_size(used)} of {room}{reserve}"
+
+
+def _peak_here(plan: Plan, device: DevicePlan) -> int:
+    """Sequential offload: the largest component, while it runs on the execution GPU."""
+    if plan.strategy != "sequential" or device.key != plan.execution_device:
+        return 0
+    return max(plan.components.values(), default=0)
+
+
+def _device_table(plan: Plan, device: DevicePlan) -> Table:
+    table = Table(show_edge=False)
+    table.add_column("component")
+    table.add_column("what")
+    table.add_column("bytes", justify="right")
+    for name, what, nbytes in _rows(plan, device):
+        table.add_row(name, what, format_size(nbytes))
+    if _peak_here(plan, device):
+        largest = max(plan.components, key=lambda n: plan.components[n])
+        table.add_row(
+            largest, "largest, while it runs (peak)", format_size(_peak_here(plan, device))
+        )
+    if device.held:
+        table.add_row("", "held for offloaded blocks", format_size(device.held))
+    if not table.row_count:
+        table.add_row("-", "nothing planned here", "")
+    return table
+
+
+def _rows(plan: Plan, device: DevicePlan) -> list[tuple[str, str, int]]:
+    rows = []
+    for name, where in plan.device_map.items():
+        if where == device.key:
+            rows.append((name, "whole", plan.components[name]))
+        elif where == "split":
+            blocks = [b for b, d in plan.component_maps[name].items() if d == device.key]
+            if blocks:
+                rows.append((name, _blocks_text(blocks), _split_bytes(plan, name, device)))
+    return rows
+
+
+def _blocks_text(blocks: list[str]) -> str:
+    shown = ", ".join(blocks[:SHOWN_BLOCKS])
+    more = f" +{len(blocks) - SHOWN_BLOCKS} more" if len(blocks) > SHOWN_BLOCKS else ""
+    return f"{len(blocks)} block{'s' if len(blocks) != 1 else ''}: {shown}{more}"
+
+
+def _split_bytes(plan: Plan, name: str, device: DevicePlan) -> int:
+    return plan.block_bytes.get(name, {}).get(device.key, 0)
+
+
+def summary(plan: Plan) -> str:
+    """One sentence: what was offloaded, and why."""
+    if plan.detected and not plan.gpus:
+        return "No GPU found and no --max-memory given: everything is planned on cpu."
+    if not plan.gpus:
+        return "No GPU in --max-memory: everything is planned on cpu."
+    if plan.strategy == "sequential":
+        return _sequential_sentence(plan)
+    if not plan.offloaded:
+        split = [n for n, d in plan.device_map.items() if d == "split"]
+        tail = f" ({', '.join(split)} split over several GPUs)" if split else ""
+        return f"Nothing offloaded: every component is on a GPU{tail}."
+    return "; ".join(_offload_reason(plan, name) for name in plan.offloaded) + "."
+
+
+def _sequential_sentence(plan: Plan) -> str:
+    largest = max(plan.components, key=lambda n: plan.components[n])
+    gpu = f"GPU {plan.execution_device}"
+    verdict = "fits" if plan.fits else "does not fit"
+    return (
+        f"Sequential offload: every component stays on cpu and moves to {gpu} in turn; "
+        f"the peak, {format_size(plan.peak_gpu or 0)} ({largest} plus the reserve), "
+        f"{verdict} there."
+    )
+
+
+def _offload_reason(plan: Plan, name: str) -> str:
+    size = format_size(plan.components[name])
+    widest = max((d.capacity or 0 for d in plan.gpus), default=0)
+    if plan.device_map[name] == "split":
+        hosts = {k: n for k, n in plan.block_bytes[name].items() if not isinstance(k, int)}
+        runner = f"GPU {plan.execution_device}" if plan.execution_device is not None else "cpu"
+        why = (
+            f"is larger than any GPU ({format_size(widest)})"
+            if plan.components[name] > widest
+            else "does not fit the room left on any GPU"
+        )
+        return (
+            f"{name} ({size}) {why}, so it is split at block level: "
+            f"{format_size(sum(hosts.values()))} of its blocks do not fit the GPUs "
+            f"and go to {' and '.join(map(str, hosts))}; they run on {runner}, which keeps "
+            f"{format_size(plan.held_for_offload)} free for the largest of them"
+        )
+    where = plan.device_map[name]
+    if plan.components[name] > widest:
+        why = f"it is larger than any GPU ({format_size(widest)})"
+    else:
+        free = max(((d.capacity or 0) - d.planned - d.held for d in plan.gpus), default=0)
+        why = f"the GPUs have {format_size(max(free, 0))} left at most once larger parts are placed"
+    return f"{name} ({size}) is offloaded to {where}: {why}"
