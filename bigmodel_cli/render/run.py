@@ -1,0 +1,117 @@
+"""``bigmodel run`` output: per device planned against loaded, and what each step cost."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+
+from bigmodel_cli.render import print_json, stdout
+from bigmodel_cli.runner import RunReport
+from bigmodel_cli.sizes import format_size
+
+
+def run_doc(r: RunReport) -> dict[str, Any]:
+    """The ``--json`` document (devices by plan id: ``"0"``, ``"cpu"``, ``"disk"``)."""
+    return {
+        "source": r.source,
+        "plan": r.plan_file,
+        "strategy": r.strategy,
+        "dtype": r.dtype,
+        "devices": {
+            d.id: {
+                "device": d.label,
+                "planned": d.planned,
+                "loaded": d.loaded,
+                "allocated": d.allocated,
+                "peak": d.peak,
+                "seconds": round(d.seconds, 6),
+                "gb_per_s": round(d.gb_per_s, 3),
+            }
+            for d in r.devices
+        },
+        "components": {
+            c.name: {
+                "device": c.device,
+                "tensors": c.tensors,
+                "bytes": c.bytes,
+                "bytes_by_device": c.bytes_by_device,
+            }
+            for c in r.components
+        },
+        "verified": r.verified,
+        "load_seconds": round(r.load_seconds, 6),
+        "verify_seconds": None if r.verify_seconds is None else round(r.verify_seconds, 6),
+        "total_seconds": round(r.total_seconds, 6),
+        "forward": {
+            f.component: {
+                "library": f.library,
+                "class": f.class_name,
+                "output_shape": None if f.output_shape is None else list(f.output_shape),
+                "seconds": round(f.seconds, 6),
+                "skipped": f.skipped,
+            }
+            for f in r.forward
+        },
+        "warnings": list(r.warnings),
+    }
+
+
+def _opt(n: int | None) -> str:
+    return "-" if n is None else format_size(n)
+
+
+def render_run(report: RunReport, as_json: bool) -> None:
+    if as_json:
+        print_json(run_doc(report))
+        return
+    console = stdout()
+    dtype = f" at {report.dtype}" if report.dtype else ""
+    table = Table(title=f"{report.source}: {report.strategy} plan{dtype}", title_justify="left")
+    for col in ("device", "planned", "loaded", "allocated", "peak", "time", "speed"):
+        table.add_column(col, justify="left" if col == "device" else "right")
+    for d in report.devices:
+        table.add_row(
+            d.label,
+            format_size(d.planned),
+            format_size(d.loaded),
+            _opt(d.allocated),
+            _opt(d.peak),
+            f"{d.seconds:.2f} s",
+            f"{d.gb_per_s:.2f} GB/s" if d.seconds > 0 else "-",
+        )
+    console.print(table)
+
+    parts = Table(title="components", title_justify="left")
+    for col in ("component", "device", "tensors", "bytes"):
+        parts.add_column(col, justify="left" if col in ("component", "device") else "right")
+    for c in report.components:
+        where = str(c.device)
+        if c.device == "split":
+            where += (
+                " ("
+                + ", ".join(f"{dev}: {format_size(n)}" for dev, n in c.bytes_by_device.items())
+                + ")"
+            )
+        parts.add_row(c.name, where, str(c.tensors), format_size(c.bytes))
+    console.print(parts)
+
+    if report.forward:
+        fwd = Table(title="forward pass", title_justify="left")
+        for col in ("component", "class", "output shape", "time"):
+            fwd.add_column(col, justify="right" if col == "time" else "left")
+        for f in report.forward:
+            shape = f"({', '.join(map(str, f.output_shape))})" if f.output_shape else "-"
+            time = f"{f.seconds:.3f} s" if f.skipped is None else f"skipped: {f.skipped}"
+            fwd.add_row(f.component, f.class_name or "-", shape, time)
+        console.print(fwd)
+
+    tensors = sum(c.tensors for c in report.components)
+    if report.verified:
+        check = f"all {tensors} tensors match the file bytes ({report.verify_seconds or 0:.2f} s)"
+    else:
+        check = "not verified (add --verify to compare every tensor with the file)"
+    console.print(
+        f"Loaded {tensors} tensors in {report.load_seconds:.2f} s; {check}. "
+        f"Total {report.total_seconds:.2f} s."
+    )
