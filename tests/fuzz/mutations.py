@@ -69,7 +69,8 @@ def header_edits(draw: st.DrawFn) -> tuple[dict[str, Any], int]:
         if field == "whole":
             header[name] = value
         else:
-            header[name] = dict(header[name], **{field: value})
+            base = header[name] if isinstance(header[name], dict) else {}
+            header[name] = dict(base, **{field: value})
     return header, size
 
 
