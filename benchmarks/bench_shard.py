@@ -31,7 +31,7 @@ from common import (  # noqa: E402
 
 MAX_RATIO = 1.25
 MAX_RSS = 300_000_000
-REPEAT = int(os.environ.get("BIGMODEL_BENCH_REPEAT", "2"))
+REPEAT = int(os.environ.get("BIGMODEL_BENCH_REPEAT", "5"))
 
 # The usual way today: the whole state dict in memory, then written as shards.
 HF_SCRIPT = """
@@ -50,16 +50,20 @@ def _settle() -> None:
     subprocess.run(["sync"], check=False)
 
 
-def best_of(cmd: list[str], out: Path, keep: bool = False) -> Measured:
-    """The fastest of REPEAT runs (peak RSS: the largest seen); ``out`` is removed between."""
-    runs = []
-    for i in range(REPEAT):
-        _settle()
-        runs.append(measure(cmd))
-        if not keep or i < REPEAT - 1:
+def interleaved(commands: dict[str, tuple[list[str], Path]]) -> dict[str, Measured]:
+    """Each command REPEAT times, round-robin (cp, shard, merge, cp, ...), so that drift in
+    the page cache or in writeback hits all of them alike; the fastest run of each is kept
+    (peak RSS: the largest seen). Outputs are removed and flushed between runs."""
+    runs: dict[str, list[Measured]] = {name: [] for name in commands}
+    for _ in range(REPEAT):
+        for name, (cmd, out) in commands.items():
+            _settle()
+            runs[name].append(measure(cmd))
             _remove(out)
-    fastest = min(runs, key=lambda m: m.seconds)
-    return Measured(fastest.seconds, max(m.peak_rss for m in runs), fastest.returncode)
+    return {
+        name: Measured(min(m.seconds for m in ms), max(m.peak_rss for m in ms), ms[0].returncode)
+        for name, ms in runs.items()
+    }
 
 
 def _remove(path: Path) -> None:
@@ -74,24 +78,39 @@ def main() -> int:
     with temp_dir() as tmp:
         src = tmp / "diffusion_pytorch_model.safetensors"
         size = write_safetensors(src, unet_like_entries(int(gb * 1e9)))
+        sharded, merged, copy = tmp / "sharded", tmp / "merged", tmp / "copy.safetensors"
+        merge_input = tmp / "merge-input"
+        subprocess.run(
+            [BIGMODEL, "shard", str(src), "-o", str(merge_input), "--max-shard-size", "1GB"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        shards = sorted(p.name for p in merge_input.glob("*.safetensors"))
         _settle()
         warm_cache(src)
-        sharded, merged = tmp / "sharded", tmp / "merged"
-        cp = best_of(["cp", str(src), str(tmp / "copy.safetensors")], tmp / "copy.safetensors")
-        shard = best_of(
-            [BIGMODEL, "shard", str(src), "-o", str(sharded), "--max-shard-size", "1GB"],
-            sharded,
-            keep=True,
-        )
-        shards = sorted(p.name for p in sharded.glob("*.safetensors"))
-        warm_cache(sharded)
-        merge = best_of([BIGMODEL, "merge", str(sharded), "-o", str(merged)], merged, keep=True)
+        warm_cache(merge_input)
+        shard_cmd = [BIGMODEL, "shard", str(src), "-o", str(sharded), "--max-shard-size", "1GB"]
+        merge_cmd = [BIGMODEL, "merge", str(merge_input), "-o", str(merged)]
+        subprocess.run(merge_cmd, check=True, stdout=subprocess.DEVNULL)
         _check_merged(src, merged / src.name)
         _remove(merged)
-        hf = best_of([sys.executable, "-c", HF_SCRIPT, str(src), str(tmp / "hf")], tmp / "hf")
+        timed = interleaved(
+            {
+                "cp": (["cp", str(src), str(copy)], copy),
+                "shard": (shard_cmd, sharded),
+                "merge": (merge_cmd, merged),
+            }
+        )
+        cp, shard, merge = timed["cp"], timed["shard"], timed["merge"]
+        hf_out = tmp / "hf"
+        hf = interleaved(
+            {"hf": ([sys.executable, "-c", HF_SCRIPT, str(src), str(hf_out)], hf_out)}
+        )["hf"]
         tiny = tmp / "tiny.safetensors"
         write_safetensors(tiny, [("w", (16, 16))])
-        startup = best_of([BIGMODEL, "shard", str(tiny), "-o", str(tmp / "t")], tmp / "t")
+        startup = interleaved(
+            {"t": ([*shard_cmd[:2], str(tiny), "-o", str(tmp / "t")], tmp / "t")}
+        )["t"]
 
     print(table_header(f"shard / merge of a {size / 1e9:.2f} GB fp32 file (warm page cache)"))
     print(row("cp (baseline)", cp))

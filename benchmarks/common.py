@@ -109,6 +109,13 @@ class Measured:
 GNU_TIME = "/usr/bin/time"
 
 
+def bench_env() -> dict[str, str]:
+    """This environment, except that Python may cache bytecode: an installed package has
+    its .pyc files, and a sandbox's PYTHONDONTWRITEBYTECODE=1 would make every child
+    recompile our modules, timing the compiler instead of the command."""
+    return {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+
 def measure(cmd: list[str], env: dict[str, str] | None = None) -> Measured:
     """Run ``cmd``: wall time and its peak RSS.
 
@@ -120,7 +127,7 @@ def measure(cmd: list[str], env: dict[str, str] | None = None) -> Measured:
         wrapped = [GNU_TIME, "-f", "%M", "-o", rss.name, *cmd] if os.path.exists(GNU_TIME) else cmd
         start = time.perf_counter()
         proc = subprocess.Popen(
-            wrapped, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env or os.environ.copy()
+            wrapped, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env or bench_env()
         )
         _, status, usage = os.wait4(proc.pid, 0)
         seconds = time.perf_counter() - start

@@ -8,20 +8,25 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
+if TYPE_CHECKING:  # rich is imported on first use: `--json` runs never load it
+    from rich.console import Console
 
 PIPE_WIDTH = 160
 
 
 def stdout() -> Console:
     """Rich console on stdout; wide when piped, so that grep sees whole names."""
+    from rich.console import Console
+
     width = None if sys.stdout.isatty() else PIPE_WIDTH
     return Console(no_color="NO_COLOR" in os.environ or None, highlight=False, width=width)
 
 
 def stderr() -> Console:
+    from rich.console import Console
+
     return Console(stderr=True, no_color="NO_COLOR" in os.environ or None, highlight=False)
 
 

@@ -24,9 +24,8 @@ def write_doc(result: WriteResult) -> dict[str, Any]:
 
 
 def render_write(result: WriteResult, as_json: bool) -> None:
-    warn = stderr()
     for line in result.warnings:
-        warn.print(f"bigmodel: warning: {line}", markup=False)
+        stderr().print(f"bigmodel: warning: {line}", markup=False)
     if as_json:
         print_json(write_doc(result))
         return
