@@ -1,0 +1,250 @@
+"""Fault injection at every write point of shard, merge and plan -o.
+
+A clean run is traced once to count its calls to the functions that change the disk; then
+the run is repeated once per call site with that call failing: ENOSPC, EIO, or an
+interrupt (SIGINT and SIGTERM both arrive as KeyboardInterrupt, see cli.main). After
+each: no OUT (or the previous OUT intact), no temporary file or folder, the source's
+bytes unchanged, one line on stderr and the documented exit status.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import FIXTURES, CliResult, run_cli
+
+POINTS = ("open", "write", "copy_file_range", "sendfile", "rename", "replace", "mkdir", "ftruncate")
+
+
+def digest(path: Path) -> dict[str, str]:
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return {
+        str(p.relative_to(path.parent)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files
+    }
+
+
+class Injector:
+    """Wraps the ``os`` functions that change the disk; fails call number ``fail_at``."""
+
+    def __init__(
+        self, monkeypatch: pytest.MonkeyPatch, fault: BaseException | None, fail_at: int
+    ) -> None:
+        self.calls = 0
+        self.fault = fault
+        self.fail_at = fail_at
+        for name in POINTS:
+            real = getattr(os, name, None)
+            if real is not None:
+                monkeypatch.setattr(os, name, self._wrap(name, real))
+
+    def _wrap(self, name: str, real: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if name == "open" and not (args[1] & (os.O_WRONLY | os.O_RDWR | os.O_CREAT)):
+                return real(*args, **kwargs)  # reads change nothing
+            self.calls += 1
+            if self.fault is not None and self.calls == self.fail_at:
+                raise self.fault
+            return real(*args, **kwargs)
+
+        return call
+
+
+def count_points(
+    monkeypatch: pytest.MonkeyPatch,
+    run: Callable[[], CliResult],
+    out: Path,
+    cleanup: Callable[[], None],
+) -> tuple[int, dict[str, str]]:
+    """Calls a clean run makes, and the digest of what it writes."""
+    with monkeypatch.context() as m:
+        injector = Injector(m, None, 0)
+        result = run()
+    assert result.code == 0, result.stderr
+    written = digest(out)
+    cleanup()
+    return injector.calls, written
+
+
+def sample(n: int, most: int = 25) -> list[int]:
+    """Every call site when there are few; else an even spread including first and last."""
+    if n <= most:
+        return list(range(1, n + 1))
+    return sorted({1 + round(i * (n - 1) / (most - 1)) for i in range(most)})
+
+
+FAULTS = {
+    "ENOSPC": OSError(errno.ENOSPC, "No space left on device"),
+    "EIO": OSError(errno.EIO, "Input/output error"),
+    "SIGINT/SIGTERM": KeyboardInterrupt(),
+}
+
+
+def leftovers(folder: Path, keep: set[str]) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name not in keep)
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+@pytest.mark.parametrize(
+    ("command", "source", "extra"),
+    [
+        ("shard", FIXTURES / "tiny-pipeline", ["--max-shard-size", "500KB"]),
+        ("shard", FIXTURES / "tiny-llama", ["--max-shard-size", "300KB", "--dtype", "bf16"]),
+        ("merge", FIXTURES / "tiny-llama", []),
+    ],
+    ids=["shard-pipeline", "shard-llama-bf16", "merge-llama"],
+)
+@pytest.mark.parametrize("existing", [False, True], ids=["fresh", "force-over-old"])
+def test_a_fault_at_any_write_loses_nothing(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    fault: str,
+    command: str,
+    source: Path,
+    extra: list[str],
+    existing: bool,
+) -> None:
+    src = tmp_path / "src" / source.name
+    shutil.copytree(source, src)
+    before = digest(src)
+    out = tmp_path / "work" / "out"
+    out.parent.mkdir()
+    args = [command, src, "-o", out, *extra, *(["--force"] if existing else [])]
+    old: dict[str, str] = {}
+    if existing:
+        out.mkdir()
+        (out / "previous.txt").write_text("the OUT of an earlier run")
+        old = digest(out)
+
+    def cleanup() -> None:
+        shutil.rmtree(out, ignore_errors=True)
+        if existing:
+            out.mkdir()
+            (out / "previous.txt").write_text("the OUT of an earlier run")
+
+    total, complete = count_points(monkeypatch, lambda: run_cli(*args), out, cleanup)
+    assert total > 3
+    for k in sample(total):
+        with monkeypatch.context() as m:
+            Injector(m, FAULTS[fault], k)
+            result = run_cli(*args)
+        assert digest(src) == before
+        if result.code == 0:  # the failed call changed nothing (mkdir of an existing folder)
+            assert digest(out) == complete, f"OUT differs after a fault at call {k}/{total}"
+            assert leftovers(out.parent, {"out"}) == []
+            cleanup()
+            continue
+        expected = 130 if fault == "SIGINT/SIGTERM" else 2
+        assert result.code in (expected, 1), (k, total, result.code, result.stderr)
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and "Traceback" not in result.stderr, (k, result.stderr)
+        if existing:
+            assert digest(out) == old, f"previous OUT changed by a fault at call {k}/{total}"
+        else:
+            assert not out.exists(), f"partial OUT after a fault at call {k}/{total}"
+        assert leftovers(out.parent, {"out"}) == [], f"temporary files after call {k}/{total}"
+        assert digest(src) == before
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_plan_output_file_is_whole_or_absent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fault: str
+) -> None:
+    out = tmp_path / "plan.json"
+    args = ["plan", FIXTURES / "tiny-pipeline", "--max-memory", "cpu=1GB", "-o", out]
+    total, _ = count_points(monkeypatch, lambda: run_cli(*args), out, out.unlink)
+    assert total >= 2
+    for k in range(1, total + 1):
+        with monkeypatch.context() as m:
+            Injector(m, FAULTS[fault], k)
+            result = run_cli(*args)
+        assert result.code in (1, 2, 130), result.stderr
+        assert not out.exists() and list(tmp_path.iterdir()) == [], (k, list(tmp_path.iterdir()))
+
+
+# ---- real processes: SIGKILL, and two runs racing for one OUT ----
+
+
+def sparse_checkpoint(path: Path, gigabytes: float = 1.5) -> Path:
+    """A valid safetensors file with one huge zero tensor, sparse on disk: slow enough to
+    catch a run in the middle, cheap to make."""
+    from bigmodel_cli.formats.safetensors import HeaderEntry, build_header
+
+    count = int(gigabytes * 1e9) // 4
+    header = build_header(
+        [HeaderEntry("small.weight", "F32", (2,)), HeaderEntry("huge.weight", "F32", (count,))],
+        {"format": "pt"},
+    )
+    with open(path, "wb") as f:
+        f.write(header + b"\1" * 8)
+        f.truncate(len(header) + 8 + count * 4)
+    return path
+
+
+def wait_for_temp_data(folder: Path, seconds: float = 60) -> None:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        temps = [p for p in folder.iterdir() if ".bigmodel-tmp-" in p.name]
+        if temps and any(f.stat().st_size > 0 for f in temps[0].glob("*")):
+            return
+        time.sleep(0.005)
+    raise AssertionError("the run never started writing")
+
+
+@pytest.mark.slow
+def test_sigkill_leaves_only_a_recognisable_temp_folder_that_the_next_run_removes(
+    tmp_path: Path,
+) -> None:
+    import signal
+    import subprocess
+
+    from tests.conftest import BIGMODEL
+
+    src = sparse_checkpoint(tmp_path / "big.safetensors")
+    out = tmp_path / "out"
+    proc = subprocess.Popen([*BIGMODEL, "shard", src, "-o", out, "--max-shard-size", "100MB"])
+    wait_for_temp_data(tmp_path)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert not out.exists(), "a partial OUT after SIGKILL"
+    left = leftovers(tmp_path, {"big.safetensors"})
+    assert left and all(".out.bigmodel-" in name for name in left), left
+    result = run_cli("shard", src, "-o", out, "--max-shard-size", "1TB")
+    assert result.code == 0, result.stderr
+    assert leftovers(tmp_path, {"big.safetensors", "out"}) == []
+
+
+@pytest.mark.slow
+def test_two_runs_racing_for_one_output_give_one_winner_and_a_valid_checkpoint(
+    tmp_path: Path,
+) -> None:
+    import subprocess
+
+    from bigmodel_cli.checkpoint import load_checkpoint
+    from tests.conftest import BIGMODEL
+
+    src = sparse_checkpoint(tmp_path / "big.safetensors", 0.8)
+    out = tmp_path / "out"
+    cmd = [*map(str, BIGMODEL), "shard", str(src), "-o", str(out), "--max-shard-size", "300MB"]
+    procs = [
+        subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    results = [(p.wait(timeout=120), p.stderr.read() if p.stderr else "") for p in procs]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 2], results
+    loser = next(err for code, err in results if code == 2)
+    assert len(loser.strip().splitlines()) == 1
+    assert "another bigmodel run" in loser or "already exists" in loser, loser
+    (component,) = load_checkpoint(out).components
+    assert {t.name for t in component.tensors} == {"small.weight", "huge.weight"}
+    assert leftovers(tmp_path, {"big.safetensors", "out"}) == []
