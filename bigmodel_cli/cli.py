@@ -19,7 +19,7 @@ app = typer.Typer(
     help="Inspect, shard, merge, plan and load checkpoints too big to handle casually.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
+    rich_markup_mode="markdown",
     add_completion=True,
 )
 _state = {"debug": False}
@@ -106,7 +106,7 @@ def inspect(
 ) -> None:
     """What is in a checkpoint: components, tensors, parameters, bytes, dtypes, blocks.
 
-    Reads headers only. Example: [bold]bigmodel inspect sdxl/ --dtype fp16[/]
+    Reads headers only. Example: `bigmodel inspect sdxl/ --dtype fp16`
     """
 
     def body() -> None:
@@ -143,8 +143,10 @@ def shard(
     """Cut a checkpoint into shards of at most --max-shard-size, streaming the bytes.
 
     Output loads unchanged in diffusers / transformers from_pretrained. A pipeline is
-    sharded component by component; other files are copied.
-    Example: [bold]bigmodel shard unet/ --max-shard-size 5GB[/] writes unet-sharded/
+    sharded component by component; other files are copied. A tensor larger than the
+    limit gets a shard of its own, as in Hugging Face.
+
+    Example: `bigmodel shard unet/ --max-shard-size 5GB` writes unet-sharded/
     """
 
     def body() -> None:
@@ -173,7 +175,7 @@ def merge(
 ) -> None:
     """Put shards back together: one .safetensors file per component, indexes dropped.
 
-    Example: [bold]bigmodel merge unet-sharded/ -o unet-merged/[/]
+    Example: `bigmodel merge unet-sharded/ -o unet-merged/`
     """
 
     def body() -> None:
@@ -221,7 +223,7 @@ def plan(
 ) -> None:
     """Decide which device holds what, from headers alone.
 
-    Example: [bold]bigmodel plan sdxl/ --max-memory 0=8GB,1=8GB --dtype fp16 -o plan.json[/]
+    Example: `bigmodel plan sdxl/ --max-memory 0=8GB,1=8GB --dtype fp16 -o plan.json`
     """
 
     def body() -> None:
@@ -262,7 +264,7 @@ def run(
 ) -> None:
     """Load a checkpoint onto the devices of a plan and report what it really cost.
 
-    Example: [bold]bigmodel run sdxl/ --plan plan.json --verify[/]
+    Example: `bigmodel run sdxl/ --plan plan.json --verify`
     """
 
     def body() -> None:

@@ -251,7 +251,7 @@ def _prepare(
             f"--dtype {dtype.name} differs from the plan's {planned_at}; "
             "its planned bytes are not what this run loads"
         )
-    ckpt = load_checkpoint(source if source is not None else plan.source, variant or plan.variant)
+    ckpt = load_checkpoint(source, variant or plan.variant)
     if fingerprint(ckpt) != plan.fingerprint:
         raise BigmodelError(CHANGED, ckpt.source)
     return ckpt, target, notes
@@ -267,7 +267,7 @@ def run_plan(
     variant: str | None,
     progress: Progress,
 ) -> RunReport:
-    """Check ``plan_file`` against SOURCE (default: the plan's source) and this machine,
+    """Check ``plan_file`` against SOURCE (default: the current folder) and this machine,
     load every tensor onto its device, and report what that cost."""
     began = time.perf_counter()
     plan = read_plan(Path(plan_file))

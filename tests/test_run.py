@@ -103,9 +103,7 @@ def test_split_plan_with_disk_entries_memory_mapped_and_verified(tmp_path: Path)
     plan = make_plan(
         PIPELINE, {**ALL_CPU, "unet": "split", "text_encoder": "disk"}, {"unet": UNET_SPLIT}
     )
-    doc = _run_json(
-        "--plan", write_plan(tmp_path / "plan.json", plan), "--verify"
-    )  # source: plan's
+    doc = _run_json(PIPELINE, "--plan", write_plan(tmp_path / "plan.json", plan), "--verify")
     _planned_equals_loaded(doc)
     assert doc["devices"]["disk"]["allocated"] is None
     assert doc["components"]["unet"]["device"] == "split"
@@ -414,3 +412,15 @@ def test_dtype_other_than_the_plans_is_loaded_with_a_warning(tmp_path: Path) -> 
     assert "warning: --dtype bfloat16 differs from the plan's checkpoint dtypes" in result.stderr
     cpu = json.loads(result.stdout)["devices"]["cpu"]
     assert cpu["loaded"] < cpu["planned"]
+
+
+def test_source_defaults_to_the_current_folder(tmp_path: Path) -> None:
+    from tests.conftest import run_subprocess
+
+    plan = tmp_path / "plan.json"
+    assert run_cli("plan", PIPELINE, "--max-memory", "cpu=1GB", "-o", plan).code == 0
+    here = run_subprocess("run", "--plan", plan, "--json", cwd=PIPELINE)
+    assert here.code == 0, here.stderr
+    assert json.loads(here.stdout)["source"] == str(PIPELINE)
+    elsewhere = run_subprocess("run", "--plan", plan, cwd=tmp_path)
+    assert elsewhere.code == 2 and "Traceback" not in elsewhere.stderr

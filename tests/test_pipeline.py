@@ -1,0 +1,37 @@
+"""The whole pipeline, sharded then merged, loads in diffusers' StableDiffusionPipeline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from tests.conftest import FIXTURES, run_cli
+
+
+def _load(path: Path):  # type: ignore[no-untyped-def]
+    from diffusers import StableDiffusionPipeline
+
+    return StableDiffusionPipeline.from_pretrained(path, safety_checker=None)
+
+
+def test_sharded_and_merged_pipelines_load_in_diffusers_with_the_same_weights(
+    tmp_path: Path,
+) -> None:
+    sharded, merged = tmp_path / "sharded", tmp_path / "merged"
+    assert (
+        run_cli(
+            "shard", FIXTURES / "tiny-pipeline", "-o", sharded, "--max-shard-size", "500KB"
+        ).code
+        == 0
+    )
+    assert run_cli("merge", sharded, "-o", merged).code == 0
+    assert len(list((sharded / "unet").glob("*.safetensors"))) > 1
+    assert len(list((merged / "unet").glob("*.safetensors"))) == 1
+    original = _load(FIXTURES / "tiny-pipeline")
+    for path in (sharded, merged):
+        pipe = _load(path)
+        for name in ("unet", "vae", "text_encoder"):
+            mine, theirs = getattr(pipe, name).state_dict(), getattr(original, name).state_dict()
+            assert mine.keys() == theirs.keys()
+            assert all(torch.equal(mine[k], theirs[k]) for k in mine), (path, name)
