@@ -108,8 +108,18 @@ def _nothing_found(folder: Path, variant: str | None) -> str:
         if folder.is_dir()
         else []
     )
-    hint = f"; did you mean {folder / hints[0]}?" if hints else ""
+    hint = f"; did you mean {folder / hints[0]}?" if hints else _variant_hint([folder], variant)
     return f"{what} in this folder{hint}"
+
+
+def _variant_hint(folders: list[Path], variant: str | None) -> str:
+    """``; did you mean --variant fp16?`` when only other variants' weights are there."""
+    found: set[str] = set()
+    for folder in folders:
+        for ext in (".safetensors", ".bin"):
+            names = (_variant_of(p.name, ext) for p in folder.glob(f"*{ext}") if p.is_file())
+            found.update(v for v in names if v is not None and v != variant)
+    return f"; did you mean --variant {sorted(found)[0]}?" if found else ""
 
 
 def _pipeline(root: Path, variant: str | None) -> Checkpoint:
@@ -131,8 +141,10 @@ def _pipeline(root: Path, variant: str | None) -> Checkpoint:
         else:
             components.append(_with_library(component, library))
     if not components:
+        folders = [p for p in root.iterdir() if p.is_dir()]
+        hint = _variant_hint(folders, variant)
         raise BigmodelError(
-            f"pipeline has no component with weights ({_variant_note(variant)})", root
+            f"pipeline has no component with weights ({_variant_note(variant)}){hint}", root
         )
     return Checkpoint(root, root, "pipeline", tuple(components), tuple(skipped), variant)
 
@@ -154,14 +166,17 @@ def _variant_of(name: str, suffix: str) -> str | None:
 
 
 def _index_candidates(folder: Path, variant: str | None, ext: str) -> list[Path]:
+    """Index files of ``variant`` (None: no variant) for weights ending in ``ext``:
+    ``X.safetensors.index.json``; with a variant, diffusers' ``X.safetensors.index.fp16.json``,
+    ``X.fp16.safetensors.index.json`` and the legacy ``X.safetensors.fp16.index.json``."""
     found = []
-    for p in folder.glob(f"*{ext}.index*.json"):
+    for p in folder.glob(f"*{ext}*.json"):
         name = p.name
-        if name.endswith(
-            f"{ext}.index.json"
-        ):  # X.safetensors.index.json, X.fp16.safetensors.index.json
+        if name.endswith(f"{ext}.index.json"):
             v = _variant_of(name.removesuffix(".index.json"), ext)
-        elif variant and name.endswith(f"{ext}.index.{variant}.json"):  # diffusers' variant layout
+        elif variant and name.endswith(
+            (f"{ext}.index.{variant}.json", f"{ext}.{variant}.index.json")
+        ):
             v = variant
         else:
             continue
@@ -241,7 +256,7 @@ def _sharded(folder: Path, name: str, index_path: Path, ext: str) -> Component:
     tensors: list[TensorInfo] = []
     metadata: dict[str, str] | None = None
     owner: dict[str, str] = {}
-    files = [safe_member(folder, f, index_path) for f in index.files]
+    files = sorted((safe_member(folder, f, index_path) for f in index.files), key=lambda p: p.name)
     for path in files:
         if not path.is_file():
             raise BigmodelError(f"index names {path.name!r}, which does not exist", index_path)
@@ -257,12 +272,11 @@ def _sharded(folder: Path, name: str, index_path: Path, ext: str) -> Component:
                     f"tensor is in both {owner[t.name]} and {path.name}", index_path, t.name
                 )
             owner[t.name] = path.name
-            if index.weight_map.get(t.name) != path.name:
+            mapped = index.weight_map.get(t.name)
+            if mapped != path.name:
+                where = f"maps it to {mapped}" if mapped else "does not list it in weight_map"
                 raise BigmodelError(
-                    f"tensor is in {path.name} but the index maps it to "
-                    f"{index.weight_map.get(t.name)!r}",
-                    index_path,
-                    t.name,
+                    f"tensor is in {path.name} but the index {where}", index_path, t.name
                 )
         tensors.extend(found)
     missing = sorted(set(index.weight_map) - set(owner))

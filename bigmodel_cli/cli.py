@@ -12,7 +12,7 @@ import typer
 
 from bigmodel_cli import __version__
 from bigmodel_cli.errors import EXIT_BUG, EXIT_INTERRUPTED, BigmodelError
-from bigmodel_cli.sizes import DType, parse_dtype, parse_size
+from bigmodel_cli.sizes import DType, parse_size, parse_target_dtype
 
 app = typer.Typer(
     name="bigmodel",
@@ -74,7 +74,7 @@ def guarded(action: Callable[[], T]) -> T:
 
 
 def _dtype(text: str | None) -> DType | None:
-    return None if text is None else parse_dtype(text)
+    return None if text is None else parse_target_dtype(text)
 
 
 def _version(value: bool) -> None:
@@ -285,6 +285,31 @@ def _on_sigterm(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _names(error: BaseException) -> set[str]:
+    return {cls.__name__ for cls in type(error).__mro__}
+
+
 def main() -> None:
+    """Entry point: usage errors become one line too (click would draw a box)."""
     signal.signal(signal.SIGTERM, _on_sigterm)
-    app(prog_name="bigmodel")
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(prog_name="bigmodel", standalone_mode=False)
+    except KeyboardInterrupt:
+        sys.stderr.write("bigmodel: interrupted\n")
+        sys.exit(EXIT_INTERRUPTED)
+    except Exception as error:  # click's exceptions (typer may vendor its own click)
+        names = _names(error)
+        if "NoArgsIsHelpError" in names:
+            sys.stdout.write(command.get_help(typer.Context(command)) + "\n")
+            sys.exit(0)
+        if "Abort" in names:
+            sys.stderr.write("bigmodel: interrupted\n")
+            sys.exit(EXIT_INTERRUPTED)
+        if "ClickException" not in names:
+            raise
+        message = " ".join(error.format_message().split())  # type: ignore[attr-defined]
+        hint = " (see bigmodel --help)" if "UsageError" in names else ""
+        sys.stderr.write(f"bigmodel: error: {message}{hint}\n")
+        sys.exit(getattr(error, "exit_code", 2))
+    sys.exit(code if isinstance(code, int) else 0)

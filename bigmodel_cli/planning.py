@@ -65,6 +65,7 @@ class Plan:
     component_maps: Mapping[str, Mapping[str, DeviceKey]]
     offloaded: tuple[str, ...]
     fits: bool
+    peak_fits: bool | None
     execution_device: int | None
     peak_gpu: int | None
     held_for_offload: int
@@ -121,10 +122,10 @@ def _describe(
     runner = layout.execution_device
     reserve = next((d.reserve for d in budget.devices if d.key == runner), 0)
     peak = None if layout.peak_gpu is None else layout.peak_gpu + reserve
-    if strategy == "sequential":  # fits: the largest component fits the GPU that runs it
-        fits = runner is not None and (layout.peak_gpu or 0) <= _capacity(budget, runner)
-    else:
-        fits = not offloaded
+    fits = not offloaded  # the spec's meaning: nothing on cpu or disk (never, for sequential)
+    peak_fits = None
+    if strategy == "sequential":  # the largest component fits the GPU that runs it in turn
+        peak_fits = runner is not None and (layout.peak_gpu or 0) <= _capacity(budget, runner)
     return Plan(
         source=str(ckpt.source.resolve()),
         fingerprint=fingerprint(ckpt),
@@ -141,6 +142,7 @@ def _describe(
         },
         offloaded=offloaded,
         fits=fits,
+        peak_fits=peak_fits,
         execution_device=runner,
         peak_gpu=peak,
         held_for_offload=sum(p.held for p in layout.placements),
@@ -211,6 +213,7 @@ def plan_to_json(plan: Plan) -> dict[str, Any]:
         "component_maps": {name: dict(m) for name, m in plan.component_maps.items()},
         "offloaded": list(plan.offloaded),
         "fits": plan.fits,
+        "peak_fits": plan.peak_fits,
         "components": {name: {"bytes": n} for name, n in plan.components.items()},
         "execution_device": plan.execution_device,
         "peak_gpu": plan.peak_gpu,

@@ -10,6 +10,7 @@ loading and verifying are done by :mod:`bigmodel_cli.loading`, ``--forward`` by
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -253,6 +254,12 @@ def _prepare(
         )
     ckpt = load_checkpoint(source, variant or plan.variant)
     if fingerprint(ckpt) != plan.fingerprint:
+        if os.path.realpath(plan.source) != os.path.realpath(ckpt.source):
+            raise BigmodelError(
+                f"the plan was made for {plan.source}, a different checkpoint; "
+                "run bigmodel plan on this one",
+                ckpt.source,
+            )
         raise BigmodelError(CHANGED, ckpt.source)
     return ckpt, target, notes
 

@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from bigmodel_cli.atomic import AtomicFolder, check_output, default_output
-from bigmodel_cli.checkpoint import Checkpoint, Component, load_checkpoint
+from bigmodel_cli.checkpoint import Checkpoint, Component, load_checkpoint, read_json_file
 from bigmodel_cli.errors import BigmodelError, UsageError
-from bigmodel_cli.formats.index import index_json
+from bigmodel_cli.formats.index import index_json, link_boundary
 from bigmodel_cli.formats.safetensors import HeaderEntry, TensorInfo
 from bigmodel_cli.progress import Progress
 from bigmodel_cli.sizes import DTYPES, DType
@@ -34,7 +34,7 @@ from bigmodel_cli.sizes import DTYPES, DType
 Mode = Literal["shard", "merge"]
 EXTENSION = ".safetensors"
 # transformers' legacy pickle name and the safetensors name it expects instead.
-_SAFETENSORS_NAME = {"pytorch_model": "model"}
+HF_WEIGHTS_NAMES = ("model", "diffusion_pytorch_model")
 
 
 @dataclass(frozen=True)
@@ -195,6 +195,17 @@ def shard_names(weights: str, variant: str | None, count: int) -> tuple[list[str
     return names, index
 
 
+def output_weights_name(component: Component) -> str:
+    """The name ``from_pretrained`` looks for: the source's when it is one of Hugging
+    Face's, else ``diffusion_pytorch_model`` for a diffusers model and ``model`` for the
+    rest (``pytorch_model.bin`` -> ``model``, ``sd_xl_base.safetensors`` -> ``model``)."""
+    if component.weights_name in HF_WEIGHTS_NAMES:
+        return component.weights_name
+    config = read_json_file(component.folder / "config.json") or {}
+    diffusers = component.library is not None and component.library[0] == "diffusers"
+    return "diffusion_pytorch_model" if diffusers or "_diffusers_version" in config else "model"
+
+
 def source_order(tensors: Sequence[TensorInfo]) -> list[TensorInfo]:
     """Tensors in the byte order of their files (files by name: shard numbers ascend)."""
     return sorted(tensors, key=lambda t: (str(t.file), t.start))
@@ -221,7 +232,7 @@ def plan_component(
         for t in source_order(component.tensors)
     ]
     runs = split_sizes([s.nbytes for s in slots], limit)
-    weights = _SAFETENSORS_NAME.get(component.weights_name, component.weights_name)
+    weights = output_weights_name(component)
     names, index_name = shard_names(weights, variant, len(runs))
     files = tuple(
         OutputFile(name, tuple(slots[i] for i in run))
@@ -236,15 +247,6 @@ def plan_component(
 
 
 # --- planning with the file system: what else to copy ---------------------------------
-
-
-def _boundary(root: Path) -> Path:
-    """Links may lead anywhere inside this folder: the source, or for a Hugging Face cache
-    snapshot (whose files link to ``../../blobs``) the repo's cache folder."""
-    real = Path(os.path.realpath(root))
-    if real.parent.name == "snapshots" and (real.parent.parent / "blobs").is_dir():
-        return real.parent.parent
-    return real
 
 
 @dataclass
@@ -304,7 +306,7 @@ def plan_write(
     for c in ckpt.components:
         folder = "" if ckpt.kind != "pipeline" else os.path.relpath(c.folder, ckpt.root)
         components.append(plan_component(c, folder, limit, dtype, variant))
-    walk = _CopyWalk(_boundary(ckpt.root), set(), set(), [], [], [])
+    walk = _CopyWalk(link_boundary(ckpt.root), set(), set(), [], [], [])
     for c in ckpt.components:
         walk.skip.update(os.path.abspath(f) for f in c.files)
         if c.index is not None:
@@ -386,7 +388,7 @@ def _write(
     return WriteResult(
         mode,
         plan.source,
-        str(out),
+        os.path.abspath(out),
         tuple(
             ComponentResult(
                 c.name, tuple(c.path(f.name) for f in c.files), c.nbytes, c.tensor_count

@@ -116,6 +116,17 @@ def parse_dtype(text: str) -> DType:
     return DTYPES[code]
 
 
+def parse_target_dtype(text: str) -> DType:
+    """A ``--dtype`` target: floating only (integer and bool tensors never change)."""
+    dtype = parse_dtype(text)
+    if not dtype.floating:
+        raise UsageError(
+            f"--dtype {text!r} is not a floating dtype; a target dtype applies to floating "
+            "tensors only (e.g. fp16, bf16, fp32, fp8)"
+        )
+    return dtype
+
+
 def bytes_at(dtype: DType, numel: int, target: DType | None) -> int:
     """Size of a tensor once cast to ``target``: floating tensors change, others keep theirs."""
     if target is None or not dtype.floating:

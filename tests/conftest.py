@@ -101,3 +101,25 @@ def _save_pipeline(path: Path, max_shard_size: str | None) -> Path:
     )
     pipe.save_pretrained(path, max_shard_size=max_shard_size)
     return path
+
+
+def make_hf_cache(home: Path, repo_id: str, source: Path) -> Path:
+    """A Hugging Face cache under ``home`` holding ``source`` as ``repo_id``, laid out as
+    huggingface_hub lays it out: content in ``blobs/<sha256>``, the snapshot's files
+    relative symlinks into it, ``refs/main`` naming the snapshot. Returns the snapshot."""
+    import hashlib
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = home / "hub" / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo / "snapshots" / commit
+    (repo / "blobs").mkdir(parents=True)
+    for f in sorted(p for p in source.rglob("*") if p.is_file()):
+        data = f.read_bytes()
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        link = snapshot / f.relative_to(source)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    return snapshot

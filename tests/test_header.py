@@ -199,3 +199,21 @@ def test_files_shorter_than_the_length_field(tmp_path: Path) -> None:
     path.write_bytes(b"\x01\x02")
     with pytest.raises(BigmodelError, match="too small"):
         read_header(path)
+
+
+def test_lone_surrogate_names_are_refused(tmp_path: Path) -> None:
+    raw = b'{"\\ud800": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}'
+    with pytest.raises(BigmodelError, match="not valid UTF-8"):
+        read_header(_file(tmp_path, raw, b"\0" * 4))
+    raw = b'{"__metadata__": {"k": "\\udfff"}}'
+    with pytest.raises(BigmodelError, match="__metadata__"):
+        read_header(_file(tmp_path, raw))
+
+
+def test_shapes_overflowing_64_bits_are_refused(tmp_path: Path) -> None:
+    header = {"a": _entry("F32", [2**62, 2**62, 0], 0, 0)}
+    with pytest.raises(BigmodelError, match="overflows 64 bits"):
+        read_header(_file(tmp_path, header))
+    header = {"a": _entry("F32", [2**62], 0, 0)}  # 2**64 bytes: also past safetensors' limit
+    with pytest.raises(BigmodelError, match="overflows 64 bits"):
+        read_header(_file(tmp_path, header))

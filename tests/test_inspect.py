@@ -15,7 +15,13 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from bigmodel_cli.checkpoint import group_blocks, load_checkpoint
-from tests.conftest import FIXTURES, assert_one_line_error, run_cli, run_subprocess
+from tests.conftest import (
+    FIXTURES,
+    assert_one_line_error,
+    make_hf_cache,
+    run_cli,
+    run_subprocess,
+)
 
 
 def _safe_open_totals(folder: Path) -> dict[str, int]:
@@ -139,11 +145,7 @@ def test_variant_of_a_sharded_pipeline_saved_by_diffusers(tmp_path: Path) -> Non
 
 
 def test_repo_id_resolves_in_the_local_hf_cache_offline(tmp_path: Path) -> None:
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    repo = tmp_path / "hub" / "models--tiny-org--tiny-llama"
-    shutil.copytree(FIXTURES / "tiny-llama", repo / "snapshots" / commit)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(commit)
+    make_hf_cache(tmp_path, "tiny-org/tiny-llama", FIXTURES / "tiny-llama")
     env = os.environ | {"HF_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"}
     env.pop("HF_HUB_CACHE", None)
     result = run_subprocess("inspect", "tiny-org/tiny-llama", "--json", env=env, cwd=tmp_path)
@@ -151,6 +153,25 @@ def test_repo_id_resolves_in_the_local_hf_cache_offline(tmp_path: Path) -> None:
     assert json.loads(result.stdout)["components"]["tiny-llama"]["tensors"] == 39
     missing = run_subprocess("inspect", "tiny-org/absent", env=env, cwd=tmp_path)
     assert_one_line_error(missing, 2, "tiny-org/absent", "Hugging Face cache")
+
+
+def test_cached_sharded_pipeline_is_read_and_sharded_whole(tmp_path: Path) -> None:
+    """Snapshot files are links into ../../blobs: allowed, and followed when copying."""
+    snapshot = make_hf_cache(tmp_path / "hf", "org/pipe", FIXTURES / "tiny-pipeline")
+    assert (snapshot / "unet" / "config.json").is_symlink()
+    doc = _inspect_json(snapshot)
+    assert doc["components"]["unet"]["layout"] == "sharded"
+    out = tmp_path / "out"
+    result = run_cli("shard", snapshot / "unet", "-o", out, "--max-shard-size", "1MB")
+    assert result.code == 0 and "warning" not in result.stderr, result.stderr
+    assert (out / "config.json").read_bytes() == (
+        FIXTURES / "tiny-pipeline/unet/config.json"
+    ).read_bytes()
+    whole = tmp_path / "whole"
+    assert run_cli("merge", snapshot, "-o", whole).code == 0
+    for f in (FIXTURES / "tiny-pipeline").rglob("*.json"):
+        if "index" not in f.name:
+            assert (whole / f.relative_to(FIXTURES / "tiny-pipeline")).is_file(), f
 
 
 def test_inspect_does_not_import_torch_for_safetensors() -> None:
@@ -300,3 +321,56 @@ def test_help_lists_the_five_commands() -> None:
     for command in ("inspect", "shard", "merge", "plan", "run"):
         assert command in result.stdout
     assert run_cli("--version").stdout.startswith("bigmodel ")
+
+
+def test_legacy_variant_index_layout_is_read(tmp_path: Path) -> None:
+    """diffusers' legacy `diffusion_pytorch_model.safetensors.fp16.index.json` naming."""
+    from make_fixtures import tiny_unet
+
+    folder = tmp_path / "unet"
+    tiny_unet().half().save_pretrained(folder, variant="fp16", max_shard_size="300KB")
+    (index,) = folder.glob("*.index*.json")
+    index.rename(folder / "diffusion_pytorch_model.safetensors.fp16.index.json")
+    comp = _inspect_json(folder, "--variant", "fp16")["components"]["unet"]
+    assert comp["layout"] == "sharded" and comp["dtypes"] == {"float16": comp["parameters"]}
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["inspect", "--bogus"], "--bogus"),
+        (["frob"], "frob"),
+        (["plan", "--max-memory"], "--max-memory"),
+        (["shard", "a", "b"], "unexpected extra argument"),
+    ],
+)
+def test_usage_errors_are_one_line_with_exit_2(args: list[str], needle: str) -> None:
+    assert_one_line_error(run_subprocess(*args), 2, needle)
+
+
+def test_no_arguments_prints_help() -> None:
+    result = run_subprocess()
+    assert result.code == 0 and "inspect" in result.stdout and "plan" in result.stdout
+
+
+def test_only_variant_weights_suggest_the_variant_flag(tmp_path: Path) -> None:
+    (tmp_path / "unet").mkdir()
+    shutil.copy(FIXTURES / "tiny-pipeline" / "model_index.json", tmp_path)
+    save_file(
+        {"a": torch.zeros(2).half()},
+        str(tmp_path / "unet" / "diffusion_pytorch_model.fp16.safetensors"),
+    )
+    assert_one_line_error(run_cli("inspect", tmp_path), 2, "did you mean --variant fp16?")
+    assert_one_line_error(run_cli("inspect", tmp_path / "unet"), 2, "did you mean --variant fp16?")
+    assert run_cli("inspect", tmp_path, "--variant", "fp16").code == 0
+
+
+def test_tensor_missing_from_the_weight_map_is_named(tmp_path: Path) -> None:
+    folder = _copy_llama(tmp_path)
+    _edit_index(folder, lambda d: d["weight_map"].pop("lm_head.weight"))
+    assert_one_line_error(run_cli("inspect", folder), 2, "'lm_head.weight'", "does not list it")
+
+
+def test_sharded_files_are_listed_in_shard_order() -> None:
+    (comp,) = _inspect_json(FIXTURES / "tiny-llama")["components"].values()
+    assert comp["files"] == sorted(comp["files"])

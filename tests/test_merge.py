@@ -80,8 +80,8 @@ def test_shard_then_merge_gives_back_the_source_byte_for_byte(
         assert sum(r[2] for r in shard_report(sharded)) == len(header.tensors)
         sharding.merge(str(sharded), None, None, None, False, progress)
         merged = Path(tmp) / "m-sharded-merged"
-        assert [p.name for p in merged.iterdir()] == ["m.safetensors"]
-        assert (merged / "m.safetensors").read_bytes() == src.read_bytes()
+        assert [p.name for p in merged.iterdir()] == ["model.safetensors"]
+        assert (merged / "model.safetensors").read_bytes() == src.read_bytes()
 
 
 def test_merge_llama_into_one_file_that_transformers_loads(models: Path, tmp_path: Path) -> None:
@@ -171,7 +171,7 @@ def test_real_files_survive_shard_then_merge_byte_for_byte(relative: str, tmp_pa
     assert cli("shard", src, "--max-shard-size", "2KB").exit_code == 0
     assert len(shard_report(tmp_path / "w-sharded")) > 1
     assert cli("merge", tmp_path / "w-sharded").exit_code == 0
-    assert (tmp_path / "w-sharded-merged" / "w.safetensors").read_bytes() == src.read_bytes()
+    assert (tmp_path / "w-sharded-merged" / "model.safetensors").read_bytes() == src.read_bytes()
 
 
 def test_merge_default_output_and_force(models: Path, tmp_path: Path) -> None:

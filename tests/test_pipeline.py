@@ -35,3 +35,21 @@ def test_sharded_and_merged_pipelines_load_in_diffusers_with_the_same_weights(
             mine, theirs = getattr(pipe, name).state_dict(), getattr(original, name).state_dict()
             assert mine.keys() == theirs.keys()
             assert all(torch.equal(mine[k], theirs[k]) for k in mine), (path, name)
+
+
+def test_a_file_with_a_name_of_its_own_shards_into_names_from_pretrained_finds(
+    tmp_path: Path,
+) -> None:
+    from transformers import LlamaForCausalLM
+
+    merged = tmp_path / "merged"
+    assert run_cli("merge", FIXTURES / "tiny-llama", "-o", merged).code == 0
+    (merged / "model.safetensors").rename(merged / "my-finetune.safetensors")
+    out = tmp_path / "out"
+    assert run_cli("shard", merged, "-o", out, "--max-shard-size", "300KB").code == 0
+    assert (out / "model.safetensors.index.json").is_file()
+    assert (out / "model-00001-of-00003.safetensors").is_file()
+    model = LlamaForCausalLM.from_pretrained(out)
+    reference = LlamaForCausalLM.from_pretrained(FIXTURES / "tiny-llama")
+    mine, theirs = model.state_dict(), reference.state_dict()
+    assert all(torch.equal(mine[k], theirs[k]) for k in theirs)

@@ -80,7 +80,11 @@ def test_sequential_reports_peak_and_execution_gpu() -> None:
     assert set(doc["device_map"].values()) == {"cpu"}
     assert doc["execution_device"] == 0
     assert doc["peak_gpu"] == max(c["bytes"] for c in doc["components"].values())
-    assert doc["fits"] is True
+    assert doc["fits"] is False  # the spec: fits means nothing on cpu or disk
+    assert doc["peak_fits"] is True
+    assert set(doc["offloaded"]) == set(doc["components"])
+    too_small = _plan(str(PIPELINE), "--max-memory", "0=1MB", "--strategy", "sequential")
+    assert too_small["peak_fits"] is False
 
 
 def test_output_file_is_written_whole_and_reads_back(tmp_path: Path) -> None:
@@ -257,3 +261,20 @@ def test_split_unet_map_loads_with_diffusers_and_runs(tmp_path: Path) -> None:
         source, device_map=hooked_map, offload_folder=tmp_path / "offload"
     )
     assert torch.allclose(hooked(*args).sample, reference, atol=1e-5)
+
+
+def test_output_never_overwrites_a_file_that_is_not_a_plan(tmp_path: Path) -> None:
+    import shutil
+
+    from tests.conftest import FIXTURES, assert_one_line_error, run_cli
+
+    pipe = tmp_path / "pipe"
+    shutil.copytree(FIXTURES / "tiny-pipeline", pipe)
+    shard = pipe / "unet" / "diffusion_pytorch_model-00001-of-00004.safetensors"
+    before = shard.read_bytes()
+    result = run_cli("plan", pipe, "--max-memory", "cpu=1GB", "-o", shard)
+    assert_one_line_error(result, 2, str(shard), "not a bigmodel plan")
+    assert shard.read_bytes() == before
+    plan = pipe / "plan.json"  # a plan beside the weights, rewritten on the next run
+    for _ in range(2):
+        assert run_cli("plan", pipe, "--max-memory", "cpu=1GB", "-o", plan).code == 0

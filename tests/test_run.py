@@ -424,3 +424,12 @@ def test_source_defaults_to_the_current_folder(tmp_path: Path) -> None:
     assert json.loads(here.stdout)["source"] == str(PIPELINE)
     elsewhere = run_subprocess("run", "--plan", plan, cwd=tmp_path)
     assert elsewhere.code == 2 and "Traceback" not in elsewhere.stderr
+
+
+def test_plan_of_another_checkpoint_says_so(tmp_path: Path) -> None:
+    from tests.conftest import assert_one_line_error
+
+    plan = tmp_path / "llama-plan.json"
+    assert run_cli("plan", FIXTURES / "tiny-llama", "--max-memory", "cpu=1GB", "-o", plan).code == 0
+    result = run_cli("run", PIPELINE, "--plan", plan)
+    assert_one_line_error(result, 2, "tiny-llama", "different checkpoint")

@@ -368,7 +368,7 @@ def test_oversize_tensor_gets_a_shard_of_its_own(tmp_path: Path) -> None:
         (240, 3),
         (300, 1),
     ]
-    assert [r[0] for r in shard_report(out)][0] == "m-00001-of-00004.safetensors"
+    assert [r[0] for r in shard_report(out)][0] == "model-00001-of-00004.safetensors"
 
 
 def test_one_shard_is_the_plain_name_without_index(models: Path, tmp_path: Path) -> None:
@@ -401,7 +401,7 @@ def test_default_output_is_beside_the_source(
     assert (work / "unet-sharded" / "config.json").is_file()
     shutil.copy(FIXTURES / "single.safetensors", work / "x.safetensors")
     assert cli("shard", "x.safetensors").exit_code == 0
-    assert (work / "x-sharded" / "x.safetensors").is_file()
+    assert (work / "x-sharded" / "model.safetensors").is_file()
     shutil.rmtree(work / "unet-sharded")
     monkeypatch.chdir(work / "unet")
     assert cli("shard").exit_code == 0  # SOURCE left out: the current folder
@@ -661,6 +661,6 @@ def test_sharding_the_api_directly_returns_a_result(tmp_path: Path) -> None:
     # In byte order: I64 head.bias; F32 embed (4096 bytes) alone; BF16 block 0 (512 bytes);
     # F16 block 1 + BOOL mask (528 bytes).
     assert result.components[0].files == tuple(
-        f"single-0000{i}-of-00004.safetensors" for i in (1, 2, 3, 4)
+        f"model-0000{i}-of-00004.safetensors" for i in (1, 2, 3, 4)
     )
     assert result.bytes_written == sum(p.stat().st_size for p in (tmp_path / "o").iterdir())

@@ -5,7 +5,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bigmodel_cli.errors import UsageError
-from bigmodel_cli.sizes import DTYPES, bytes_at, format_size, parse_dtype, parse_size
+from bigmodel_cli.sizes import (
+    DTYPES,
+    bytes_at,
+    format_size,
+    parse_dtype,
+    parse_size,
+    parse_target_dtype,
+)
 
 
 @pytest.mark.parametrize(
@@ -99,3 +106,10 @@ def test_target_dtype_changes_floating_tensors_only() -> None:
     assert bytes_at(DTYPES["I64"], 10, fp16) == 80
     assert bytes_at(DTYPES["BOOL"], 10, fp16) == 10
     assert bytes_at(DTYPES["F32"], 10, None) == 40
+
+
+@pytest.mark.parametrize("name", ["int8", "uint8", "bool", "complex64", "I64"])
+def test_target_dtype_must_be_floating(name: str) -> None:
+    with pytest.raises(UsageError, match="not a floating dtype"):
+        parse_target_dtype(name)
+    assert parse_target_dtype("bf16").code == "BF16"

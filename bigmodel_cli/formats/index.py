@@ -29,6 +29,17 @@ class Index:
         return list(dict.fromkeys(self.weight_map.values()))
 
 
+def link_boundary(folder: Path) -> Path:
+    """Links in ``folder`` may lead anywhere below the folder returned: ``folder`` itself,
+    or, inside a Hugging Face cache snapshot (whose files link to ``../../blobs/``), the
+    repo's cache folder."""
+    real = Path(os.path.realpath(folder))
+    for p in (real, *real.parents):
+        if p.parent.name == "snapshots" and (p.parent.parent / "blobs").is_dir():
+            return p.parent.parent
+    return real
+
+
 def safe_member(folder: Path, name: str, index_path: Path) -> Path:
     """``folder/name`` for a plain file name; anything that could leave ``folder`` is refused."""
     bad = (
@@ -45,8 +56,8 @@ def safe_member(folder: Path, name: str, index_path: Path) -> Path:
         )
     path = folder / name
     if path.is_symlink():
-        target = path.resolve()
-        if target.parent != folder.resolve():
+        boundary = link_boundary(folder)
+        if boundary not in Path(os.path.realpath(path)).parents:
             raise BigmodelError(f"shard {name!r} is a link leading outside {folder}", index_path)
     return path
 

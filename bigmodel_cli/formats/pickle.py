@@ -69,10 +69,12 @@ def load_state_dict(path: Path) -> dict[str, Any]:
                 raise
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()
-        detail = next((line for line in first if "Unsupported" in line), first[0] if first else "")
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        detail = next((line for line in lines if "GLOBAL" in line or "Unsupported" in line), "")
         raise BigmodelError(
-            f"refused to unpickle: not a plain tensor checkpoint ({detail.strip()[:200]})", path
+            "refused to unpickle: it would import or call code, not just hold tensors"
+            + (f" ({detail[:200]})" if detail else ""),
+            path,
         ) from None
     except (RuntimeError, OSError, EOFError, ValueError, KeyError, AttributeError) as exc:
         raise BigmodelError(

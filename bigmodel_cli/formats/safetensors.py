@@ -94,7 +94,32 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+U64_MAX = 2**64 - 1
+
+
+def _is_text(value: str) -> bool:
+    """Encodable as UTF-8: JSON escapes can smuggle in lone surrogates, which cannot."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _numel(shape: list[int], bits: int) -> int | None:
+    """Element count, or None when the count or its byte size overflows 64 bits at any
+    step (safetensors computes it with checked 64-bit arithmetic and refuses the file)."""
+    count = 1
+    for dim in shape:
+        count *= dim
+        if count * max(bits // 8, 1) > U64_MAX:
+            return None
+    return count
+
+
 def _tensor_entry(name: str, entry: Any, path: Path, data_start: int) -> TensorInfo:
+    if not _is_text(name):
+        raise BigmodelError("tensor name is not valid UTF-8 (a lone surrogate escape)", path)
     if not isinstance(entry, dict):
         raise BigmodelError("header entry is not an object", path, name)
     extra = set(entry) - {"dtype", "shape", "data_offsets"}
@@ -116,8 +141,10 @@ def _tensor_entry(name: str, entry: Any, path: Path, data_start: int) -> TensorI
         or not 0 <= offsets[0] <= offsets[1]
     ):
         raise BigmodelError("data_offsets must be two integers 0 <= begin <= end", path, name)
-    numel = math.prod(shape)
     bits = DTYPES[dtype].bits
+    numel = _numel(shape, bits)
+    if numel is None:
+        raise BigmodelError(f"shape {shape} overflows 64 bits", path, name)
     if numel * bits % 8:
         raise BigmodelError(
             f"{numel} elements of {dtype} are not a whole number of bytes", path, name
@@ -172,7 +199,10 @@ def parse_header(raw: bytes, path: Path, file_size: int) -> Header:
     metadata = obj.pop("__metadata__", None)
     if metadata is not None and not (
         isinstance(metadata, dict)
-        and all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())
+        and all(
+            isinstance(k, str) and isinstance(v, str) and _is_text(k) and _is_text(v)
+            for k, v in metadata.items()
+        )
     ):
         raise BigmodelError("__metadata__ must map strings to strings", path)
     data_start = 8 + len(raw)

@@ -40,6 +40,10 @@ def write_atomically(path: Path, text: str) -> None:
         raise BigmodelError("is a folder; -o wants a file name such as plan.json", path)
     if not folder.is_dir():
         raise BigmodelError("folder does not exist", folder)
+    if os.path.lexists(path) and not _is_plan_file(path):
+        raise BigmodelError(
+            "exists and is not a bigmodel plan; refusing to overwrite it (choose another -o)", path
+        )
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -51,6 +55,17 @@ def write_atomically(path: Path, text: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _is_plan_file(path: Path) -> bool:
+    """An earlier plan (safe to replace); anything else, weights or configs, is not."""
+    try:
+        if not path.is_file() or path.is_symlink() or path.stat().st_size > 100_000_000:
+            return False
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and doc.get("version") == 1 and "fingerprint" in doc
 
 
 def _print_human(plan: Plan, output: str | None) -> None:
@@ -142,7 +157,7 @@ def summary(plan: Plan) -> str:
 def _sequential_sentence(plan: Plan) -> str:
     largest = max(plan.components, key=lambda n: plan.components[n])
     gpu = f"GPU {plan.execution_device}"
-    verdict = "fits" if plan.fits else "does not fit"
+    verdict = "fits" if plan.peak_fits else "does not fit"
     return (
         f"Sequential offload: every component stays on cpu and moves to {gpu} in turn; "
         f"the peak, {format_size(plan.peak_gpu or 0)} ({largest} plus the reserve), "

@@ -80,6 +80,9 @@ RAW_JSON = [
     b'{"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, Infinity]}}',
     b"{" + b'"x":[' * 50_000 + b"]" * 50_000 + b"}",
     b'{"\xff\xfe": 1}',
+    b'{"\\ud800": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}',
+    b'{"a": {"dtype": "F32", "shape": [4611686018427387904, 4611686018427387904, 0], '
+    b'"data_offsets": [0, 0]}}',
     b"{\x00}",
     b"   ",
     b"[]",
