@@ -40,7 +40,7 @@ bench: install
 	$(PY) benchmarks/run_all.py
 
 fuzz: install
-	BIGMODEL_FUZZ_EXAMPLES=2000 $(BIN)/pytest tests/fuzz
+	BIGMODEL_FUZZ_EXAMPLES=1000 $(BIN)/pytest tests/fuzz
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -6,6 +6,7 @@ import signal
 import sys
 import traceback
 from collections.abc import Callable
+from enum import Enum
 from typing import Annotated, NoReturn, TypeVar
 
 import typer
@@ -23,6 +24,16 @@ app = typer.Typer(
     add_completion=True,
 )
 _state = {"debug": False}
+
+
+class Strategy(str, Enum):
+    """``--strategy`` values (an Enum, so that shell completion offers them)."""
+
+    balanced = "balanced"
+    auto = "auto"
+    sequential = "sequential"
+
+
 T = TypeVar("T")
 
 SourceArg = Annotated[
@@ -201,8 +212,13 @@ def plan(
         ),
     ] = None,
     strategy: Annotated[
-        str, typer.Option("--strategy", help="balanced | auto | sequential.")
-    ] = "balanced",
+        Strategy,
+        typer.Option(
+            "--strategy",
+            help="balanced: whole components, as diffusers; auto: split what fits no GPU; "
+            "sequential: model CPU offload.",
+        ),
+    ] = Strategy.balanced,
     dtype: DTypeOpt = None,
     reserve: Annotated[
         str | None,
@@ -231,7 +247,7 @@ def plan(
         from bigmodel_cli.render.plan import render_plan
 
         result = make_plan(
-            source, max_memory, strategy, _dtype(dtype), reserve, no_split or [], variant
+            source, max_memory, strategy.value, _dtype(dtype), reserve, no_split or [], variant
         )
         render_plan(result, json, output, require_fit)
 
@@ -289,27 +305,34 @@ def _names(error: BaseException) -> set[str]:
     return {cls.__name__ for cls in type(error).__mro__}
 
 
-def main() -> None:
-    """Entry point: usage errors become one line too (click would draw a box)."""
-    signal.signal(signal.SIGTERM, _on_sigterm)
+def run_main(args: list[str] | None = None) -> int:
+    """Run the command line on ``args`` (default: ``sys.argv``) and return the exit status.
+
+    Click's own usage errors become one ``bigmodel: error:`` line too (standalone, click
+    would draw a box around them)."""
     command = typer.main.get_command(app)
     try:
-        code = command.main(prog_name="bigmodel", standalone_mode=False)
+        code = command.main(args=args, prog_name="bigmodel", standalone_mode=False)
     except KeyboardInterrupt:
         sys.stderr.write("bigmodel: interrupted\n")
-        sys.exit(EXIT_INTERRUPTED)
+        return EXIT_INTERRUPTED
     except Exception as error:  # click's exceptions (typer may vendor its own click)
         names = _names(error)
         if "NoArgsIsHelpError" in names:
             sys.stdout.write(command.get_help(typer.Context(command)) + "\n")
-            sys.exit(0)
+            return 0
         if "Abort" in names:
             sys.stderr.write("bigmodel: interrupted\n")
-            sys.exit(EXIT_INTERRUPTED)
+            return EXIT_INTERRUPTED
         if "ClickException" not in names:
             raise
         message = " ".join(error.format_message().split())  # type: ignore[attr-defined]
         hint = " (see bigmodel --help)" if "UsageError" in names else ""
         sys.stderr.write(f"bigmodel: error: {message}{hint}\n")
-        sys.exit(getattr(error, "exit_code", 2))
-    sys.exit(code if isinstance(code, int) else 0)
+        return int(getattr(error, "exit_code", 2))
+    return code if isinstance(code, int) else 0
+
+
+def main() -> None:
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    sys.exit(run_main())

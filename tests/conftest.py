@@ -26,11 +26,16 @@ class CliResult:
 
 
 def run_cli(*args: str | os.PathLike[str]) -> CliResult:
-    """Run ``bigmodel ARGS`` in this process (fast) and capture both streams."""
-    from bigmodel_cli.cli import app
+    """Run ``bigmodel ARGS`` in this process (fast), through the same entry point as the
+    console script, and capture both streams."""
+    from bigmodel_cli.cli import run_main
 
-    result = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
-    return CliResult(result.exit_code, result.stdout, result.stderr)
+    with CliRunner().isolation() as streams:
+        code = run_main([str(a) for a in args])
+        sys.stdout.flush()
+        sys.stderr.flush()
+        out, err = streams[0].getvalue().decode(), streams[1].getvalue().decode()
+    return CliResult(code, out, err)
 
 
 def run_subprocess(
