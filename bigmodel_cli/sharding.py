@@ -19,7 +19,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -257,6 +257,7 @@ class _CopyWalk:
     copies: list[FileCopy]
     folders: list[str]
     warnings: list[str]
+    weight_folders: set[str] = field(default_factory=set)
 
     def walk(self, folder: Path, rel: str) -> None:
         try:
@@ -289,7 +290,12 @@ class _CopyWalk:
             self._file(path, target)
 
     def _file(self, path: Path, target: str) -> None:
-        if target in self.written:
+        if is_other_weights(path, self.weight_folders):
+            self.warnings.append(
+                f"not copied: {target} (other weights of the same model: another format or "
+                "variant; use --variant to shard that one)"
+            )
+        elif target in self.written:
             self.warnings.append(f"not copied: {target} (replaced by the new weights)")
         else:
             self.copies.append(FileCopy(path, target))
@@ -308,6 +314,7 @@ def plan_write(
         components.append(plan_component(c, folder, limit, dtype, variant))
     walk = _CopyWalk(link_boundary(ckpt.root), set(), set(), [], [], [])
     for c in ckpt.components:
+        walk.weight_folders.add(os.path.abspath(c.folder))
         walk.skip.update(os.path.abspath(f) for f in c.files)
         if c.index is not None:
             walk.skip.add(os.path.abspath(c.index.path))
@@ -325,6 +332,18 @@ def plan_write(
         tuple(walk.folders),
         tuple(walk.warnings),
     )
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".msgpack", ".h5")
+
+
+def is_other_weights(path: Path, weight_folders: set[str]) -> bool:
+    """A weights or index file beside a component's own (``pytorch_model.bin`` next to
+    ``model.safetensors``, the fp16 variant next to the fp32 one): not part of OUT."""
+    if os.path.abspath(path.parent) not in weight_folders:
+        return False
+    name = path.name
+    return name.endswith(WEIGHT_SUFFIXES) or (".index." in name and name.endswith(".json"))
 
 
 def _file_variant(name: str) -> str | None:

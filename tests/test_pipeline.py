@@ -53,3 +53,22 @@ def test_a_file_with_a_name_of_its_own_shards_into_names_from_pretrained_finds(
     reference = LlamaForCausalLM.from_pretrained(FIXTURES / "tiny-llama")
     mine, theirs = model.state_dict(), reference.state_dict()
     assert all(torch.equal(mine[k], theirs[k]) for k in theirs)
+
+
+def test_other_weights_beside_a_component_are_not_copied(tmp_path: Path) -> None:
+    import shutil
+
+    src = tmp_path / "llama"
+    shutil.copytree(FIXTURES / "tiny-llama", src)
+    shutil.copy(FIXTURES / "legacy" / "pytorch_model.bin", src / "pytorch_model.bin")
+    (src / "notes.txt").write_text("kept")
+    out = tmp_path / "out"
+    result = run_cli("shard", src, "-o", out, "--max-shard-size", "10MB")
+    assert result.code == 0, result.stderr
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "notes.txt",
+    ]
+    assert "not copied: pytorch_model.bin" in result.stderr
