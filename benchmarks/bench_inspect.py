@@ -8,8 +8,6 @@ and no torch import (checked with `python -X importtime`), also for `bigmodel --
 from __future__ import annotations
 
 import os
-import statistics
-import subprocess
 import sys
 from pathlib import Path
 
@@ -17,8 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402
     BIGMODEL,
-    Measured,
-    measure,
+    imports_torch,
+    median_of,
     row,
     table_header,
     temp_dir,
@@ -28,21 +26,6 @@ from common import (  # noqa: E402
 
 TARGET = 1.5
 REPEATS = 7
-
-
-def median_of(cmd: list[str]) -> Measured:
-    runs = [measure(cmd) for _ in range(REPEATS)]
-    return Measured(statistics.median(m.seconds for m in runs), max(m.peak_rss for m in runs), 0)
-
-
-def imports_torch(args: list[str]) -> bool:
-    proc = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "bigmodel_cli", *args],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return any(line.split("|")[-1].strip() == "torch" for line in proc.stderr.splitlines())
 
 
 def main() -> int:
@@ -57,9 +40,10 @@ def main() -> int:
                 "import sys; from huggingface_hub import parse_local_safetensors_file_metadata"
                 " as p; p(sys.argv[1])",
                 str(path),
-            ]
+            ],
+            REPEATS,
         )
-        ours = median_of([BIGMODEL, "inspect", "--json", str(path)])
+        ours = median_of([BIGMODEL, "inspect", "--json", str(path)], REPEATS)
         torch_inspect = imports_torch(["inspect", "--json", str(path)])
         torch_help = imports_torch(["--help"])
     print(table_header(f"inspect ({size / 1e9:.2f} GB file, median of {REPEATS})"))

@@ -13,7 +13,6 @@ UNet with `init_empty_weights` + `from_config` and calls accelerate's
 from __future__ import annotations
 
 import json
-import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -22,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402
     BIGMODEL,
-    Measured,
-    measure,
+    imports_torch,
+    median_of,
     row,
     table_header,
     temp_dir,
@@ -110,30 +109,15 @@ def build_pipeline(root: Path) -> int:
     return total
 
 
-def median_of(cmd: list[str]) -> Measured:
-    runs = [measure(cmd) for _ in range(REPEATS)]
-    return Measured(statistics.median(m.seconds for m in runs), max(m.peak_rss for m in runs), 0)
-
-
-def imports_torch(args: list[str]) -> bool:
-    proc = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "bigmodel_cli", *args],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return any(line.split("|")[-1].strip() == "torch" for line in proc.stderr.splitlines())
-
-
 def main() -> int:
     with temp_dir() as tmp:
         root = tmp / "sd15"
         size = build_pipeline(root)
         plan_args = ["plan", "--json", str(root), "--max-memory", BUDGET, "--dtype", "fp16"]
         plan_args += ["--strategy", "auto"]
-        anchor = median_of([sys.executable, "-c", ANCHOR, str(root / "unet")])
-        ours = median_of([BIGMODEL, *plan_args])
-        split = median_of([BIGMODEL, *plan_args[:4], "0=1GB,1=1GB", *plan_args[5:]])
+        anchor = median_of([sys.executable, "-c", ANCHOR, str(root / "unet")], REPEATS)
+        ours = median_of([BIGMODEL, *plan_args], REPEATS)
+        split = median_of([BIGMODEL, *plan_args[:4], "0=1GB,1=1GB", *plan_args[5:]], REPEATS)
         torch_imported = imports_torch(plan_args)
     print(table_header(f"plan (SD-1.5-sized pipeline, {size / 1e9:.2f} GB, median of {REPEATS})"))
     print(row("accelerate meta UNet + infer_auto_device_map", anchor))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import statistics
 import struct
 import subprocess
 import sys
@@ -156,3 +157,20 @@ def row(label: str, m: Measured, baseline: Measured | None = None) -> str:
 
 def table_header(title: str) -> str:
     return f"\n### {title}\n\n| command | time | vs baseline | peak RSS |\n|---|---:|---:|---:|"
+
+
+def median_of(cmd: list[str], repeats: int) -> Measured:
+    """Median wall time of ``repeats`` runs (peak RSS: the largest seen)."""
+    runs = [measure(cmd) for _ in range(repeats)]
+    return Measured(statistics.median(m.seconds for m in runs), max(m.peak_rss for m in runs), 0)
+
+
+def imports_torch(args: list[str]) -> bool:
+    """Whether ``bigmodel ARGS`` imports torch (``python -X importtime`` lists it)."""
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "bigmodel_cli", *args],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return any(line.split("|")[-1].strip() == "torch" for line in proc.stderr.splitlines())

@@ -18,6 +18,7 @@ from bigmodel_cli.sizes import DType, parse_dtype
 PLAN_VERSION = 1
 MAX_PLAN_BYTES = 100_000_000
 REQUIRED = ("version", "source", "fingerprint", "devices", "device_map")
+STRATEGY_NAMES = ("balanced", "auto", "sequential")
 
 
 @dataclass(frozen=True)
@@ -152,17 +153,24 @@ def read_plan(path: Path) -> Plan:
         dtype = parse_dtype(dtype_name) if dtype_name else None
     except BigmodelError as exc:
         raise BigmodelError(f"plan dtype: {exc.reason}", path) from None
+    strategy = _optional_str(doc, "strategy", path) or "balanced"
+    if strategy not in STRATEGY_NAMES:
+        raise BigmodelError(f"plan strategy {strategy!r} is unknown", path)
+    devices = _devices(doc["devices"], path)
     device_map = _device_map(doc["device_map"], path)
+    for name, where in device_map.items():
+        if where != "split" and where not in devices:
+            raise BigmodelError(f"plan puts {name!r} on {where!r}, not one of its devices", path)
     split = [name for name, where in device_map.items() if where == "split"]
     execution = doc.get("execution_device")
     return Plan(
         path=path,
         source=doc["source"],
         fingerprint=doc["fingerprint"],
-        strategy=_optional_str(doc, "strategy", path) or "balanced",
+        strategy=strategy,
         dtype=dtype,
         variant=_optional_str(doc, "variant", path),
-        devices=_devices(doc["devices"], path),
+        devices=devices,
         device_map=device_map,
         component_maps=_component_maps(doc.get("component_maps"), split, path),
         execution_device=None if execution is None else device_id(execution, path),

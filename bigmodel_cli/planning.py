@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from bigmodel_cli import planner
@@ -17,13 +16,11 @@ from bigmodel_cli.blocks import build_units
 from bigmodel_cli.checkpoint import Checkpoint, Component, fingerprint, load_checkpoint
 from bigmodel_cli.checkpoint import read_json_file as read_config
 from bigmodel_cli.devices import Budget, Device, DeviceKey, make_budget
-from bigmodel_cli.errors import BigmodelError, UsageError
-from bigmodel_cli.formats.safetensors import parse_json_object
+from bigmodel_cli.errors import UsageError
 from bigmodel_cli.planner import Bin, Layout, Part, Placement
 from bigmodel_cli.sizes import DTYPES, DType, bytes_at
 
 PLAN_VERSION = 1
-MAX_PLAN_BYTES = 100_000_000
 STRATEGIES: dict[str, Callable[[Sequence[Part], Sequence[Bin]], Layout]] = {
     "balanced": planner.balanced,
     "auto": planner.auto,
@@ -225,83 +222,3 @@ def plan_to_json(plan: Plan) -> dict[str, Any]:
         },
         "skipped": list(plan.skipped),
     }
-
-
-def read_plan(path: str | Path) -> dict[str, Any]:
-    """A plan file, checked against schema version 1; a bad file is a BigmodelError (exit 2)."""
-    path = Path(path)
-    try:
-        if path.stat().st_size > MAX_PLAN_BYTES:
-            raise BigmodelError(f"plan file is larger than {MAX_PLAN_BYTES} bytes", path)
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise BigmodelError(f"cannot read plan ({exc.strerror or exc})", path) from None
-    doc = parse_json_object(raw, path, "plan")
-    _check_plan(doc, path)
-    return doc
-
-
-_TOP_LEVEL: dict[str, type | tuple[type, ...]] = {
-    "source": str,
-    "fingerprint": str,
-    "strategy": str,
-    "devices": dict,
-    "device_map": dict,
-    "component_maps": dict,
-    "offloaded": list,
-    "fits": bool,
-    "components": dict,
-}
-
-
-def _check_plan(doc: dict[str, Any], path: Path) -> None:
-    if "version" not in doc:
-        raise BigmodelError(
-            "not a bigmodel plan: no 'version' (write one with bigmodel plan -o)", path
-        )
-    if doc["version"] != PLAN_VERSION or isinstance(doc["version"], bool):
-        raise BigmodelError(
-            f"plan version {doc['version']!r} is not supported (expected {PLAN_VERSION})", path
-        )
-    for key, kind in _TOP_LEVEL.items():
-        if not isinstance(doc.get(key), kind):
-            raise BigmodelError(f"plan {key!r} is missing or not a {_kind(kind)}", path)
-    if doc["strategy"] not in STRATEGIES:
-        raise BigmodelError(f"plan strategy {doc['strategy']!r} is unknown", path)
-    for key, entry in doc["devices"].items():
-        _check_device(key, entry, path)
-    devices = set(doc["devices"])
-    for name, where in doc["device_map"].items():
-        if where != "split" and _device_name(where) not in devices:
-            raise BigmodelError(f"plan puts {name!r} on {where!r}, not one of its devices", path)
-        if where == "split" and not isinstance(doc["component_maps"].get(name), dict):
-            raise BigmodelError(f"plan splits {name!r} but has no component_maps entry", path)
-    for name, module_map in doc["component_maps"].items():
-        for prefix, where in module_map.items() if isinstance(module_map, dict) else [(name, None)]:
-            if _device_name(where) not in devices:
-                raise BigmodelError(f"plan puts {name}:{prefix} on {where!r}", path)
-
-
-def _check_device(key: str, entry: Any, path: Path) -> None:
-    if key not in ("cpu", "disk") and not key.isdigit():
-        raise BigmodelError(f"plan names an unknown device {key!r}", path)
-    if not isinstance(entry, dict):
-        raise BigmodelError(f"plan device {key!r} is not an object", path)
-    capacity, planned = entry.get("capacity"), entry.get("planned")
-    if not _count(planned) or not (capacity is None or _count(capacity)):
-        raise BigmodelError(f"plan device {key!r} needs byte counts 'capacity' and 'planned'", path)
-
-
-def _count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def _device_name(value: Any) -> str | None:
-    if _count(value):
-        return str(value)
-    return value if value in ("cpu", "disk") else None
-
-
-def _kind(kind: type | tuple[type, ...]) -> str:
-    names = {str: "string", dict: "object", list: "list", bool: "boolean"}
-    return names.get(kind, str(kind)) if isinstance(kind, type) else "value"

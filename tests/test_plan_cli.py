@@ -13,7 +13,8 @@ import pytest
 from bigmodel_cli import devices
 from bigmodel_cli.checkpoint import fingerprint, load_checkpoint
 from bigmodel_cli.errors import BigmodelError
-from bigmodel_cli.planning import make_plan, read_plan
+from bigmodel_cli.plan_file import read_plan
+from bigmodel_cli.planning import make_plan
 from tests.conftest import FIXTURES, ROOT, assert_one_line_error, run_cli, run_subprocess
 from tests.plan_helpers import diffusers_balanced, keys_for, llama_config
 
@@ -92,7 +93,7 @@ def test_output_file_is_written_whole_and_reads_back(tmp_path: Path) -> None:
     result = run_cli("plan", PIPELINE, "--max-memory", "0=1GB", "-o", out, "--json")
     assert result.code == 0, result.stderr
     assert json.loads(out.read_text()) == json.loads(result.stdout)
-    assert read_plan(out)["version"] == 1
+    assert read_plan(out).fingerprint.startswith("sha256:")
     assert [p.name for p in tmp_path.iterdir()] == ["plan.json"]  # no temporary left
 
 
@@ -194,7 +195,7 @@ def _write(tmp_path: Path, doc: Any) -> Path:
         ({"device_map": {"unet": "cuda:7"}}, "not one of its devices"),
         ({"device_map": {"unet": "split"}}, "component_maps"),
         ({"devices": {"0": {"capacity": -1, "planned": 0}}}, "byte counts"),
-        ({"fits": "yes"}, "'fits'"),
+        ({"fingerprint": 7}, "'fingerprint'"),
         ({"strategy": "magic"}, "strategy"),
     ],
 )

@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from bigmodel_cli.errors import BigmodelError, FitError
+from bigmodel_cli.plan_file import read_plan
 from bigmodel_cli.planning import DevicePlan, Plan, plan_to_json
 from bigmodel_cli.render import bar, print_json, stdout
 from bigmodel_cli.sizes import format_size
@@ -59,13 +60,13 @@ def write_atomically(path: Path, text: str) -> None:
 
 def _is_plan_file(path: Path) -> bool:
     """An earlier plan (safe to replace); anything else, weights or configs, is not."""
-    try:
-        if not path.is_file() or path.is_symlink() or path.stat().st_size > 100_000_000:
-            return False
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    if not path.is_file() or path.is_symlink():
         return False
-    return isinstance(doc, dict) and doc.get("version") == 1 and "fingerprint" in doc
+    try:
+        read_plan(path)
+    except BigmodelError:
+        return False
+    return True
 
 
 def _print_human(plan: Plan, output: str | None) -> None:
