@@ -5,8 +5,9 @@ numbered blocks (``down_blocks.1``, ``model.layers.12``, ``transformer_blocks.7`
 the modules around them (``conv_in``, ``model.embed_tokens``, ``lm_head``), as
 :func:`bigmodel_cli.checkpoint.group_blocks` finds them. On top of that:
 
-- a diffusers ``mid_block`` is one block (its resnets and attentions are never split);
-- ``--no-split PREFIX`` merges every block under PREFIX into one;
+- ``--no-split PREFIX`` merges every block under PREFIX into one (``--no-split mid_block``
+  keeps a diffusers mid block's resnets and attentions together; by default they are
+  separate blocks, as accelerate treats them);
 - tied tensors share a device: transformers checkpoints saved with
   ``tie_word_embeddings`` hold no ``lm_head.weight``, yet ``from_pretrained(device_map=...)``
   needs ``lm_head`` on the device of the embedding it shares; T5's ``encoder.embed_tokens``
@@ -21,7 +22,6 @@ from collections.abc import Mapping, Sequence
 from bigmodel_cli.checkpoint import group_blocks
 from bigmodel_cli.planner import Unit
 
-ATOMIC: frozenset[str] = frozenset()  # modules whose children never go to different devices
 _HEAD_ARCHITECTURE = re.compile(r"(ForCausalLM|LMHeadModel|ForConditionalGeneration)$")
 # transformers' `_tied_weights_keys` targets for the output embedding, most common first
 _INPUT_EMBEDDINGS = (
@@ -48,12 +48,7 @@ def natural_key(name: str) -> tuple[tuple[int, int, str], ...]:
 
 
 def coarsen(block: str, no_split: Sequence[str]) -> str:
-    """``mid_block.resnets.0`` -> ``mid_block``; a block under a --no-split PREFIX -> PREFIX."""
-    parts = block.split(".")
-    for i, part in enumerate(parts[:-1]):
-        if part in ATOMIC:
-            block = ".".join(parts[: i + 1])
-            break
+    """A block under a --no-split PREFIX -> PREFIX (``mid_block.resnets.0`` -> ``mid_block``)."""
     covering = [p for p in no_split if block == p or block.startswith(p + ".")]
     return min(covering, key=len) if covering else block
 

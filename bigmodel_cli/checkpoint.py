@@ -117,7 +117,7 @@ def _variant_hint(folders: list[Path], variant: str | None) -> str:
     found: set[str] = set()
     for folder in folders:
         for ext in (".safetensors", ".bin"):
-            names = (_variant_of(p.name, ext) for p in folder.glob(f"*{ext}") if p.is_file())
+            names = (variant_of(p.name, ext) for p in folder.glob(f"*{ext}") if p.is_file())
             found.update(v for v in names if v is not None and v != variant)
     return f"; did you mean --variant {sorted(found)[0]}?" if found else ""
 
@@ -159,10 +159,15 @@ def _with_library(c: Component, library: tuple[str, str] | None) -> Component:
     )
 
 
-def _variant_of(name: str, suffix: str) -> str | None:
-    """``diffusion_pytorch_model.fp16.safetensors`` -> ``fp16``; no variant -> None."""
+HF_STEMS = ("model", "diffusion_pytorch_model", "pytorch_model")
+
+
+def variant_of(name: str, suffix: str) -> str | None:
+    """``diffusion_pytorch_model.fp16.safetensors`` -> ``fp16``. Only Hugging Face weight
+    names carry variants: ``sd_xl_base_1.0.safetensors`` has none (not ``0``)."""
     stem = _SHARD_SUFFIX.sub("", name[: -len(suffix)])
-    return stem.rsplit(".", 1)[1] if "." in stem else None
+    base, dot, variant = stem.rpartition(".")
+    return variant if dot and base in HF_STEMS and variant else None
 
 
 def _index_candidates(folder: Path, variant: str | None, ext: str) -> list[Path]:
@@ -173,7 +178,7 @@ def _index_candidates(folder: Path, variant: str | None, ext: str) -> list[Path]
     for p in folder.glob(f"*{ext}*.json"):
         name = p.name
         if name.endswith(f"{ext}.index.json"):
-            v = _variant_of(name.removesuffix(".index.json"), ext)
+            v = variant_of(name.removesuffix(".index.json"), ext)
         elif variant and name.endswith(
             (f"{ext}.index.{variant}.json", f"{ext}.{variant}.index.json")
         ):
@@ -204,7 +209,7 @@ def find_component(
                 for s in suffixes
                 for p in folder.glob(f"*{s}")
                 if p.is_file()
-                and _variant_of(p.name, s) == variant
+                and variant_of(p.name, s) == variant
                 and not _SHARD_SUFFIX.search(p.stem)
             )
             if len(files) > 1:

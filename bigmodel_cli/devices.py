@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
 
 from bigmodel_cli.errors import UsageError
 from bigmodel_cli.sizes import parse_size
@@ -132,9 +133,16 @@ def detect_gpus() -> list[tuple[int, int]]:
 
 
 def available_ram() -> int:
-    import psutil
+    """RAM available now (psutil; /proc/meminfo where psutil is missing, as on bare GPU hosts)."""
+    try:
+        import psutil
 
-    return int(psutil.virtual_memory().available)
+        return int(psutil.virtual_memory().available)
+    except ImportError:  # pragma: no cover - psutil is a dependency
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+        return 0
 
 
 def make_budget(max_memory: str | None, reserve: str | None) -> Budget:

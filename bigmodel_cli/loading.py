@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from bigmodel_cli.checkpoint import Checkpoint, Component
 from bigmodel_cli.errors import BigmodelError, FitError
+from bigmodel_cli.formats.pickle import torch_dtype
 from bigmodel_cli.formats.safetensors import TensorInfo
 from bigmodel_cli.plan_file import torch_device
 from bigmodel_cli.progress import Progress
@@ -56,15 +57,6 @@ class Loaded:
 
     def time(self, dev: str, seconds: float) -> None:
         self.seconds[dev] = self.seconds.get(dev, 0.0) + seconds
-
-
-def torch_dtype(code: str) -> torch.dtype:
-    import torch
-
-    dtype = getattr(torch, DTYPES[code].name, None)
-    if dtype is None:
-        raise BigmodelError(f"this torch ({torch.__version__}) has no dtype {DTYPES[code].name}")
-    return dtype
 
 
 def cast_dtype(code: str, target: DType | None) -> torch.dtype:
@@ -186,6 +178,13 @@ def _load_safetensors(
 ) -> None:
     from safetensors import SafetensorError
 
+    for info in c.tensors:
+        if DTYPES[info.dtype].bits % 8:
+            raise BigmodelError(
+                f"{info.dtype} packs several values per byte; torch cannot load it as a tensor",
+                info.file,
+                info.name,
+            )
     spill = _Spill()
     for file, infos in _by_file(c.tensors):
         used = {place[t.name] for t in infos}

@@ -227,11 +227,27 @@ def auto(parts: Sequence[Part], bins: Sequence[Bin]) -> Layout:
             _take(room, placed[part.name].device, part.nbytes)
     rest = sorted((p for p in parts if p.name not in placed), key=lambda p: p.nbytes, reverse=True)
     for part in (p for p in rest if len(p.units) >= 2):
-        placed[part.name] = split(part, gpus, hosts, room)
+        placed[part.name] = _split_or_whole(part, gpus, hosts, room)
     for part in (p for p in rest if len(p.units) < 2):
         placed[part.name] = Placement(part.name, _to_host(room, hosts, part.nbytes))
     runs = [p.execution_device for p in placed.values() if p.execution_device is not None]
     return Layout(tuple(placed[p.name] for p in parts), runs[0] if runs else None)
+
+
+def _split_or_whole(
+    part: Part, gpus: Sequence[Bin], hosts: Sequence[DeviceKey], room: Room
+) -> Placement:
+    """Split ``part`` when that puts some of it on a GPU; a component that would only be
+    spread over cpu and disk goes whole to the first host with room for it."""
+    trial = dict(room)
+    placement = split(part, gpus, hosts, trial)
+    devices = {d for _, d in placement.units} or {placement.device}
+    whole = next((h for h in hosts if room[h] is None or part.nbytes <= (room[h] or 0)), None)
+    if any(isinstance(d, int) for d in devices) or whole is None:
+        room.update(trial)
+        return placement
+    _take(room, whole, part.nbytes)
+    return Placement(part.name, whole)
 
 
 def split(part: Part, gpus: Sequence[Bin], hosts: Sequence[DeviceKey], room: Room) -> Placement:

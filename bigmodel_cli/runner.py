@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from bigmodel_cli import loading
 from bigmodel_cli.checkpoint import Checkpoint, fingerprint, load_checkpoint
+from bigmodel_cli.devices import available_ram
 from bigmodel_cli.errors import BigmodelError, FitError
 from bigmodel_cli.loading import Loaded
 from bigmodel_cli.plan_file import Plan, read_plan, torch_device
@@ -147,18 +148,6 @@ def gpu_count() -> int:
     import torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
-def available_ram() -> int:
-    try:
-        import psutil
-
-        return int(psutil.virtual_memory().available)
-    except ImportError:  # pragma: no cover - psutil is a dependency, but gpu_check may lack it
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-        return 0
 
 
 def free_memory(dev: str) -> int | None:

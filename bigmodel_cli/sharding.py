@@ -24,7 +24,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from bigmodel_cli.atomic import AtomicFolder, check_output, default_output
-from bigmodel_cli.checkpoint import Checkpoint, Component, load_checkpoint, read_json_file
+from bigmodel_cli.checkpoint import (
+    Checkpoint,
+    Component,
+    load_checkpoint,
+    read_json_file,
+    variant_of,
+)
 from bigmodel_cli.errors import BigmodelError, UsageError
 from bigmodel_cli.formats.index import index_json, link_boundary
 from bigmodel_cli.formats.safetensors import HeaderEntry, TensorInfo
@@ -307,7 +313,7 @@ def plan_write(
     """The full plan: each component's files, plus every other file of the source."""
     variant = ckpt.variant
     if ckpt.kind == "file" and variant is None:
-        variant = _file_variant(ckpt.source.name)
+        variant = variant_of(ckpt.source.name, ckpt.source.suffix)
     components = []
     for c in ckpt.components:
         folder = "" if ckpt.kind != "pipeline" else os.path.relpath(c.folder, ckpt.root)
@@ -344,12 +350,6 @@ def is_other_weights(path: Path, weight_folders: set[str]) -> bool:
         return False
     name = path.name
     return name.endswith(WEIGHT_SUFFIXES) or (".index." in name and name.endswith(".json"))
-
-
-def _file_variant(name: str) -> str | None:
-    """``unet.fp16.safetensors`` -> ``fp16``: a lone file keeps its variant in the new names."""
-    parts = name.split(".")
-    return parts[-2] if len(parts) > 2 else None
 
 
 # --- the commands --------------------------------------------------------------------

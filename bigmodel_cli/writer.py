@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from bigmodel_cli.errors import BigmodelError
 from bigmodel_cli.formats.index import read_index
+from bigmodel_cli.formats.pickle import torch_dtype
 from bigmodel_cli.formats.safetensors import ALIGNMENT, build_header, read_header
 from bigmodel_cli.progress import Progress
 from bigmodel_cli.sharding import ComponentPlan, FileCopy, OutputFile, TensorSlot, WritePlan
@@ -135,15 +136,6 @@ class Sources:
         self._pickle = None
 
 
-def _torch_dtype(code: str) -> torch.dtype:
-    import torch
-
-    dtype = getattr(torch, DTYPES[code].name, None)
-    if not isinstance(dtype, torch.dtype):
-        raise AttributeError(code)
-    return dtype
-
-
 def check_conversions(plan: WritePlan) -> None:
     """Refuse, before writing, a ``--dtype`` cast that torch cannot do (sub-byte floats)."""
     pairs = {
@@ -161,8 +153,8 @@ def check_conversions(plan: WritePlan) -> None:
         try:
             if DTYPES[src].bits % 8 or DTYPES[dst].bits % 8:
                 raise TypeError("sub-byte dtype")
-            torch.zeros(2, dtype=_torch_dtype(src)).to(_torch_dtype(dst))
-        except (AttributeError, RuntimeError, TypeError):
+            torch.zeros(2, dtype=torch_dtype(src)).to(torch_dtype(dst))
+        except (BigmodelError, RuntimeError, TypeError):
             raise BigmodelError(
                 f"cannot convert {src} to {dst} (no such cast in torch {torch.__version__})",
                 slot.file,
@@ -300,8 +292,8 @@ def _convert_range(src: int, slot: TensorSlot, dst: int, progress: Progress) -> 
     width = DTYPES[slot.source_dtype].bits // 8
     step = max(width, CONVERT_CHUNK // width * width)
     buffer = bytearray(min(step, slot.end - slot.start))
-    target = _torch_dtype(slot.dtype)
-    source = _torch_dtype(slot.source_dtype)
+    target = torch_dtype(slot.dtype)
+    source = torch_dtype(slot.source_dtype)
     pos = slot.start
     while pos < slot.end:
         view = memoryview(buffer)[: min(step, slot.end - pos)]
@@ -319,7 +311,7 @@ def _write_tensor(tensor: torch.Tensor, slot: TensorSlot, dst: int, progress: Pr
     import torch
 
     flat = tensor.detach().reshape(-1)
-    target = _torch_dtype(slot.dtype) if slot.converts else None
+    target = torch_dtype(slot.dtype) if slot.converts else None
     width = max(flat.element_size(), DTYPES[slot.dtype].bits // 8, 1)
     step = max(1, CONVERT_CHUNK // width)
     for i in range(0, flat.numel(), step):

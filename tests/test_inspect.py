@@ -374,3 +374,10 @@ def test_tensor_missing_from_the_weight_map_is_named(tmp_path: Path) -> None:
 def test_sharded_files_are_listed_in_shard_order() -> None:
     (comp,) = _inspect_json(FIXTURES / "tiny-llama")["components"].values()
     assert comp["files"] == sorted(comp["files"])
+
+
+@pytest.mark.parametrize("command", ["inspect", "shard", "merge", "plan", "run"])
+def test_every_command_help_shows_an_example(command: str) -> None:
+    result = run_cli(command, "--help")
+    assert result.code == 0
+    assert f"Example: bigmodel {command} " in " ".join(result.stdout.split())

@@ -72,3 +72,23 @@ def test_other_weights_beside_a_component_are_not_copied(tmp_path: Path) -> None
         "notes.txt",
     ]
     assert "not copied: pytorch_model.bin" in result.stderr
+
+
+def test_dotted_single_file_names_are_not_variants(tmp_path: Path) -> None:
+    """`sd_xl_base_1.0.safetensors` is a name, not variant "0" of something."""
+    import shutil
+
+    src = tmp_path / "sd_xl_base_1.0.safetensors"
+    shutil.copy(FIXTURES / "single.safetensors", src)
+    out = tmp_path / "sharded"
+    assert run_cli("shard", src, "-o", out, "--max-shard-size", "2KB").code == 0
+    assert (out / "model.safetensors.index.json").is_file()
+    assert all(p.name.startswith("model-0000") for p in out.glob("*.safetensors"))
+    assert run_cli("inspect", out).code == 0
+    merged = tmp_path / "merged"
+    assert run_cli("merge", out, "-o", merged).code == 0
+    assert [p.name for p in merged.iterdir()] == ["model.safetensors"]
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    shutil.copy(src, folder / src.name)
+    assert run_cli("inspect", folder).code == 0

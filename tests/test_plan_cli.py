@@ -279,3 +279,9 @@ def test_output_never_overwrites_a_file_that_is_not_a_plan(tmp_path: Path) -> No
     plan = pipe / "plan.json"  # a plan beside the weights, rewritten on the next run
     for _ in range(2):
         assert run_cli("plan", pipe, "--max-memory", "cpu=1GB", "-o", plan).code == 0
+
+
+def test_auto_without_gpus_keeps_components_whole() -> None:
+    doc = _plan(str(PIPELINE), "--max-memory", "cpu=2MB,disk", "--strategy", "auto")
+    assert doc["device_map"] == {"unet": "disk", "vae": "cpu", "text_encoder": "cpu"}
+    assert doc["component_maps"] == {}

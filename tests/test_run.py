@@ -433,3 +433,16 @@ def test_plan_of_another_checkpoint_says_so(tmp_path: Path) -> None:
     assert run_cli("plan", FIXTURES / "tiny-llama", "--max-memory", "cpu=1GB", "-o", plan).code == 0
     result = run_cli("run", PIPELINE, "--plan", plan)
     assert_one_line_error(result, 2, "tiny-llama", "different checkpoint")
+
+
+def test_sub_byte_dtypes_are_refused_with_exit_2(tmp_path: Path) -> None:
+    from tests.conftest import assert_one_line_error
+    from tests.shard_helpers import write_raw
+
+    src = tmp_path / "packed.safetensors"
+    write_raw(src, [("packed", "F4", (4,), b"\x12\x34"), ("w", "F32", (1,), b"\0" * 4)])
+    plan = tmp_path / "plan.json"
+    assert run_cli("plan", src, "--max-memory", "cpu=1GB", "-o", plan).code == 0
+    for extra in ([], ["--verify"]):
+        result = run_cli("run", src, "--plan", plan, *extra)
+        assert_one_line_error(result, 2, "'packed'", "F4")

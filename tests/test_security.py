@@ -61,3 +61,14 @@ def test_garbage_bin_is_bad_input(tmp_path: Path) -> None:
     path = tmp_path / "junk.bin"
     path.write_bytes(b"not a pickle at all")
     assert_one_line_error(run_cli("inspect", path), 2, str(path))
+
+
+def test_sparse_and_meta_pickle_tensors_are_bad_input(tmp_path: Path) -> None:
+    sparse = tmp_path / "sparse.bin"
+    torch.save({"w": torch.eye(3).to_sparse(), "b": torch.zeros(3)}, sparse)
+    meta = tmp_path / "meta.bin"
+    torch.save({"w": torch.empty(3, device="meta")}, meta)
+    for path in (sparse, meta):
+        for args in (["inspect", path], ["shard", path, "-o", tmp_path / "out"]):
+            assert_one_line_error(run_cli(*args), 2, str(path), "only dense tensors")
+    assert not (tmp_path / "out").exists()

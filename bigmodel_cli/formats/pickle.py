@@ -55,6 +55,18 @@ def torch_dtype_code(dtype: torch.dtype) -> str:
     return table[dtype]
 
 
+def torch_dtype(code: str) -> torch.dtype:
+    """The torch dtype of a safetensors dtype code (``F16`` -> ``torch.float16``)."""
+    import torch
+
+    from bigmodel_cli.sizes import DTYPES
+
+    dtype = getattr(torch, DTYPES[code].name, None)
+    if not isinstance(dtype, torch.dtype):
+        raise BigmodelError(f"this torch ({torch.__version__}) has no dtype {DTYPES[code].name}")
+    return dtype
+
+
 def load_state_dict(path: Path) -> dict[str, Any]:
     """The tensors of a pickle checkpoint, memory-mapped; never runs code from the file."""
     import pickle
@@ -100,8 +112,15 @@ def _flatten(obj: Any, path: Path) -> dict[str, Any]:
 
 def read_pickle_tensors(path: Path) -> list[TensorInfo]:
     """Tensor records of a pickle file (no byte ranges: ``start == end == -1``)."""
+    import torch
+
     records = []
     for name, tensor in load_state_dict(path).items():
+        if tensor.layout != torch.strided or tensor.is_quantized or tensor.device.type != "cpu":
+            kind = "quantized" if tensor.is_quantized else f"{tensor.layout} on {tensor.device}"
+            raise BigmodelError(
+                f"is a {kind} tensor; only dense tensors with data can be read", path, name
+            )
         try:
             code = torch_dtype_code(tensor.dtype)
         except KeyError:

@@ -24,12 +24,6 @@ def stdout() -> Console:
     return Console(no_color="NO_COLOR" in os.environ or None, highlight=False, width=width)
 
 
-def stderr() -> Console:
-    from rich.console import Console
-
-    return Console(stderr=True, no_color="NO_COLOR" in os.environ or None, highlight=False)
-
-
 def print_json(doc: Any) -> None:
     """One JSON document on stdout, nothing else."""
     sys.stdout.write(json.dumps(doc, indent=2) + "\n")

@@ -142,10 +142,12 @@ def _split_bytes(plan: Plan, name: str, device: DevicePlan) -> int:
 
 def summary(plan: Plan) -> str:
     """One sentence: what was offloaded, and why."""
-    if plan.detected and not plan.gpus:
-        return "No GPU found and no --max-memory given: everything is planned on cpu."
     if not plan.gpus:
-        return "No GPU in --max-memory: everything is planned on cpu."
+        hosts = " and ".join(d.label for d in plan.devices if d.planned) or "cpu"
+        why = (
+            "No GPU found and no --max-memory given" if plan.detected else "No GPU in --max-memory"
+        )
+        return f"{why}: everything is planned on {hosts}."
     if plan.strategy == "sequential":
         return _sequential_sentence(plan)
     if not plan.offloaded:
@@ -166,12 +168,20 @@ def _sequential_sentence(plan: Plan) -> str:
     )
 
 
+def _runner_clause(plan: Plan) -> str:
+    if plan.execution_device is None or not plan.held_for_offload:
+        return ""
+    return (
+        f"; they run on GPU {plan.execution_device}, which keeps "
+        f"{format_size(plan.held_for_offload)} free for the largest of them"
+    )
+
+
 def _offload_reason(plan: Plan, name: str) -> str:
     size = format_size(plan.components[name])
     widest = max((d.capacity or 0 for d in plan.gpus), default=0)
     if plan.device_map[name] == "split":
         hosts = {k: n for k, n in plan.block_bytes[name].items() if not isinstance(k, int)}
-        runner = f"GPU {plan.execution_device}" if plan.execution_device is not None else "cpu"
         why = (
             f"is larger than any GPU ({format_size(widest)})"
             if plan.components[name] > widest
@@ -180,8 +190,7 @@ def _offload_reason(plan: Plan, name: str) -> str:
         return (
             f"{name} ({size}) {why}, so it is split at block level: "
             f"{format_size(sum(hosts.values()))} of its blocks do not fit the GPUs "
-            f"and go to {' and '.join(map(str, hosts))}; they run on {runner}, which keeps "
-            f"{format_size(plan.held_for_offload)} free for the largest of them"
+            f"and go to {' and '.join(map(str, hosts))}" + _runner_clause(plan)
         )
     where = plan.device_map[name]
     if plan.components[name] > widest:

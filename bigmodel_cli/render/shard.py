@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
-from bigmodel_cli.render import print_json, stderr, stdout
+from bigmodel_cli.render import print_json, stdout
 from bigmodel_cli.sharding import WriteResult
 from bigmodel_cli.sizes import format_size
 
@@ -24,8 +25,8 @@ def write_doc(result: WriteResult) -> dict[str, Any]:
 
 
 def render_write(result: WriteResult, as_json: bool) -> None:
-    for line in result.warnings:
-        stderr().print(f"bigmodel: warning: {line}", markup=False)
+    for line in result.warnings:  # one line each, never wrapped: scripts grep for them
+        sys.stderr.write(f"bigmodel: warning: {line}\n")
     if as_json:
         print_json(write_doc(result))
         return

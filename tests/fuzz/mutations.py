@@ -129,6 +129,21 @@ def safetensors_cases(draw: st.DrawFn) -> Case:
     return write
 
 
+# Cases every command must refuse (exit 2), whatever else is drawn.
+MUST_FAIL = {
+    "dotdot",
+    "absolute",
+    "subdir",
+    "symlink",
+    "missing_shard",
+    "extra_tensor",
+    "missing_tensor",
+    "not_json",
+    "weight_map_type",
+    "duplicate_tensor",
+}
+
+
 @st.composite
 def sharded_cases(draw: st.DrawFn) -> Case:
     """A two-shard folder with an index, the index or the shards broken."""
@@ -205,4 +220,5 @@ def sharded_cases(draw: st.DrawFn) -> Case:
         (folder / "model.safetensors.index.json").write_text(text)
         return folder
 
+    write.must_fail = kind in MUST_FAIL  # type: ignore[attr-defined]
     return write

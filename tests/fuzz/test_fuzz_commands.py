@@ -99,6 +99,8 @@ def run_every_command(tmp: Path, case: Case, check_memory: bool = True) -> None:
         finally:
             tracemalloc.stop()
         check(result, args)
+        if getattr(case, "must_fail", False):
+            assert result.code == 2, (args, "a hostile folder was accepted", result.stdout[:200])
         if check_memory and args[0] in ("inspect", "plan"):
             assert peak <= 2 * size + 4_000_000, (args, peak, size)
         if args[0] in ("shard", "merge"):
