@@ -7,6 +7,7 @@ import sys
 import traceback
 from collections.abc import Callable
 from enum import Enum
+from pathlib import Path
 from typing import Annotated, NoReturn, TypeVar
 
 import typer
@@ -243,12 +244,15 @@ def plan(
     """
 
     def body() -> None:
-        from bigmodel_cli.planning import make_plan
+        from bigmodel_cli.plan_file import save_plan
+        from bigmodel_cli.planning import make_plan, plan_to_json
         from bigmodel_cli.render.plan import render_plan
 
         result = make_plan(
             source, max_memory, strategy.value, _dtype(dtype), reserve, no_split or [], variant
         )
+        if output is not None:
+            save_plan(plan_to_json(result), Path(output))
         render_plan(result, json, output, require_fit)
 
     guarded(body)

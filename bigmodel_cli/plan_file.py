@@ -57,6 +57,30 @@ class Plan:
         return int(where) if where.isdigit() else where
 
 
+def save_plan(doc: dict[str, Any], path: Path) -> None:
+    """Write a plan document to ``path`` atomically. An existing file is replaced only when
+    it is an earlier plan: never a shard, a config, or anything else of the user's."""
+    import json
+
+    from bigmodel_cli.atomic import write_text_atomically
+
+    if path.is_dir():
+        raise BigmodelError("is a folder; -o wants a file name such as plan.json", path)
+    if path.is_symlink() or (path.exists() and not _is_plan(path)):
+        raise BigmodelError(
+            "exists and is not a bigmodel plan; refusing to overwrite it (choose another -o)", path
+        )
+    write_text_atomically(path, json.dumps(doc, indent=2) + "\n")
+
+
+def _is_plan(path: Path) -> bool:
+    try:
+        read_plan(path)
+    except BigmodelError:
+        return False
+    return True
+
+
 def torch_device(dev: str) -> str:
     """Device id -> torch's name: ``"0"`` -> ``"cuda:0"``; cpu and disk stay."""
     return f"cuda:{dev}" if dev.isdigit() else dev

@@ -17,10 +17,10 @@ from bigmodel_cli.checkpoint import Checkpoint, Component, fingerprint, load_che
 from bigmodel_cli.checkpoint import read_json_file as read_config
 from bigmodel_cli.devices import Budget, Device, DeviceKey, make_budget
 from bigmodel_cli.errors import UsageError
+from bigmodel_cli.plan_file import PLAN_VERSION
 from bigmodel_cli.planner import Bin, Layout, Part, Placement
 from bigmodel_cli.sizes import DTYPES, DType, bytes_at
 
-PLAN_VERSION = 1
 STRATEGIES: dict[str, Callable[[Sequence[Part], Sequence[Bin]], Layout]] = {
     "balanced": planner.balanced,
     "auto": planner.auto,

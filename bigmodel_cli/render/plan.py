@@ -1,19 +1,12 @@
-"""``bigmodel plan`` output: the plan file (``-o``), the JSON document (``--json``), or a
-table per device with a capacity bar and one sentence on what was offloaded and why."""
+"""``bigmodel plan`` output: the JSON document (``--json``), or a table per device with a
+capacity bar and one sentence on what was offloaded and why."""
 
 from __future__ import annotations
-
-import contextlib
-import json
-import os
-import tempfile
-from pathlib import Path
 
 from rich.markup import escape
 from rich.table import Table
 
-from bigmodel_cli.errors import BigmodelError, FitError
-from bigmodel_cli.plan_file import read_plan
+from bigmodel_cli.errors import FitError
 from bigmodel_cli.planning import DevicePlan, Plan, plan_to_json
 from bigmodel_cli.render import bar, print_json, stdout
 from bigmodel_cli.sizes import format_size
@@ -22,51 +15,14 @@ SHOWN_BLOCKS = 4
 
 
 def render_plan(plan: Plan, as_json: bool, output: str | None, require_fit: bool) -> None:
-    """Write ``-o``, print the plan; then exit 3 under ``--require-fit`` if it does not fit."""
-    doc = plan_to_json(plan)
-    if output is not None:
-        write_atomically(Path(output), json.dumps(doc, indent=2) + "\n")
+    """Print the plan (``output``: where ``-o`` wrote it); then exit 3 under
+    ``--require-fit`` if it does not fit."""
     if as_json:
-        print_json(doc)
+        print_json(plan_to_json(plan))
     else:
         _print_human(plan, output)
     if require_fit and not plan.fits:
         raise FitError(f"the plan does not fit (--require-fit): {summary(plan)}")
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """A temporary file in the same folder, renamed over ``path`` once complete."""
-    folder = path.parent if str(path.parent) else Path(".")
-    if path.is_dir():
-        raise BigmodelError("is a folder; -o wants a file name such as plan.json", path)
-    if not folder.is_dir():
-        raise BigmodelError("folder does not exist", folder)
-    if os.path.lexists(path) and not _is_plan_file(path):
-        raise BigmodelError(
-            "exists and is not a bigmodel plan; refusing to overwrite it (choose another -o)", path
-        )
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def _is_plan_file(path: Path) -> bool:
-    """An earlier plan (safe to replace); anything else, weights or configs, is not."""
-    if not path.is_file() or path.is_symlink():
-        return False
-    try:
-        read_plan(path)
-    except BigmodelError:
-        return False
-    return True
 
 
 def _print_human(plan: Plan, output: str | None) -> None:
