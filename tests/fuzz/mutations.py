@@ -25,16 +25,21 @@ GOOD_TENSORS: dict[str, dict[str, Any]] = {
 WIDTH = {"F32": 4, "F16": 2, "BOOL": 1, "BF16": 2}
 
 
-def good_header() -> tuple[dict[str, Any], int]:
+def header_for(tensors: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], int]:
+    """A valid header for ``tensors`` (name -> dtype and shape), and its data size."""
     header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
     offset = 0
-    for name, entry in GOOD_TENSORS.items():
+    for name, entry in tensors.items():
         n = WIDTH[entry["dtype"]]
         for d in entry["shape"]:
             n *= d
         header[name] = dict(entry, data_offsets=[offset, offset + n])
         offset += n
     return header, offset
+
+
+def good_header() -> tuple[dict[str, Any], int]:
+    return header_for(GOOD_TENSORS)
 
 
 def pack(raw: bytes, data: bytes, length: int | None = None) -> bytes:
@@ -182,14 +187,7 @@ def sharded_cases(draw: st.DrawFn) -> Case:
             files["model-00002-of-00002.safetensors"]["embed.weight"] = GOOD_TENSORS["embed.weight"]
         nbytes = 0
         for fname, tensors in files.items():
-            h: dict[str, Any] = {"__metadata__": {"format": "pt"}}
-            offset = 0
-            for tname, entry in tensors.items():
-                n = WIDTH[entry["dtype"]]
-                for d in entry["shape"]:
-                    n *= d
-                h[tname] = dict(entry, data_offsets=[offset, offset + n])
-                offset += n
+            h, offset = header_for(tensors)
             nbytes += offset
             (folder / fname).write_bytes(pack(json.dumps(h).encode(), bytes(offset)))
         weight_map: Any = dict(split)
