@@ -1,4 +1,4 @@
-"""Shared helpers of test_shard.py and test_merge.py: the CLI, hashes, tensors, tiny models."""
+"""Shared test helpers (shard, merge, faults, fuzz): the CLI, tree hashes, tensors, tiny models."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,30 @@ def fingerprint(path: Path) -> str:
                 pos = hole_at
             digest.update(f"size {size}\n".encode())
     return digest.hexdigest()
+
+
+def sparse_checkpoint(path: Path, gigabytes: float = 1.5) -> Path:
+    """A valid safetensors file with one huge zero tensor, sparse on disk: slow enough to
+    catch a run in the middle, cheap to make."""
+    count = int(gigabytes * 1e9) // 4
+    header = build_header(
+        [HeaderEntry("small.weight", "F32", (2,)), HeaderEntry("huge.weight", "F32", (count,))],
+        {"format": "pt"},
+    )
+    with open(path, "wb") as f:
+        f.write(header + b"\1" * 8)
+        f.truncate(len(header) + 8 + count * 4)
+    return path
+
+
+def wait_for_temp_data(folder: Path, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        temps = [p for p in folder.iterdir() if ".bigmodel-tmp-" in p.name]
+        if temps and any(f.stat().st_size > 0 for f in temps[0].glob("*")):
+            return
+        time.sleep(0.005)
+    raise AssertionError("the run never started writing")
 
 
 def leftovers(folder: Path) -> list[str]:

@@ -10,7 +10,6 @@ bytes unchanged, one line on stderr and the documented exit status.
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import shutil
 from collections.abc import Callable
@@ -20,15 +19,9 @@ from typing import Any
 import pytest
 
 from tests.conftest import FIXTURES, CliResult, run_cli
+from tests.shard_helpers import fingerprint, sparse_checkpoint, wait_for_temp_data
 
 POINTS = ("open", "write", "copy_file_range", "sendfile", "rename", "replace", "mkdir", "ftruncate")
-
-
-def digest(path: Path) -> dict[str, str]:
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    return {
-        str(p.relative_to(path.parent)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files
-    }
 
 
 class Injector:
@@ -62,13 +55,13 @@ def count_points(
     run: Callable[[], CliResult],
     out: Path,
     cleanup: Callable[[], None],
-) -> tuple[int, dict[str, str]]:
+) -> tuple[int, str]:
     """Calls a clean run makes, and the digest of what it writes."""
     with monkeypatch.context() as m:
         injector = Injector(m, None, 0)
         result = run()
     assert result.code == 0, result.stderr
-    written = digest(out)
+    written = fingerprint(out)
     cleanup()
     return injector.calls, written
 
@@ -113,15 +106,15 @@ def test_a_fault_at_any_write_loses_nothing(
 ) -> None:
     src = tmp_path / "src" / source.name
     shutil.copytree(source, src)
-    before = digest(src)
+    before = fingerprint(src)
     out = tmp_path / "work" / "out"
     out.parent.mkdir()
     args = [command, src, "-o", out, *extra, *(["--force"] if existing else [])]
-    old: dict[str, str] = {}
+    old: str = {}
     if existing:
         out.mkdir()
         (out / "previous.txt").write_text("the OUT of an earlier run")
-        old = digest(out)
+        old = fingerprint(out)
 
     def cleanup() -> None:
         shutil.rmtree(out, ignore_errors=True)
@@ -135,9 +128,9 @@ def test_a_fault_at_any_write_loses_nothing(
         with monkeypatch.context() as m:
             Injector(m, FAULTS[fault], k)
             result = run_cli(*args)
-        assert digest(src) == before
+        assert fingerprint(src) == before
         if result.code == 0:  # the failed call changed nothing (mkdir of an existing folder)
-            assert digest(out) == complete, f"OUT differs after a fault at call {k}/{total}"
+            assert fingerprint(out) == complete, f"OUT differs after a fault at call {k}/{total}"
             assert leftovers(out.parent, {"out"}) == []
             cleanup()
             continue
@@ -146,11 +139,11 @@ def test_a_fault_at_any_write_loses_nothing(
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         assert len(lines) == 1 and "Traceback" not in result.stderr, (k, result.stderr)
         if existing:
-            assert digest(out) == old, f"previous OUT changed by a fault at call {k}/{total}"
+            assert fingerprint(out) == old, f"previous OUT changed by a fault at call {k}/{total}"
         else:
             assert not out.exists(), f"partial OUT after a fault at call {k}/{total}"
         assert leftovers(out.parent, {"out"}) == [], f"temporary files after call {k}/{total}"
-        assert digest(src) == before
+        assert fingerprint(src) == before
 
 
 @pytest.mark.parametrize("fault", list(FAULTS))
@@ -170,34 +163,6 @@ def test_plan_output_file_is_whole_or_absent(
 
 
 # ---- real processes: SIGKILL, and two runs racing for one OUT ----
-
-
-def sparse_checkpoint(path: Path, gigabytes: float = 1.5) -> Path:
-    """A valid safetensors file with one huge zero tensor, sparse on disk: slow enough to
-    catch a run in the middle, cheap to make."""
-    from bigmodel_cli.formats.safetensors import HeaderEntry, build_header
-
-    count = int(gigabytes * 1e9) // 4
-    header = build_header(
-        [HeaderEntry("small.weight", "F32", (2,)), HeaderEntry("huge.weight", "F32", (count,))],
-        {"format": "pt"},
-    )
-    with open(path, "wb") as f:
-        f.write(header + b"\1" * 8)
-        f.truncate(len(header) + 8 + count * 4)
-    return path
-
-
-def wait_for_temp_data(folder: Path, seconds: float = 60) -> None:
-    import time
-
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        temps = [p for p in folder.iterdir() if ".bigmodel-tmp-" in p.name]
-        if temps and any(f.stat().st_size > 0 for f in temps[0].glob("*")):
-            return
-        time.sleep(0.005)
-    raise AssertionError("the run never started writing")
 
 
 @pytest.mark.slow

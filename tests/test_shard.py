@@ -9,7 +9,6 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -33,10 +32,12 @@ from tests.shard_helpers import (
     leftovers,
     read_json,
     shard_report,
+    sparse_checkpoint,
     tensors_of,
     tiny_llama,
     tiny_unet,
     tiny_vae,
+    wait_for_temp_data,
     write_raw,
 )
 
@@ -614,18 +615,7 @@ def test_verification_catches_a_header_that_differs_from_the_plan(
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupt_leaves_no_output_and_no_temp_folder(sig: int, tmp_path: Path) -> None:
-    src = tmp_path / "big.safetensors"
-    count = 1_500_000_000 // 4
-    write_raw(src, [("small", "F32", (2,), b"\0" * 8)], format="pt")
-    # One huge tensor, sparse on disk: slow enough to interrupt, cheap to make and hash.
-    from bigmodel_cli.formats.safetensors import HeaderEntry, build_header
-
-    header = build_header(
-        [HeaderEntry("small", "F32", (2,)), HeaderEntry("huge", "F32", (count,))], {"format": "pt"}
-    )
-    with open(src, "wb") as f:
-        f.write(header + b"\0" * 8)
-        f.truncate(len(header) + 8 + count * 4)
+    src = sparse_checkpoint(tmp_path / "big.safetensors")
     before = fingerprint(src)
     out = tmp_path / "out"
     proc = subprocess.Popen(
@@ -633,12 +623,7 @@ def test_interrupt_leaves_no_output_and_no_temp_folder(sig: int, tmp_path: Path)
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        temps = [p for p in tmp_path.iterdir() if ".bigmodel-tmp-" in p.name]
-        if temps and any(f.stat().st_size > 0 for f in temps[0].glob("*")):
-            break
-        time.sleep(0.005)
+    wait_for_temp_data(tmp_path)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err

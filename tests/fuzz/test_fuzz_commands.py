@@ -7,7 +7,6 @@ never a hang, never memory out of proportion, never a half-written OUT.
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import shutil
 import signal
@@ -21,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 
 from tests.conftest import FIXTURES, CliResult, run_cli
 from tests.fuzz.mutations import Case, safetensors_cases, sharded_cases
+from tests.shard_helpers import fingerprint
 
 EXAMPLES = int(os.environ.get("BIGMODEL_FUZZ_EXAMPLES", "60"))
 SECONDS_PER_COMMAND = 5
@@ -49,13 +49,9 @@ def watchdog(seconds: int) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-def tree_digest(path: Path) -> dict[str, str]:
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
-
-
 def input_bytes(path: Path) -> int:
-    return sum(os.path.getsize(p) for p in tree_digest(path))
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    return sum(os.path.getsize(p) for p in files)
 
 
 def check(result: CliResult, args: list[str]) -> None:
@@ -81,7 +77,7 @@ def run_every_command(tmp: Path, case: Case, check_memory: bool = True) -> None:
     work = tmp / "in"
     work.mkdir(exist_ok=True)
     source = case(work)
-    before = tree_digest(source)
+    before = fingerprint(source)
     size = input_bytes(source)
     commands = [
         ["inspect", str(source), "--json"],
@@ -108,7 +104,7 @@ def run_every_command(tmp: Path, case: Case, check_memory: bool = True) -> None:
             assert out.exists() == (result.code == 0), (args, result.stderr)
             leftovers = [p.name for p in tmp.iterdir() if "tmp" in p.name or p.name.startswith(".")]
             assert not leftovers, leftovers
-    assert tree_digest(source) == before, "the source was modified"
+    assert fingerprint(source) == before, "the source was modified"
 
 
 @FUZZ
