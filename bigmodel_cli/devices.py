@@ -15,9 +15,9 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 from bigmodel_cli.errors import UsageError
+from bigmodel_cli.planner import DeviceKey
 from bigmodel_cli.sizes import parse_size
 
-DeviceKey = int | str  # a GPU index, "cpu" or "disk"
 HOSTS = ("cpu", "disk")
 _GPU_KEY = re.compile(r"^(?:cuda:)?(\d+)$", re.IGNORECASE)
 
