@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 DEMO := demo-out
 PIPE := fixtures/tiny-pipeline
 
-# The main job on the checked-in tiny pipeline: inspect, shard, plan, run.
+# The main job on the checked-in tiny pipeline: inspect, shard, plan, run, generate.
 demo: install
 	rm -rf $(DEMO) && mkdir -p $(DEMO)
 	$(BIN)/bigmodel inspect $(PIPE) --dtype fp16
@@ -27,6 +27,8 @@ demo: install
 		--dtype fp16 --strategy auto
 	$(BIN)/bigmodel plan $(DEMO)/tiny-pipeline-sharded --max-memory cpu=1GB -o $(DEMO)/plan.json
 	$(BIN)/bigmodel run $(DEMO)/tiny-pipeline-sharded --plan $(DEMO)/plan.json --verify
+	$(BIN)/bigmodel run $(DEMO)/tiny-pipeline-sharded --plan $(DEMO)/plan.json \
+		--generate "a photo of a cat" --steps 4 --height 64 --width 64 -o $(DEMO)/cat.png
 
 test: install
 	$(BIN)/pytest

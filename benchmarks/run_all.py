@@ -7,7 +7,13 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ["bench_inspect.py", "bench_shard.py", "bench_plan.py", "bench_run.py"]
+BENCHES = [
+    "bench_inspect.py",
+    "bench_shard.py",
+    "bench_plan.py",
+    "bench_run.py",
+    "bench_hub.py",
+]
 
 
 def main() -> int:

@@ -1,19 +1,24 @@
-"""The ``bigmodel`` command line: parse flags, call the library, render. No logic here."""
+"""The ``bigmodel`` command line: parse flags, call the library, render. No logic here.
+
+Each command calls the stage's public verb (the same function the Python API exports)
+and a renderer. Errors are formatted once, in :func:`run_main`: a
+:class:`~bigmodel_cli.errors.BigmodelError` becomes one ``bigmodel: error:`` line and its
+exit status; anything else is a bug (exit 1, the traceback only with ``--debug``).
+"""
 
 from __future__ import annotations
 
 import signal
 import sys
 import traceback
-from collections.abc import Callable
 from enum import Enum
-from pathlib import Path
-from typing import Annotated, NoReturn, TypeVar
+from typing import Annotated, Any
 
 import typer
 
 from bigmodel_cli import __version__
 from bigmodel_cli.errors import EXIT_BUG, EXIT_INTERRUPTED, BigmodelError
+from bigmodel_cli.placement.strategies import DEFAULT_STRATEGY, STRATEGIES
 from bigmodel_cli.sizes import DType, parse_size, parse_target_dtype
 
 app = typer.Typer(
@@ -27,21 +32,15 @@ app = typer.Typer(
 _state = {"debug": False}
 
 
-class Strategy(str, Enum):
-    """``--strategy`` values (an Enum, so that shell completion offers them)."""
-
-    balanced = "balanced"
-    auto = "auto"
-    sequential = "sequential"
-
-
-T = TypeVar("T")
+# ``--strategy`` values from the registry (an Enum, so that shell completion offers them)
+Strategy = Enum("Strategy", {name: name for name in STRATEGIES}, type=str)  # type: ignore[misc]
+STRATEGY_HELP = "; ".join(f"{s.name}: {s.help}" for s in STRATEGIES.values()) + "."
 
 SourceArg = Annotated[
     str | None,
     typer.Argument(
-        help="A .safetensors/.bin file, a model or pipeline folder, or a cached Hugging Face "
-        "repo id (org/name). Default: the current folder.",
+        help="A .safetensors/.bin file, a model or pipeline folder, or a Hugging Face repo id "
+        "(org/name: the cache, else the Hub's headers). Default: the current folder.",
         show_default=False,
     ),
 ]
@@ -56,33 +55,22 @@ VariantOpt = Annotated[
     str | None, typer.Option("--variant", help="Diffusers weight variant, e.g. fp16.")
 ]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an existing OUT.")]
-
-
-def _fail(error: BaseException, code: int) -> NoReturn:
-    sys.stderr.write(f"bigmodel: error: {error}\n")
-    raise typer.Exit(code)
-
-
-def guarded(action: Callable[[], T]) -> T:
-    """Run a command body: project errors become one line and their exit status."""
-    try:
-        return action()
-    except BigmodelError as error:
-        _fail(error, error.exit_code)
-    except KeyboardInterrupt:
-        sys.stderr.write("bigmodel: interrupted\n")
-        raise typer.Exit(EXIT_INTERRUPTED) from None
-    except BrokenPipeError:
-        raise typer.Exit(EXIT_BUG) from None
-    except typer.Exit:
-        raise
-    except Exception as error:  # a bug: one line, the traceback only with --debug
-        if _state["debug"]:
-            traceback.print_exc()
-        reason = (
-            f"unexpected {type(error).__name__}: {error} (re-run with --debug for the traceback)"
-        )
-        _fail(BigmodelError(reason), EXIT_BUG)
+RevisionOpt = Annotated[
+    str | None,
+    typer.Option("--revision", help="Hub repo ids: a branch, tag or commit (default: main)."),
+]
+OfflineOpt = Annotated[
+    bool,
+    typer.Option(
+        "--offline", help="Never ask the Hub (as HF_HUB_OFFLINE=1): use what is cached here."
+    ),
+]
+OutputOpt = Annotated[
+    str | None,
+    typer.Option(
+        "-o", "--output", help="Output folder. Default: beside SOURCE, SOURCE-sharded / -merged."
+    ),
+]
 
 
 def _dtype(text: str | None) -> DType | None:
@@ -114,31 +102,27 @@ def inspect(
     dtype: DTypeOpt = None,
     tensors: Annotated[bool, typer.Option("--tensors", help="List every tensor.")] = False,
     variant: VariantOpt = None,
+    revision: RevisionOpt = None,
+    offline: OfflineOpt = False,
     json: JsonOpt = False,
 ) -> None:
     """What is in a checkpoint: components, tensors, parameters, bytes, dtypes, blocks.
 
     Reads headers only. Example: `bigmodel inspect sdxl/ --dtype fp16`
     """
+    from bigmodel_cli.checkpoint import inspect as inspect_checkpoint
+    from bigmodel_cli.render.inspect import render_inspect
 
-    def body() -> None:
-        from bigmodel_cli.checkpoint import load_checkpoint
-        from bigmodel_cli.render.inspect import render_inspect
-        from bigmodel_cli.summary import summarize
-
-        target = _dtype(dtype)
-        ckpt = load_checkpoint(source, variant)
-        render_inspect(summarize(ckpt, target), ckpt, json, tensors)
-
-    guarded(body)
+    summary = inspect_checkpoint(
+        source, dtype=_dtype(dtype), variant=variant, revision=revision, offline=offline
+    )
+    render_inspect(summary, as_json=json, tensors=tensors)
 
 
 @app.command()
 def shard(
     source: SourceArg = None,
-    output: Annotated[
-        str | None, typer.Option("-o", "--output", help="Output folder. Default: SOURCE-sharded.")
-    ] = None,
+    output: OutputOpt = None,
     max_shard_size: Annotated[
         str,
         typer.Option(
@@ -160,26 +144,21 @@ def shard(
 
     Example: `bigmodel shard unet/ --max-shard-size 5GB` writes unet-sharded/
     """
+    from bigmodel_cli.render.shard import render_write
+    from bigmodel_cli.sharding import shard as shard_checkpoint
 
-    def body() -> None:
-        from bigmodel_cli import sharding
-        from bigmodel_cli.progress import progress_for_terminal
-        from bigmodel_cli.render.shard import render_write
-
-        limit = parse_size(max_shard_size, "--max-shard-size")
-        with progress_for_terminal() as progress:
-            result = sharding.shard(source, output, limit, _dtype(dtype), variant, force, progress)
-        render_write(result, json)
-
-    guarded(body)
+    limit = parse_size(max_shard_size, "--max-shard-size")
+    target = _dtype(dtype)
+    result = shard_checkpoint(
+        source, output, max_shard_size=limit, dtype=target, variant=variant, force=force
+    )
+    render_write(result, json)
 
 
 @app.command()
 def merge(
     source: SourceArg = None,
-    output: Annotated[
-        str | None, typer.Option("-o", "--output", help="Output folder. Default: SOURCE-merged.")
-    ] = None,
+    output: OutputOpt = None,
     dtype: DTypeOpt = None,
     variant: VariantOpt = None,
     force: ForceOpt = False,
@@ -189,17 +168,11 @@ def merge(
 
     Example: `bigmodel merge unet-sharded/ -o unet-merged/`
     """
+    from bigmodel_cli.render.shard import render_write
+    from bigmodel_cli.sharding import merge as merge_checkpoint
 
-    def body() -> None:
-        from bigmodel_cli import sharding
-        from bigmodel_cli.progress import progress_for_terminal
-        from bigmodel_cli.render.shard import render_write
-
-        with progress_for_terminal() as progress:
-            result = sharding.merge(source, output, _dtype(dtype), variant, force, progress)
-        render_write(result, json)
-
-    guarded(body)
+    result = merge_checkpoint(source, output, dtype=_dtype(dtype), variant=variant, force=force)
+    render_write(result, json)
 
 
 @app.command()
@@ -214,12 +187,8 @@ def plan(
     ] = None,
     strategy: Annotated[
         Strategy,
-        typer.Option(
-            "--strategy",
-            help="balanced: whole components, as diffusers; auto: split what fits no GPU; "
-            "sequential: model CPU offload.",
-        ),
-    ] = Strategy.balanced,
+        typer.Option("--strategy", help=STRATEGY_HELP),
+    ] = Strategy[DEFAULT_STRATEGY],
     dtype: DTypeOpt = None,
     reserve: Annotated[
         str | None,
@@ -236,26 +205,31 @@ def plan(
         bool, typer.Option("--require-fit", help="Exit 3 when anything is offloaded.")
     ] = False,
     variant: VariantOpt = None,
+    revision: RevisionOpt = None,
+    offline: OfflineOpt = False,
     json: JsonOpt = False,
 ) -> None:
-    """Decide which device holds what, from headers alone.
+    """Decide which device holds what, from headers alone (a Hub repo's too: no download).
 
     Example: `bigmodel plan sdxl/ --max-memory 0=8GB,1=8GB --dtype fp16 -o plan.json`
     """
+    from bigmodel_cli.placement import make_plan
+    from bigmodel_cli.render.plan import render_plan
 
-    def body() -> None:
-        from bigmodel_cli.plan_file import save_plan
-        from bigmodel_cli.planning import make_plan, plan_to_json
-        from bigmodel_cli.render.plan import render_plan
-
-        result = make_plan(
-            source, max_memory, strategy.value, _dtype(dtype), reserve, no_split or [], variant
-        )
-        if output is not None:
-            save_plan(plan_to_json(result), Path(output))
-        render_plan(result, json, output, require_fit)
-
-    guarded(body)
+    result = make_plan(
+        source,
+        max_memory=max_memory,
+        strategy=strategy.value,
+        dtype=_dtype(dtype),
+        reserve=reserve,
+        no_split=no_split or (),
+        variant=variant,
+        revision=revision,
+        offline=offline,
+    )
+    if output is not None:
+        result = result.save(output)
+    render_plan(result, as_json=json, output=output, require_fit=require_fit)
 
 
 @app.command()
@@ -279,26 +253,76 @@ def run(
         bool,
         typer.Option("--require-fit", help="Exit 3 when a device lacks the planned memory now."),
     ] = False,
+    copy: Annotated[
+        bool,
+        typer.Option(
+            "--copy", help="Read cpu tensors into private memory instead of mapping the file."
+        ),
+    ] = False,
     variant: VariantOpt = None,
+    offline: OfflineOpt = False,
+    generate: Annotated[
+        str | None,
+        typer.Option(
+            "--generate",
+            help="Load with diffusers/transformers as the plan says and generate from this "
+            "prompt: an image (-o) or text.",
+        ),
+    ] = None,
+    steps: Annotated[int, typer.Option("--steps", help="--generate: denoising steps.")] = 20,
+    seed: Annotated[int, typer.Option("--seed", help="--generate: random seed.")] = 0,
+    height: Annotated[int | None, typer.Option("--height", help="--generate: pixels.")] = None,
+    width: Annotated[int | None, typer.Option("--width", help="--generate: pixels.")] = None,
+    max_new_tokens: Annotated[
+        int, typer.Option("--max-new-tokens", help="--generate: tokens for a causal LM.")
+    ] = 32,
+    output: Annotated[
+        str | None,
+        typer.Option("-o", "--output", help="--generate: the image file (PNG)."),
+    ] = None,
     json: JsonOpt = False,
 ) -> None:
     """Load a checkpoint onto the devices of a plan and report what it really cost.
 
-    Example: `bigmodel run sdxl/ --plan plan.json --verify`
+    A Hub repo id that is not fully cached gets the files its plan uses downloaded first.
+    With --generate, the pipeline or model is built by its library where the plan says and
+    run end to end.
+
+    Example: `bigmodel run sdxl/ --plan plan.json --verify`;
+    `bigmodel run sd15/ --plan plan.json --generate "a cat" -o cat.png`
     """
+    from bigmodel_cli.render.run import render_generate, render_run
+    from bigmodel_cli.run import run_plan
+    from bigmodel_cli.run.generate import generate_run
 
-    def body() -> None:
-        from bigmodel_cli.progress import progress_for_terminal
-        from bigmodel_cli.render.run import render_run
-        from bigmodel_cli.runner import run_plan
+    if generate is not None:
+        made = generate_run(
+            source,
+            plan=plan_file,
+            prompt=generate,
+            steps=steps,
+            seed=seed,
+            height=height,
+            width=width,
+            max_new_tokens=max_new_tokens,
+            output=output,
+            quiet=True,
+        )
+        render_generate(made, json)
+        return
 
-        with progress_for_terminal() as progress:
-            report = run_plan(
-                source, plan_file, _dtype(dtype), verify, forward, require_fit, variant, progress
-            )
-        render_run(report, json)
-
-    guarded(body)
+    report = run_plan(
+        source,
+        plan=plan_file,
+        dtype=_dtype(dtype),
+        variant=variant,
+        verify=verify,
+        forward=forward,
+        require_fit=require_fit,
+        offline=offline,
+        copy=copy,
+    )
+    render_run(report, json)
 
 
 def _on_sigterm(signum: int, frame: object) -> None:
@@ -312,29 +336,44 @@ def _names(error: BaseException) -> set[str]:
 def run_main(args: list[str] | None = None) -> int:
     """Run the command line on ``args`` (default: ``sys.argv``) and return the exit status.
 
-    Click's own usage errors become one ``bigmodel: error:`` line too (standalone, click
-    would draw a box around them)."""
+    The one place errors become output: project errors and click's usage errors are one
+    ``bigmodel: error:`` line (standalone, click would draw a box around usage errors)."""
     command = typer.main.get_command(app)
     try:
         code = command.main(args=args, prog_name="bigmodel", standalone_mode=False)
+    except BigmodelError as error:
+        return _error(str(error), error.exit_code)
     except KeyboardInterrupt:
-        sys.stderr.write("bigmodel: interrupted\n")
-        return EXIT_INTERRUPTED
-    except Exception as error:  # click's exceptions (typer may vendor its own click)
-        names = _names(error)
-        if "NoArgsIsHelpError" in names:
-            sys.stdout.write(command.get_help(typer.Context(command)) + "\n")
-            return 0
-        if "Abort" in names:
-            sys.stderr.write("bigmodel: interrupted\n")
-            return EXIT_INTERRUPTED
-        if "ClickException" not in names:
-            raise
+        return _error("interrupted", EXIT_INTERRUPTED, prefix="bigmodel: ")
+    except Exception as error:  # click's exceptions (typer may vendor its own click), bugs
+        return _other(command, error)
+    if code == EXIT_INTERRUPTED:  # typer turns Ctrl-C (and our SIGTERM) into Exit(130)
+        return _error("interrupted", EXIT_INTERRUPTED, prefix="bigmodel: ")
+    return code if isinstance(code, int) else 0
+
+
+def _error(message: str, code: int, prefix: str = "bigmodel: error: ") -> int:
+    sys.stderr.write(f"{prefix}{message}\n")
+    return code
+
+
+def _other(command: Any, error: Exception) -> int:
+    names = _names(error)
+    if "NoArgsIsHelpError" in names:
+        sys.stdout.write(command.get_help(typer.Context(command)) + "\n")
+        return 0
+    if "Abort" in names:
+        return _error("interrupted", EXIT_INTERRUPTED, prefix="bigmodel: ")
+    if "ClickException" in names:
         message = " ".join(error.format_message().split())  # type: ignore[attr-defined]
         hint = " (see bigmodel --help)" if "UsageError" in names else ""
-        sys.stderr.write(f"bigmodel: error: {message}{hint}\n")
-        return int(getattr(error, "exit_code", 2))
-    return code if isinstance(code, int) else 0
+        return _error(f"{message}{hint}", int(getattr(error, "exit_code", 2)))
+    if isinstance(error, BrokenPipeError):
+        return EXIT_BUG
+    if _state["debug"]:
+        traceback.print_exc()
+    reason = f"unexpected {type(error).__name__}: {error} (re-run with --debug for the traceback)"
+    return _error(reason, EXIT_BUG)
 
 
 def main() -> None:

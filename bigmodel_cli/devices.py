@@ -10,16 +10,59 @@ GPU for activations.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
+from typing import TypeGuard
 
 from bigmodel_cli.errors import UsageError
-from bigmodel_cli.planner import DeviceKey
 from bigmodel_cli.sizes import parse_size
 
+DeviceKey = int | str  # a GPU index, "cpu" or "disk"
 HOSTS = ("cpu", "disk")
-_GPU_KEY = re.compile(r"^(?:cuda:)?(\d+)$", re.IGNORECASE)
+_GPU_ID = re.compile(r"^(?:cuda:)?(\d+)$", re.IGNORECASE)
+
+# ---------------------------------------------------------------- the device-id codec
+
+
+def parse_device(value: object) -> DeviceKey | None:
+    """``0`` / ``"0"`` / ``"cuda:0"`` / ``"cuda"`` -> ``0``; ``"cpu"``; ``"disk"``; else None."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value if value >= 0 else None
+    if not isinstance(value, str):
+        return None
+    text = value.strip().lower()
+    if text in HOSTS:
+        return text
+    match = _GPU_ID.match("0" if text == "cuda" else text)
+    return int(match.group(1)) if match else None
+
+
+def is_gpu(key: DeviceKey) -> TypeGuard[int]:
+    return isinstance(key, int)
+
+
+def torch_device(key: DeviceKey) -> str:
+    """torch's name: ``0`` -> ``"cuda:0"``; ``"cpu"`` and ``"disk"`` stay."""
+    return f"cuda:{key}" if is_gpu(key) else str(key)
+
+
+def key_text(key: DeviceKey) -> str:
+    """The key of a JSON object: ``0`` -> ``"0"``."""
+    return str(key)
+
+
+def device_label(key: DeviceKey) -> str:
+    """For people: ``GPU 0``, ``cpu``, ``disk``."""
+    return f"GPU {key}" if is_gpu(key) else str(key)
+
+
+def device_order(key: DeviceKey) -> tuple[int, int, str]:
+    """Sort key: GPUs by index, then cpu, then disk."""
+    if isinstance(key, int):
+        return (0, key, "")
+    return (1, HOSTS.index(key) if key in HOSTS else len(HOSTS), key)
 
 
 @dataclass(frozen=True)
@@ -32,7 +75,7 @@ class Device:
 
     @property
     def is_gpu(self) -> bool:
-        return isinstance(self.key, int)
+        return is_gpu(self.key)
 
     @property
     def capacity(self) -> int | None:
@@ -41,7 +84,7 @@ class Device:
 
     @property
     def label(self) -> str:
-        return f"GPU {self.key}" if self.is_gpu else str(self.key)
+        return device_label(self.key)
 
 
 @dataclass(frozen=True)
@@ -78,21 +121,17 @@ def parse_max_memory(text: str) -> list[tuple[DeviceKey, int | None]]:
         if key in found:
             raise UsageError(f"invalid --max-memory {text!r}: device {key} is listed twice")
         found[key] = budget
-    gpus: list[DeviceKey] = sorted(k for k in found if isinstance(k, int))
-    hosts: list[DeviceKey] = [h for h in HOSTS if h in found]
-    return [(k, found[k]) for k in gpus + hosts]
+    return [(k, found[k]) for k in sorted(found, key=device_order)]
 
 
 def _parse_entry(entry: str, text: str) -> tuple[DeviceKey, int | None]:
     name, sep, value = entry.partition("=")
-    name = name.strip().lower()
-    match = _GPU_KEY.match(name)
-    if not (match or name in HOSTS):
+    key = parse_device(name) if name.strip().lower() != "cuda" else None
+    if key is None:
         raise UsageError(
             f"invalid --max-memory entry {entry!r} in {text!r}: expected DEVICE=SIZE with "
             "DEVICE one of N, cuda:N, cpu, disk (e.g. 0=8GB,1=8GB,cpu=32GB,disk)"
         )
-    key: DeviceKey = int(match.group(1)) if match else name
     if not sep:
         if key != "disk":
             raise UsageError(f"invalid --max-memory entry {entry!r}: {key} needs a size, e.g. =8GB")
@@ -154,7 +193,7 @@ def make_budget(max_memory: str | None, reserve: str | None) -> Budget:
     entries = parse_max_memory(max_memory)
     implicit = all(key != "cpu" for key, _ in entries)
     if implicit:
-        gpus = [e for e in entries if isinstance(e[0], int)]
+        gpus = [e for e in entries if is_gpu(e[0])]
         entries = [*gpus, ("cpu", available_ram()), *(e for e in entries if e[0] == "disk")]
     return Budget(_with_reserve(entries, held), detected=False, cpu_implicit=implicit)
 
@@ -162,6 +201,16 @@ def make_budget(max_memory: str | None, reserve: str | None) -> Budget:
 def _with_reserve(entries: list[tuple[DeviceKey, int | None]], held: Reserve) -> tuple[Device, ...]:
     devices = []
     for key, budget in entries:
-        reserve = held.of(budget) if isinstance(key, int) and budget is not None else 0
+        reserve = held.of(budget) if is_gpu(key) and budget is not None else 0
         devices.append(Device(key, budget, reserve))
     return tuple(devices)
+
+
+def reset_gpu_peaks(keys: Iterable[DeviceKey]) -> None:
+    """Start counting peak GPU memory afresh on the GPUs among ``keys`` (torch imported)."""
+    gpus = [k for k in keys if is_gpu(k)]
+    if gpus:
+        import torch
+
+        for key in gpus:
+            torch.cuda.reset_peak_memory_stats(key)

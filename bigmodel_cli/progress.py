@@ -6,6 +6,8 @@ Executors take a :class:`Progress` and call ``start`` / ``advance``; they never 
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import TracebackType
 from typing import Protocol
 
@@ -79,3 +81,14 @@ class BarProgress:
 def progress_for_terminal() -> BarProgress | NullProgress:
     """A bar when stderr is a terminal, otherwise the silent kind."""
     return BarProgress() if sys.stderr.isatty() else NullProgress()
+
+
+@contextmanager
+def shown(progress: Progress | None) -> Iterator[Progress]:
+    """``progress`` as given, or (None) a bar on stderr while it is a terminal, as
+    huggingface_hub shows its download bars by default."""
+    if progress is not None:
+        yield progress
+        return
+    with progress_for_terminal() as bar:
+        yield bar

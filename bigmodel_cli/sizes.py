@@ -5,8 +5,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
+from typing import TYPE_CHECKING
 
-from bigmodel_cli.errors import UsageError
+from bigmodel_cli.errors import BigmodelError, UsageError
+
+if TYPE_CHECKING:
+    import torch
 
 _UNITS = {
     "": 1,
@@ -132,3 +136,27 @@ def bytes_at(dtype: DType, numel: int, target: DType | None) -> int:
     if target is None or not dtype.floating:
         return dtype.nbytes(numel)
     return target.nbytes(numel)
+
+
+# ---------------------------------------------------------------- torch dtypes (lazy torch)
+
+
+def torch_dtype_code(dtype: torch.dtype) -> str:
+    """The safetensors dtype code of a torch dtype (``torch.float16`` -> ``F16``), from the
+    one table above; KeyError for a dtype safetensors has no code for."""
+    import torch
+
+    for d in _DTYPE_LIST:
+        if getattr(torch, d.name, None) == dtype:
+            return d.code
+    raise KeyError(str(dtype))
+
+
+def torch_dtype(code: str) -> torch.dtype:
+    """The torch dtype of a safetensors dtype code (``F16`` -> ``torch.float16``)."""
+    import torch
+
+    dtype = getattr(torch, DTYPES[code].name, None)
+    if not isinstance(dtype, torch.dtype):
+        raise BigmodelError(f"this torch ({torch.__version__}) has no dtype {DTYPES[code].name}")
+    return dtype

@@ -18,8 +18,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import FIXTURES, CliResult, run_cli
-from tests.shard_helpers import fingerprint, sparse_checkpoint, wait_for_temp_data
+from tests.helpers.checkpoints import sparse_checkpoint
+from tests.helpers.cli import BIGMODEL, FIXTURES, CliResult, run_cli
+from tests.helpers.trees import tree_hash, wait_for_temp_data
 
 POINTS = ("open", "write", "copy_file_range", "sendfile", "rename", "replace", "mkdir", "ftruncate")
 
@@ -61,7 +62,7 @@ def count_points(
         injector = Injector(m, None, 0)
         result = run()
     assert result.code == 0, result.stderr
-    written = fingerprint(out)
+    written = tree_hash(out)
     cleanup()
     return injector.calls, written
 
@@ -106,7 +107,7 @@ def test_a_fault_at_any_write_loses_nothing(
 ) -> None:
     src = tmp_path / "src" / source.name
     shutil.copytree(source, src)
-    before = fingerprint(src)
+    before = tree_hash(src)
     out = tmp_path / "work" / "out"
     out.parent.mkdir()
     args = [command, src, "-o", out, *extra, *(["--force"] if existing else [])]
@@ -114,7 +115,7 @@ def test_a_fault_at_any_write_loses_nothing(
     if existing:
         out.mkdir()
         (out / "previous.txt").write_text("the OUT of an earlier run")
-        old = fingerprint(out)
+        old = tree_hash(out)
 
     def cleanup() -> None:
         shutil.rmtree(out, ignore_errors=True)
@@ -128,9 +129,9 @@ def test_a_fault_at_any_write_loses_nothing(
         with monkeypatch.context() as m:
             Injector(m, FAULTS[fault], k)
             result = run_cli(*args)
-        assert fingerprint(src) == before
+        assert tree_hash(src) == before
         if result.code == 0:  # the failed call changed nothing (mkdir of an existing folder)
-            assert fingerprint(out) == complete, f"OUT differs after a fault at call {k}/{total}"
+            assert tree_hash(out) == complete, f"OUT differs after a fault at call {k}/{total}"
             assert leftovers(out.parent, {"out"}) == []
             cleanup()
             continue
@@ -139,11 +140,11 @@ def test_a_fault_at_any_write_loses_nothing(
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         assert len(lines) == 1 and "Traceback" not in result.stderr, (k, result.stderr)
         if existing:
-            assert fingerprint(out) == old, f"previous OUT changed by a fault at call {k}/{total}"
+            assert tree_hash(out) == old, f"previous OUT changed by a fault at call {k}/{total}"
         else:
             assert not out.exists(), f"partial OUT after a fault at call {k}/{total}"
         assert leftovers(out.parent, {"out"}) == [], f"temporary files after call {k}/{total}"
-        assert fingerprint(src) == before
+        assert tree_hash(src) == before
 
 
 @pytest.mark.parametrize("fault", list(FAULTS))
@@ -172,8 +173,6 @@ def test_sigkill_leaves_only_a_recognisable_temp_folder_that_the_next_run_remove
     import signal
     import subprocess
 
-    from tests.conftest import BIGMODEL
-
     src = sparse_checkpoint(tmp_path / "big.safetensors")
     out = tmp_path / "out"
     proc = subprocess.Popen([*BIGMODEL, "shard", src, "-o", out, "--max-shard-size", "100MB"])
@@ -195,7 +194,6 @@ def test_two_runs_racing_for_one_output_give_one_winner_and_a_valid_checkpoint(
     import subprocess
 
     from bigmodel_cli.checkpoint import load_checkpoint
-    from tests.conftest import BIGMODEL
 
     src = sparse_checkpoint(tmp_path / "big.safetensors", 0.8)
     out = tmp_path / "out"

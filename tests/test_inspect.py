@@ -14,14 +14,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from bigmodel_cli.checkpoint import group_blocks, load_checkpoint
-from tests.conftest import (
-    FIXTURES,
-    assert_one_line_error,
-    make_hf_cache,
-    run_cli,
-    run_subprocess,
-)
+from bigmodel_cli.checkpoint import load_checkpoint
+from bigmodel_cli.checkpoint.blocks import group_blocks
+from tests.helpers.checkpoints import make_hf_cache, tiny_unet
+from tests.helpers.cli import FIXTURES, assert_one_line_error, run_cli, run_subprocess
 
 
 def _safe_open_totals(folder: Path) -> dict[str, int]:
@@ -136,8 +132,6 @@ def test_variant_selects_variant_files(tmp_path: Path) -> None:
 
 
 def test_variant_of_a_sharded_pipeline_saved_by_diffusers(tmp_path: Path) -> None:
-    from make_fixtures import tiny_unet
-
     tiny_unet().half().save_pretrained(tmp_path / "unet", variant="fp16", max_shard_size="300KB")
     comp = _inspect_json(tmp_path / "unet", "--variant", "fp16")["components"]["unet"]
     assert comp["layout"] == "sharded" and comp["dtypes"] == {"float16": comp["parameters"]}
@@ -176,10 +170,10 @@ def test_cached_sharded_pipeline_is_read_and_sharded_whole(tmp_path: Path) -> No
 
 def test_inspect_does_not_import_torch_for_safetensors() -> None:
     code = (
-        "import sys; from bigmodel_cli.cli import app\n"
-        "try:\n    app(['inspect', sys.argv[1], '--json'])\nexcept SystemExit:\n    pass\n"
+        "import sys; from bigmodel_cli.cli import run_main\n"
+        "run_main(['inspect', sys.argv[1], '--json'])\n"
         "assert 'torch' not in sys.modules, 'torch imported'\n"
-        "app(['--help'])"
+        "run_main(['--help'])"
     )
     import subprocess
 
@@ -325,8 +319,6 @@ def test_help_lists_the_five_commands() -> None:
 
 def test_legacy_variant_index_layout_is_read(tmp_path: Path) -> None:
     """diffusers' legacy `diffusion_pytorch_model.safetensors.fp16.index.json` naming."""
-    from make_fixtures import tiny_unet
-
     folder = tmp_path / "unet"
     tiny_unet().half().save_pretrained(folder, variant="fp16", max_shard_size="300KB")
     (index,) = folder.glob("*.index*.json")

@@ -13,16 +13,12 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bigmodel_cli import sharding
 from bigmodel_cli.formats.safetensors import read_header
 from bigmodel_cli.progress import NullProgress
+from bigmodel_cli.sharding import merge, shard
 from bigmodel_cli.sizes import DTYPES
-from tests.shard_helpers import (
-    FIXTURES,
+from tests.helpers.checkpoints import (
     assert_same_tensors,
-    cli,
-    fingerprint,
-    leftovers,
     shard_report,
     tensors_of,
     tiny_llama,
@@ -30,6 +26,8 @@ from tests.shard_helpers import (
     tiny_vae,
     write_raw,
 )
+from tests.helpers.cli import FIXTURES, run_cli
+from tests.helpers.trees import leftovers, tree_hash
 
 Tensor = tuple[str, str, tuple[int, ...], bytes]
 
@@ -72,13 +70,21 @@ def test_shard_then_merge_gives_back_the_source_byte_for_byte(
         src = Path(tmp) / "m.safetensors"
         write_raw(src, tensors, **metadata)
         progress = NullProgress()
-        sharding.shard(str(src), None, limit, None, None, False, progress)
+        shard(
+            str(src),
+            None,
+            max_shard_size=limit,
+            dtype=None,
+            variant=None,
+            force=False,
+            progress=progress,
+        )
         sharded = Path(tmp) / "m-sharded"
         for _, size, count in shard_report(sharded):
             assert size <= limit or count == 1
         header = read_header(src)
         assert sum(r[2] for r in shard_report(sharded)) == len(header.tensors)
-        sharding.merge(str(sharded), None, None, None, False, progress)
+        merge(str(sharded), None, dtype=None, variant=None, force=False, progress=progress)
         merged = Path(tmp) / "m-sharded-merged"
         assert [p.name for p in merged.iterdir()] == ["model.safetensors"]
         assert (merged / "model.safetensors").read_bytes() == src.read_bytes()
@@ -88,8 +94,8 @@ def test_merge_llama_into_one_file_that_transformers_loads(models: Path, tmp_pat
     from transformers import LlamaForCausalLM
 
     out = tmp_path / "llama-merged"
-    result = cli("merge", models / "llama", "-o", out)
-    assert result.exit_code == 0, result.output
+    result = run_cli("merge", models / "llama", "-o", out)
+    assert result.code == 0, result.stderr
     assert sorted(p.name for p in out.iterdir()) == [
         "config.json",
         "generation_config.json",
@@ -105,8 +111,8 @@ def test_merge_pipeline_gives_one_file_per_component(tmp_path: Path) -> None:
 
     src = FIXTURES / "tiny-pipeline"
     out = tmp_path / "merged"
-    result = cli("merge", src, "-o", out, "--json")
-    assert result.exit_code == 0, result.output
+    result = run_cli("merge", src, "-o", out, "--json")
+    assert result.code == 0, result.stderr
     doc = json.loads(result.stdout)
     assert doc["components"]["unet"]["files"] == ["unet/diffusion_pytorch_model.safetensors"]
     assert not list(out.rglob("*.index.json"))
@@ -137,13 +143,13 @@ def test_merge_of_huggingface_hub_shards_keeps_every_dtype(tmp_path: Path) -> No
     save_torch_state_dict(state, src, max_shard_size=5000)
     assert len(list(src.glob("*.safetensors"))) > 1
     out = tmp_path / "merged"
-    assert cli("merge", src, "-o", out).exit_code == 0
+    assert run_cli("merge", src, "-o", out).code == 0
     assert_same_tensors(tensors_of(out / "model.safetensors"), state)
 
 
 def test_merge_dtype_bfloat16_equals_tensor_to(models: Path, tmp_path: Path) -> None:
     out = tmp_path / "bf16"
-    assert cli("merge", models / "llama", "-o", out, "--dtype", "bf16").exit_code == 0
+    assert run_cli("merge", models / "llama", "-o", out, "--dtype", "bf16").code == 0
     want = {k: v.to(torch.bfloat16) for k, v in tensors_of(models / "llama").items()}
     assert_same_tensors(tensors_of(out / "model.safetensors"), want)
 
@@ -152,7 +158,7 @@ def test_merge_variant_keeps_its_name(models: Path, tmp_path: Path) -> None:
     from diffusers import AutoencoderKL
 
     out = tmp_path / "vae"
-    assert cli("merge", models / "vae", "-o", out, "--variant", "fp16").exit_code == 0
+    assert run_cli("merge", models / "vae", "-o", out, "--variant", "fp16").code == 0
     assert sorted(p.name for p in out.iterdir()) == [
         "config.json",
         "diffusion_pytorch_model.fp16.safetensors",
@@ -168,21 +174,21 @@ def test_merge_variant_keeps_its_name(models: Path, tmp_path: Path) -> None:
 def test_real_files_survive_shard_then_merge_byte_for_byte(relative: str, tmp_path: Path) -> None:
     src = tmp_path / "w.safetensors"
     shutil.copy(FIXTURES / relative, src)
-    assert cli("shard", src, "--max-shard-size", "2KB").exit_code == 0
+    assert run_cli("shard", src, "--max-shard-size", "2KB").code == 0
     assert len(shard_report(tmp_path / "w-sharded")) > 1
-    assert cli("merge", tmp_path / "w-sharded").exit_code == 0
+    assert run_cli("merge", tmp_path / "w-sharded").code == 0
     assert (tmp_path / "w-sharded-merged" / "model.safetensors").read_bytes() == src.read_bytes()
 
 
 def test_merge_default_output_and_force(models: Path, tmp_path: Path) -> None:
     src = tmp_path / "llama"
     shutil.copytree(models / "llama", src)
-    before = fingerprint(src)
-    assert cli("merge", f"{src}/").exit_code == 0
+    before = tree_hash(src)
+    assert run_cli("merge", f"{src}/").code == 0
     out = tmp_path / "llama-merged"
     assert (out / "model.safetensors").is_file()
-    result = cli("merge", src)
-    assert result.exit_code == 2 and "already exists" in result.output
-    assert cli("merge", src, "--force").exit_code == 0
-    assert fingerprint(src) == before
+    result = run_cli("merge", src)
+    assert result.code == 2 and "already exists" in result.stderr
+    assert run_cli("merge", src, "--force").code == 0
+    assert tree_hash(src) == before
     assert leftovers(tmp_path) == []

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from tests.conftest import FIXTURES, run_cli
+from tests.helpers.cli import FIXTURES, run_cli
 
 
 def _load(path: Path):  # type: ignore[no-untyped-def]

@@ -13,10 +13,11 @@ import pytest
 from bigmodel_cli import devices
 from bigmodel_cli.checkpoint import fingerprint, load_checkpoint
 from bigmodel_cli.errors import BigmodelError
-from bigmodel_cli.plan_file import read_plan
-from bigmodel_cli.planning import make_plan
-from tests.conftest import FIXTURES, ROOT, assert_one_line_error, run_cli, run_subprocess
-from tests.plan_helpers import diffusers_balanced, keys_for, llama_config
+from bigmodel_cli.placement import make_plan
+from bigmodel_cli.placement.file import read_plan
+from tests.helpers.checkpoints import llama_config
+from tests.helpers.cli import FIXTURES, ROOT, assert_one_line_error, run_cli, run_subprocess
+from tests.helpers.plans import diffusers_balanced, keys_for
 
 PIPELINE = FIXTURES / "tiny-pipeline"
 SPLIT_BUDGET = "0=2MB,1=2MB,cpu=1GB"  # the 3.17 MB unet fits neither GPU: it is split
@@ -155,11 +156,12 @@ def test_no_gpu_and_no_max_memory_plans_on_cpu(monkeypatch: pytest.MonkeyPatch) 
 def test_source_defaults_to_the_current_folder_without_importing_torch() -> None:
     code = (
         "import sys\n"
-        "from bigmodel_cli.cli import app\n"
+        "from bigmodel_cli.cli import run_main\n"
         "try:\n"
-        "    app(['plan', '--max-memory', '0=1MB,1=1MB', '--json'], standalone_mode=False)\n"
+        "    code = run_main(['plan', '--max-memory', '0=1MB,1=1MB', '--json'])\n"
         "finally:\n"
         "    sys.stderr.write('torch imported: %s' % ('torch' in sys.modules))\n"
+        "sys.exit(code)\n"
     )
     import subprocess
 
@@ -226,7 +228,15 @@ def test_split_llama_map_loads_with_transformers_and_logits_match(
     model.save_pretrained(tmp_path / "llama", max_shard_size="300KB")
     total = sum(p.numel() * 4 for p in model.parameters())
     budget = f"0={int(total * 0.4)},1={int(total * 0.3)},cpu=1GB"
-    plan = make_plan(str(tmp_path / "llama"), budget, "auto", None, None, [], None)
+    plan = make_plan(
+        str(tmp_path / "llama"),
+        max_memory=budget,
+        strategy="auto",
+        dtype=None,
+        reserve=None,
+        no_split=[],
+        variant=None,
+    )
     assert plan.device_map == {"llama": "split"}
     module_map = plan.component_maps["llama"]
     assert {0, 1, "cpu"} <= set(module_map.values())
@@ -251,7 +261,15 @@ def test_split_unet_map_loads_with_diffusers_and_runs(tmp_path: Path) -> None:
     from diffusers import UNet2DConditionModel
 
     source = PIPELINE / "unet"
-    plan = make_plan(str(source), "0=1000000,1=1200000,cpu=1GB", "auto", None, None, [], None)
+    plan = make_plan(
+        str(source),
+        max_memory="0=1000000,1=1200000,cpu=1GB",
+        strategy="auto",
+        dtype=None,
+        reserve=None,
+        no_split=[],
+        variant=None,
+    )
     module_map = plan.component_maps["unet"]
     assert {0, 1, "cpu"} <= set(module_map.values())
     torch.manual_seed(0)
@@ -267,8 +285,6 @@ def test_split_unet_map_loads_with_diffusers_and_runs(tmp_path: Path) -> None:
 def test_output_never_overwrites_a_file_that_is_not_a_plan(tmp_path: Path) -> None:
     import shutil
 
-    from tests.conftest import FIXTURES, assert_one_line_error, run_cli
-
     pipe = tmp_path / "pipe"
     shutil.copytree(FIXTURES / "tiny-pipeline", pipe)
     shard = pipe / "unet" / "diffusion_pytorch_model-00001-of-00004.safetensors"
@@ -281,7 +297,13 @@ def test_output_never_overwrites_a_file_that_is_not_a_plan(tmp_path: Path) -> No
         assert run_cli("plan", pipe, "--max-memory", "cpu=1GB", "-o", plan).code == 0
 
 
-def test_auto_without_gpus_keeps_components_whole() -> None:
+def test_auto_without_gpus_keeps_what_fits_ram_whole_and_splits_the_rest_over_disk() -> None:
+    """As accelerate fills cpu block by block, then disk: the UNet does not fit the RAM
+    left once the small components are in, so its blocks are split between cpu and disk."""
     doc = _plan(str(PIPELINE), "--max-memory", "cpu=2MB,disk", "--strategy", "auto")
-    assert doc["device_map"] == {"unet": "disk", "vae": "cpu", "text_encoder": "cpu"}
-    assert doc["component_maps"] == {}
+    assert doc["device_map"] == {"unet": "split", "vae": "cpu", "text_encoder": "cpu"}
+    unet = doc["split_bytes"]["unet"]
+    whole = doc["components"]["vae"]["bytes"] + doc["components"]["text_encoder"]["bytes"]
+    assert unet["disk"] > 0 and 0 < unet["cpu"] <= 2_000_000 - whole
+    assert doc["devices"]["cpu"]["planned"] <= 2_000_000
+    assert set(doc["component_maps"]["unet"].values()) == {"cpu", "disk"}

@@ -9,9 +9,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bigmodel_cli.blocks import build_units, coarsen, natural_key, tied_names
-from bigmodel_cli.planner import Bin, Part, Unit, auto, balanced, gpu_assignment, sequential
-from tests.plan_helpers import (
+from bigmodel_cli.checkpoint.blocks import natural_key
+from bigmodel_cli.placement.auto import auto
+from bigmodel_cli.placement.balanced import balanced, gpu_assignment
+from bigmodel_cli.placement.items import Bin, Part, Unit
+from bigmodel_cli.placement.strategies import sequential
+from bigmodel_cli.placement.units import build_units, coarsen, tied_names
+from tests.helpers.checkpoints import meta_llama, meta_unet, saved_sizes
+from tests.helpers.plans import (
     GB,
     accelerate_map,
     auto_part,
@@ -19,12 +24,9 @@ from tests.plan_helpers import (
     bytes_by_device,
     diffusers_balanced,
     keys_for,
-    meta_llama,
-    meta_unet,
     off_gpu,
     on_gpus,
     parts,
-    saved_sizes,
 )
 
 # ---------------------------------------------------------------- balanced vs diffusers

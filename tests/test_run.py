@@ -13,10 +13,14 @@ from safetensors.torch import load_file, save_file
 
 from bigmodel_cli.checkpoint import load_checkpoint
 from bigmodel_cli.errors import BigmodelError
-from bigmodel_cli.plan_file import read_plan
-from bigmodel_cli.runner import missing_devices, module_device, placements, run_plan, shortfalls
-from tests.conftest import FIXTURES, assert_one_line_error, run_cli
-from tests.run_helpers import copy_tree, flip_byte, make_plan, write_plan
+from bigmodel_cli.placement.file import read_plan
+from bigmodel_cli.run import run_plan
+from bigmodel_cli.run.load import load_tensors
+from bigmodel_cli.run.place import missing_devices, module_device, placements, shortfalls
+from tests.helpers.checkpoints import write_raw
+from tests.helpers.cli import FIXTURES, assert_one_line_error, run_cli, run_subprocess
+from tests.helpers.plans import hand_plan, write_plan
+from tests.helpers.trees import copy_tree, flip_byte
 
 PIPELINE = FIXTURES / "tiny-pipeline"
 LLAMA = FIXTURES / "tiny-llama"
@@ -50,24 +54,22 @@ def _planned_equals_loaded(doc: dict[str, Any]) -> None:
 
 
 def test_module_device_takes_the_longest_matching_dotted_prefix() -> None:
-    module_map = {"": "cpu", "down_blocks": "disk", "down_blocks.1": "0"}
-    assert module_device("down_blocks.1.resnets.0.weight", module_map) == "0"
+    module_map = {"": "cpu", "down_blocks": "disk", "down_blocks.1": 0}
+    assert module_device("down_blocks.1.resnets.0.weight", module_map) == 0
     assert module_device("down_blocks.10.weight", module_map) == "disk"
     assert module_device("down_blocks_extra.weight", module_map) == "cpu"
-    assert module_device("conv_in.weight", {"conv": "0"}) is None
+    assert module_device("conv_in.weight", {"conv": 0}) is None
 
 
 def test_missing_devices_and_shortfalls_name_the_devices() -> None:
-    assert missing_devices({"cpu", "disk", "1", "0", "10"}, 1) == ["1", "10"]
-    assert missing_devices({"cpu", "0"}, 2) == []
-    short = shortfalls(
-        {"cpu": 2_000, "0": 10, "disk": 10**15}, {"cpu": 1_000, "0": 10, "disk": None}
-    )
+    assert missing_devices({"cpu", "disk", 1, 0, 10}, 1) == [1, 10]
+    assert missing_devices({"cpu", 0}, 2) == []
+    short = shortfalls({"cpu": 2_000, 0: 10, "disk": 10**15}, {"cpu": 1_000, 0: 10, "disk": None})
     assert short == ["cpu: 2.00 KB to load but 1.00 KB free now"]
 
 
 def test_split_component_tensors_follow_component_maps(tmp_path: Path) -> None:
-    plan = make_plan(PIPELINE, {**ALL_CPU, "unet": "split"}, {"unet": UNET_SPLIT})
+    plan = hand_plan(PIPELINE, {**ALL_CPU, "unet": "split"}, {"unet": UNET_SPLIT})
     place = placements(load_checkpoint(PIPELINE), read_plan(write_plan(tmp_path / "p.json", plan)))
     unet = place["unet"]
     assert unet["down_blocks.0.resnets.0.conv1.weight"] == "disk"
@@ -81,7 +83,7 @@ def test_split_component_tensors_follow_component_maps(tmp_path: Path) -> None:
 
 
 def test_run_to_cpu_with_verify_loads_the_planned_bytes(tmp_path: Path) -> None:
-    plan = write_plan(tmp_path / "plan.json", make_plan(PIPELINE, ALL_CPU))
+    plan = write_plan(tmp_path / "plan.json", hand_plan(PIPELINE, ALL_CPU))
     doc = _run_json(PIPELINE, "--plan", plan, "--verify")
     assert set(doc["devices"]) == {"cpu"}
     _planned_equals_loaded(doc)
@@ -100,7 +102,7 @@ def test_run_to_cpu_with_verify_loads_the_planned_bytes(tmp_path: Path) -> None:
 
 
 def test_split_plan_with_disk_entries_memory_mapped_and_verified(tmp_path: Path) -> None:
-    plan = make_plan(
+    plan = hand_plan(
         PIPELINE, {**ALL_CPU, "unet": "split", "text_encoder": "disk"}, {"unet": UNET_SPLIT}
     )
     doc = _run_json(PIPELINE, "--plan", write_plan(tmp_path / "plan.json", plan), "--verify")
@@ -112,13 +114,11 @@ def test_split_plan_with_disk_entries_memory_mapped_and_verified(tmp_path: Path)
 
 
 def test_disk_tensors_are_views_of_the_file_mapping(tmp_path: Path) -> None:
-    from bigmodel_cli import loading
-
     plan = read_plan(
-        write_plan(tmp_path / "p.json", make_plan(PIPELINE, {**ALL_CPU, "vae": "disk"}))
+        write_plan(tmp_path / "p.json", hand_plan(PIPELINE, {**ALL_CPU, "vae": "disk"}))
     )
     ckpt = load_checkpoint(PIPELINE)
-    acc = loading.load(ckpt, placements(ckpt, plan), None, _NoProgress())
+    acc = load_tensors(ckpt, placements(ckpt, plan), None, _NoProgress())
     disk = [(info, t) for info, dev, t in acc.tensors if dev == "disk"]
     assert disk and any(dev == "cpu" for _, dev, _ in acc.tensors)
     expected = load_file(PIPELINE / "vae" / "diffusion_pytorch_model.safetensors")
@@ -134,7 +134,7 @@ def test_disk_tensors_are_views_of_the_file_mapping(tmp_path: Path) -> None:
 def test_plan_dtype_casts_floating_tensors_only(tmp_path: Path) -> None:
     plan = write_plan(
         tmp_path / "plan.json",
-        make_plan(FIXTURES / "single.safetensors", {"model": "cpu"}, dtype="fp16"),
+        hand_plan(FIXTURES / "single.safetensors", {"model": "cpu"}, dtype="fp16"),
     )
     doc = _run_json(FIXTURES / "single.safetensors", "--plan", plan, "--verify")
     _planned_equals_loaded(doc)
@@ -144,7 +144,7 @@ def test_plan_dtype_casts_floating_tensors_only(tmp_path: Path) -> None:
 
 
 def test_dtype_cast_disk_tensors_are_spilled_and_mapped_at_the_target_dtype(tmp_path: Path) -> None:
-    plan = make_plan(PIPELINE, {**ALL_CPU, "unet": "split"}, {"unet": UNET_SPLIT}, dtype="bf16")
+    plan = hand_plan(PIPELINE, {**ALL_CPU, "unet": "split"}, {"unet": UNET_SPLIT}, dtype="bf16")
     doc = _run_json(PIPELINE, "--plan", write_plan(tmp_path / "plan.json", plan), "--verify")
     _planned_equals_loaded(doc)
     ckpt = load_checkpoint(PIPELINE)
@@ -157,7 +157,7 @@ def test_pickle_component_loads_to_cpu_and_disk(tmp_path: Path) -> None:
     legacy = FIXTURES / "legacy"
     for where in ("cpu", "disk"):
         for dtype in (None, "fp16"):
-            plan = make_plan(legacy, {"legacy": where}, dtype=dtype)
+            plan = hand_plan(legacy, {"legacy": where}, dtype=dtype)
             doc = _run_json(legacy, "--plan", write_plan(tmp_path / "p.json", plan), "--verify")
             _planned_equals_loaded(doc)
             assert doc["components"]["legacy"]["tensors"] == 3
@@ -165,7 +165,7 @@ def test_pickle_component_loads_to_cpu_and_disk(tmp_path: Path) -> None:
 
 def test_verify_names_a_tensor_whose_bytes_differ_from_the_file(tmp_path: Path) -> None:
     source = copy_tree(PIPELINE, tmp_path / "pipe")
-    plan = write_plan(tmp_path / "plan.json", make_plan(source, ALL_CPU))
+    plan = write_plan(tmp_path / "plan.json", hand_plan(source, ALL_CPU))
     vae = load_checkpoint(source).components[2]
     target = vae.tensors[3]
 
@@ -177,7 +177,17 @@ def test_verify_names_a_tensor_whose_bytes_differ_from_the_file(tmp_path: Path) 
                 flip_byte(target.file, target.start + 1)
 
     with pytest.raises(BigmodelError) as caught:
-        run_plan(str(source), str(plan), None, True, False, False, None, FlipWhenVerifying())
+        run_plan(
+            str(source),
+            plan=str(plan),
+            dtype=None,
+            verify=True,
+            forward=False,
+            require_fit=False,
+            variant=None,
+            copy=True,  # mapped tensors would see the flipped byte too
+            progress=FlipWhenVerifying(),
+        )
     assert caught.value.tensor == target.name
     assert caught.value.exit_code == 2
     assert "differs from the bytes in the file" in str(caught.value)
@@ -186,7 +196,7 @@ def test_verify_names_a_tensor_whose_bytes_differ_from_the_file(tmp_path: Path) 
 def test_flipped_data_byte_after_planning_keeps_the_fingerprint(tmp_path: Path) -> None:
     """The fingerprint covers headers only: data edits are for --verify, not for the plan."""
     source = copy_tree(PIPELINE, tmp_path / "pipe")
-    plan = write_plan(tmp_path / "plan.json", make_plan(source, ALL_CPU))
+    plan = write_plan(tmp_path / "plan.json", hand_plan(source, ALL_CPU))
     vae = source / "vae" / "diffusion_pytorch_model.safetensors"
     flip_byte(vae, vae.stat().st_size - 1)
     doc = _run_json(source, "--plan", plan, "--verify")
@@ -198,7 +208,7 @@ def test_flipped_data_byte_after_planning_keeps_the_fingerprint(tmp_path: Path) 
 
 def test_edited_shard_after_planning_is_refused(tmp_path: Path) -> None:
     source = copy_tree(PIPELINE, tmp_path / "pipe")
-    plan = write_plan(tmp_path / "plan.json", make_plan(source, ALL_CPU))
+    plan = write_plan(tmp_path / "plan.json", hand_plan(source, ALL_CPU))
     vae = source / "vae" / "diffusion_pytorch_model.safetensors"
     tensors = load_file(vae)
     tensors["extra.weight"] = torch.zeros(4)
@@ -208,13 +218,13 @@ def test_edited_shard_after_planning_is_refused(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(HAS_GPU, reason="checks the refusal on a machine without a GPU")
 def test_plan_naming_a_gpu_this_machine_lacks_is_refused(tmp_path: Path) -> None:
-    plan = write_plan(tmp_path / "plan.json", make_plan(PIPELINE, {**ALL_CPU, "unet": 0}))
+    plan = write_plan(tmp_path / "plan.json", hand_plan(PIPELINE, {**ALL_CPU, "unet": 0}))
     result = run_cli("run", PIPELINE, "--plan", plan)
     assert_one_line_error(result, 2, "plan.json", "cuda:0", "lacks", "no CUDA GPU")
 
 
 def _bad_plans() -> list[tuple[str, Any, str]]:
-    good = make_plan(PIPELINE, ALL_CPU)
+    good = hand_plan(PIPELINE, ALL_CPU)
     return [
         ("not-json", "{not json", "not valid JSON"),
         ("array", [], "not a JSON object"),
@@ -246,8 +256,8 @@ def test_missing_plan_file_is_exit_2(tmp_path: Path) -> None:
 def test_not_enough_free_memory_warns_or_exits_3_with_require_fit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("bigmodel_cli.runner.available_ram", lambda: 1000)
-    plan = write_plan(tmp_path / "plan.json", make_plan(PIPELINE, ALL_CPU))
+    monkeypatch.setattr("bigmodel_cli.run.available_ram", lambda: 1000)
+    plan = write_plan(tmp_path / "plan.json", hand_plan(PIPELINE, ALL_CPU))
     warned = run_cli("run", PIPELINE, "--plan", plan, "--json")
     assert warned.code == 0
     assert "warning: cpu:" in warned.stderr and "1.00 KB free now" in warned.stderr
@@ -260,7 +270,7 @@ def test_not_enough_free_memory_warns_or_exits_3_with_require_fit(
 
 
 def test_forward_builds_the_pipeline_components_and_reports_shapes(tmp_path: Path) -> None:
-    plan = make_plan(PIPELINE, {**ALL_CPU, "unet": "split"}, {"unet": UNET_SPLIT})
+    plan = hand_plan(PIPELINE, {**ALL_CPU, "unet": "split"}, {"unet": UNET_SPLIT})
     doc = _run_json(PIPELINE, "--plan", write_plan(tmp_path / "plan.json", plan), "--forward")
     forward = doc["forward"]
     assert forward["unet"]["output_shape"] == [1, 4, 8, 8]
@@ -273,7 +283,7 @@ def test_forward_builds_the_pipeline_components_and_reports_shapes(tmp_path: Pat
 def test_forward_runs_a_llama_split_over_cpu_and_disk(tmp_path: Path) -> None:
     layers = {f"model.layers.{i}": "disk" if i % 2 else "cpu" for i in range(4)}
     module_map = {"model.embed_tokens": "cpu", **layers, "model.norm": "cpu", "lm_head": "cpu"}
-    plan = make_plan(LLAMA, {"tiny-llama": "split"}, {"tiny-llama": module_map}, dtype="bf16")
+    plan = hand_plan(LLAMA, {"tiny-llama": "split"}, {"tiny-llama": module_map}, dtype="bf16")
     doc = _run_json(
         LLAMA, "--plan", write_plan(tmp_path / "plan.json", plan), "--forward", "--verify"
     )
@@ -294,21 +304,21 @@ def test_forward_without_the_library_is_a_clear_exit_2(
             raise ImportError("No module named 'diffusers'")
         return real(name, package)
 
-    monkeypatch.setattr("bigmodel_cli.forward.importlib.import_module", no_diffusers)
-    plan = write_plan(tmp_path / "plan.json", make_plan(PIPELINE, ALL_CPU))
+    monkeypatch.setattr("bigmodel_cli.run.forward.importlib.import_module", no_diffusers)
+    plan = write_plan(tmp_path / "plan.json", hand_plan(PIPELINE, ALL_CPU))
     result = run_cli("run", PIPELINE, "--plan", plan, "--forward")
     assert_one_line_error(result, 2, "needs the diffusers library", "bigmodel-cli[diffusers]")
 
 
 def test_forward_skips_a_file_without_a_config(tmp_path: Path) -> None:
     single = FIXTURES / "single.safetensors"
-    plan = write_plan(tmp_path / "plan.json", make_plan(single, {"model": "cpu"}))
+    plan = write_plan(tmp_path / "plan.json", hand_plan(single, {"model": "cpu"}))
     doc = _run_json(single, "--plan", plan, "--forward")
     assert doc["forward"]["model"]["skipped"]
 
 
 def test_human_output_is_a_table_per_device(tmp_path: Path) -> None:
-    plan = write_plan(tmp_path / "plan.json", make_plan(PIPELINE, {**ALL_CPU, "vae": "disk"}))
+    plan = write_plan(tmp_path / "plan.json", hand_plan(PIPELINE, {**ALL_CPU, "vae": "disk"}))
     result = run_cli("run", PIPELINE, "--plan", plan, "--verify")
     assert result.code == 0, result.stderr
     for needle in ("planned", "loaded", "cpu", "disk", "text_encoder", "match the file bytes"):
@@ -389,15 +399,24 @@ def test_progress_covers_every_byte(tmp_path: Path) -> None:
         def advance(self, nbytes: int) -> None:
             self.done[self.current] += nbytes
 
-    plan = write_plan(tmp_path / "plan.json", make_plan(PIPELINE, ALL_CPU))
+    plan = write_plan(tmp_path / "plan.json", hand_plan(PIPELINE, ALL_CPU))
     count = Count()
-    run_plan(str(PIPELINE), str(plan), None, True, False, False, None, count)
+    run_plan(
+        str(PIPELINE),
+        plan=str(plan),
+        dtype=None,
+        verify=True,
+        forward=False,
+        require_fit=False,
+        variant=None,
+        progress=count,
+    )
     total = sum(c.nbytes for c in load_checkpoint(PIPELINE).components)
     assert count.totals == count.done == {"loading": total, "verifying": total}
 
 
 def test_copy_of_the_checkpoint_elsewhere_runs_with_the_same_plan(tmp_path: Path) -> None:
-    plan = write_plan(tmp_path / "plan.json", make_plan(PIPELINE, ALL_CPU))
+    plan = write_plan(tmp_path / "plan.json", hand_plan(PIPELINE, ALL_CPU))
     moved = tmp_path / "moved"
     shutil.copytree(PIPELINE, moved)
     doc = _run_json(moved, "--plan", plan)
@@ -406,7 +425,7 @@ def test_copy_of_the_checkpoint_elsewhere_runs_with_the_same_plan(tmp_path: Path
 
 def test_dtype_other_than_the_plans_is_loaded_with_a_warning(tmp_path: Path) -> None:
     single = FIXTURES / "single.safetensors"
-    plan = write_plan(tmp_path / "plan.json", make_plan(single, {"model": "cpu"}))
+    plan = write_plan(tmp_path / "plan.json", hand_plan(single, {"model": "cpu"}))
     result = run_cli("run", single, "--plan", plan, "--dtype", "bf16", "--verify", "--json")
     assert result.code == 0, result.stderr
     assert "warning: --dtype bfloat16 differs from the plan's checkpoint dtypes" in result.stderr
@@ -415,8 +434,6 @@ def test_dtype_other_than_the_plans_is_loaded_with_a_warning(tmp_path: Path) -> 
 
 
 def test_source_defaults_to_the_current_folder(tmp_path: Path) -> None:
-    from tests.conftest import run_subprocess
-
     plan = tmp_path / "plan.json"
     assert run_cli("plan", PIPELINE, "--max-memory", "cpu=1GB", "-o", plan).code == 0
     here = run_subprocess("run", "--plan", plan, "--json", cwd=PIPELINE)
@@ -427,8 +444,6 @@ def test_source_defaults_to_the_current_folder(tmp_path: Path) -> None:
 
 
 def test_plan_of_another_checkpoint_says_so(tmp_path: Path) -> None:
-    from tests.conftest import assert_one_line_error
-
     plan = tmp_path / "llama-plan.json"
     assert run_cli("plan", FIXTURES / "tiny-llama", "--max-memory", "cpu=1GB", "-o", plan).code == 0
     result = run_cli("run", PIPELINE, "--plan", plan)
@@ -436,9 +451,6 @@ def test_plan_of_another_checkpoint_says_so(tmp_path: Path) -> None:
 
 
 def test_sub_byte_dtypes_are_refused_with_exit_2(tmp_path: Path) -> None:
-    from tests.conftest import assert_one_line_error
-    from tests.shard_helpers import write_raw
-
     src = tmp_path / "packed.safetensors"
     write_raw(src, [("packed", "F4", (4,), b"\x12\x34"), ("w", "F32", (1,), b"\0" * 4)])
     plan = tmp_path / "plan.json"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from tests.conftest import assert_one_line_error, run_cli
+from tests.helpers.cli import assert_one_line_error, run_cli
 
 
 class Payload:

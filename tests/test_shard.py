@@ -17,29 +17,25 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors import safe_open
 
-from bigmodel_cli import sharding, writer
-from bigmodel_cli.atomic import AtomicFolder
 from bigmodel_cli.checkpoint import load_checkpoint
+from bigmodel_cli.checkpoint.names import shard_names
 from bigmodel_cli.formats.safetensors import read_header
 from bigmodel_cli.progress import NullProgress
+from bigmodel_cli.sharding import layout, shard, write
+from bigmodel_cli.sharding.output import AtomicFolder
 from bigmodel_cli.sizes import DTYPES
-from tests.shard_helpers import (
-    BIGMODEL,
-    FIXTURES,
+from tests.helpers.checkpoints import (
     assert_same_tensors,
-    cli,
-    fingerprint,
-    leftovers,
-    read_json,
     shard_report,
     sparse_checkpoint,
     tensors_of,
     tiny_llama,
     tiny_unet,
     tiny_vae,
-    wait_for_temp_data,
     write_raw,
 )
+from tests.helpers.cli import BIGMODEL, FIXTURES, run_cli, run_subprocess
+from tests.helpers.trees import leftovers, read_json, tree_hash, wait_for_temp_data
 
 UNET_WEIGHTS = "diffusion_pytorch_model{suffix}.safetensors"
 
@@ -66,7 +62,7 @@ def copy_of(src: Path, dst: Path) -> Path:
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.integers(0, 1000), max_size=40), st.integers(1, 1200))
 def test_split_sizes_fills_greedily_and_keeps_order(sizes: list[int], limit: int) -> None:
-    runs = sharding.split_sizes(sizes, limit)
+    runs = layout.split_sizes(sizes, limit)
     assert [i for run in runs for i in run] == list(range(len(sizes)))
     for run in runs:
         total = sum(sizes[i] for i in run)
@@ -88,26 +84,26 @@ def test_split_sizes_matches_huggingface_hub_when_no_tensor_is_too_big(
     hf = split_state_dict_into_shards_factory(
         state, get_storage_size=lambda n: n, filename_pattern="m{suffix}", max_shard_size=limit
     )
-    ours = [[f"t{i:03d}" for i in run] for run in sharding.split_sizes(sizes, limit)]
+    ours = [[f"t{i:03d}" for i in run] for run in layout.split_sizes(sizes, limit)]
     assert ours == list(hf.filename_to_tensors.values())
 
 
 def test_shard_names_follow_diffusers_and_transformers() -> None:
-    assert sharding.shard_names("model", None, 1) == (["model.safetensors"], None)
-    assert sharding.shard_names("diffusion_pytorch_model", None, 3) == (
+    assert shard_names("model", None, 1) == (["model.safetensors"], None)
+    assert shard_names("diffusion_pytorch_model", None, 3) == (
         [f"diffusion_pytorch_model-0000{i}-of-00003.safetensors" for i in (1, 2, 3)],
         "diffusion_pytorch_model.safetensors.index.json",
     )
-    assert sharding.shard_names("diffusion_pytorch_model", "fp16", 2) == (
+    assert shard_names("diffusion_pytorch_model", "fp16", 2) == (
         [f"diffusion_pytorch_model.fp16-0000{i}-of-00002.safetensors" for i in (1, 2)],
         "diffusion_pytorch_model.safetensors.index.fp16.json",
     )
-    assert sharding.shard_names("model", "fp16", 1) == (["model.fp16.safetensors"], None)
+    assert shard_names("model", "fp16", 1) == (["model.fp16.safetensors"], None)
 
 
 def test_plan_is_data_and_writes_nothing(tmp_path: Path) -> None:
     ckpt = load_checkpoint(FIXTURES / "tiny-pipeline")
-    plan = sharding.plan_write(ckpt, tmp_path / "out", "shard", 500_000, None)
+    plan = layout.plan_write(ckpt, tmp_path / "out", "shard", 500_000, None)
     assert not (tmp_path / "out").exists()
     unet = next(c for c in plan.components if c.name == "unet")
     assert unet.folder == "unet" and len(unet.files) > 1
@@ -125,8 +121,8 @@ def test_unet_shards_load_in_diffusers_and_huggingface_hub(models: Path, tmp_pat
     from huggingface_hub import load_torch_model
 
     out = tmp_path / "unet-sharded"
-    result = cli("shard", models / "unet", "-o", out, "--max-shard-size", "300KB")
-    assert result.exit_code == 0, result.output
+    result = run_cli("shard", models / "unet", "-o", out, "--max-shard-size", "300KB")
+    assert result.code == 0, result.stderr
     rows = shard_report(out)
     assert len(rows) > 2
     assert [r[0] for r in rows] == [
@@ -153,7 +149,7 @@ def test_llama_shards_load_in_transformers_and_huggingface_hub(
     from transformers import LlamaForCausalLM
 
     out = tmp_path / "llama-sharded"
-    assert cli("shard", models / "llama", "-o", out, "--max-shard-size", "300KB").exit_code == 0
+    assert run_cli("shard", models / "llama", "-o", out, "--max-shard-size", "300KB").code == 0
     names = sorted(p.name for p in out.iterdir())
     assert "model.safetensors.index.json" in names and "generation_config.json" in names
     assert all(size <= 300_000 or count == 1 for _, size, count in shard_report(out))
@@ -176,10 +172,10 @@ def test_pipeline_is_sharded_component_by_component(tmp_path: Path) -> None:
     from transformers import CLIPTextModel
 
     src = FIXTURES / "tiny-pipeline"
-    before = fingerprint(src)
+    before = tree_hash(src)
     out = tmp_path / "pipe"
-    assert cli("shard", src, "-o", out, "--max-shard-size", "500KB").exit_code == 0
-    assert fingerprint(src) == before
+    assert run_cli("shard", src, "-o", out, "--max-shard-size", "500KB").code == 0
+    assert tree_hash(src) == before
     for f in src.rglob("*"):
         rel = f.relative_to(src)
         if f.is_file() and not f.name.endswith((".safetensors", ".index.json")):
@@ -200,7 +196,7 @@ def test_dtype_float16_equals_tensor_to(models: Path, tmp_path: Path) -> None:
 
     out = tmp_path / "unet16"
     args = ("shard", models / "unet", "-o", out, "--max-shard-size", "200KB", "--dtype", "float16")
-    assert cli(*args).exit_code == 0
+    assert run_cli(*args).code == 0
     source = tensors_of(models / "unet")
     want = {k: v.to(torch.float16) if v.is_floating_point() else v for k, v in source.items()}
     assert_same_tensors(tensors_of(out), want)
@@ -213,7 +209,8 @@ def test_variant_keeps_the_diffusers_names(models: Path, tmp_path: Path) -> None
 
     out = tmp_path / "vae-sharded"
     args = ("shard", models / "vae", "-o", out, "--variant", "fp16", "--max-shard-size", "200KB")
-    assert cli(*args).exit_code == 0, cli(*args).output
+    result = run_cli(*args)
+    assert result.code == 0, result.stderr
     names = sorted(p.name for p in out.iterdir())
     count = len([n for n in names if n.endswith(".safetensors")])
     assert count > 1
@@ -233,7 +230,7 @@ def test_index_is_byte_identical_to_huggingface_hub(models: Path, tmp_path: Path
 
     src = models / "unet" / "diffusion_pytorch_model.safetensors"
     ckpt = load_checkpoint(src)
-    order = [t.name for t in sharding.source_order(ckpt.components[0].tensors)]
+    order = [t.name for t in layout.source_order(ckpt.components[0].tensors)]
     state = tensors_of(src)
     limit = 400_000  # larger than every tensor: the same greedy cut as huggingface_hub
     assert max(t.nbytes for t in ckpt.components[0].tensors) <= limit
@@ -245,7 +242,7 @@ def test_index_is_byte_identical_to_huggingface_hub(models: Path, tmp_path: Path
         max_shard_size=limit,
     )
     out = tmp_path / "ours"
-    assert cli("shard", src, "-o", out, "--max-shard-size", str(limit)).exit_code == 0
+    assert run_cli("shard", src, "-o", out, "--max-shard-size", str(limit)).code == 0
     name = "diffusion_pytorch_model.safetensors.index.json"
     # huggingface_hub omits the final newline that diffusers and transformers write.
     assert (out / name).read_text() == (tmp_path / "hf" / name).read_text() + "\n"
@@ -260,7 +257,7 @@ def test_legacy_bin_becomes_safetensors(models: Path, tmp_path: Path) -> None:
     torch.save(source, legacy / "pytorch_model.bin")
     shutil.copy(models / "llama" / "config.json", legacy)
     out = tmp_path / "converted"
-    assert cli("shard", legacy, "-o", out, "--max-shard-size", "300KB").exit_code == 0
+    assert run_cli("shard", legacy, "-o", out, "--max-shard-size", "300KB").code == 0
     assert not list(out.glob("*.bin"))
     assert (out / "model.safetensors.index.json").is_file()
     model = LlamaForCausalLM.from_pretrained(out)
@@ -268,7 +265,7 @@ def test_legacy_bin_becomes_safetensors(models: Path, tmp_path: Path) -> None:
 
     bin_file = FIXTURES / "legacy" / "pytorch_model.bin"
     out16 = tmp_path / "legacy16"
-    assert cli("shard", bin_file, "-o", out16, "--dtype", "fp16").exit_code == 0
+    assert run_cli("shard", bin_file, "-o", out16, "--dtype", "fp16").code == 0
     want = torch.load(bin_file, weights_only=True)
     assert_same_tensors(
         tensors_of(out16 / "model.safetensors"), {k: v.half() for k, v in want.items()}
@@ -294,7 +291,7 @@ def test_sharded_legacy_bin_with_index_becomes_safetensors(models: Path, tmp_pat
     (legacy / "pytorch_model.bin.index.json").write_text(json.dumps(index))
     shutil.copy(models / "llama" / "config.json", legacy)
     out = tmp_path / "converted"
-    assert cli("shard", legacy, "-o", out, "--max-shard-size", "1GB").exit_code == 0
+    assert run_cli("shard", legacy, "-o", out, "--max-shard-size", "1GB").code == 0
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
     assert_same_tensors(dict(LlamaForCausalLM.from_pretrained(out).state_dict()), source)
 
@@ -306,18 +303,18 @@ def test_small_chunks_give_the_same_bytes(
     src = FIXTURES / "single.safetensors"
     for dtype in ([], ["--dtype", "fp16"]):
         name = "cast" if dtype else "copy"
-        assert cli("shard", src, "-o", tmp_path / f"{name}-big", *dtype).exit_code == 0
-        monkeypatch.setattr(writer, "COPY_CHUNK", 24)
-        monkeypatch.setattr(writer, "BUFFER", 40)
-        monkeypatch.setattr(writer, "CONVERT_CHUNK", 36)
-        assert cli("shard", src, "-o", tmp_path / f"{name}-small", *dtype).exit_code == 0
+        assert run_cli("shard", src, "-o", tmp_path / f"{name}-big", *dtype).code == 0
+        monkeypatch.setattr(write, "COPY_CHUNK", 24)
+        monkeypatch.setattr(write, "BUFFER", 40)
+        monkeypatch.setattr(write, "CONVERT_CHUNK", 36)
+        assert run_cli("shard", src, "-o", tmp_path / f"{name}-small", *dtype).code == 0
         monkeypatch.setattr(os, "copy_file_range", _unsupported)
         monkeypatch.setattr(os, "sendfile", _unsupported)
-        assert cli("shard", src, "-o", tmp_path / f"{name}-buffered", *dtype).exit_code == 0
+        assert run_cli("shard", src, "-o", tmp_path / f"{name}-buffered", *dtype).code == 0
         monkeypatch.undo()
-        want = fingerprint(tmp_path / f"{name}-big")
-        assert fingerprint(tmp_path / f"{name}-small") == want
-        assert fingerprint(tmp_path / f"{name}-buffered") == want
+        want = tree_hash(tmp_path / f"{name}-big")
+        assert tree_hash(tmp_path / f"{name}-small") == want
+        assert tree_hash(tmp_path / f"{name}-buffered") == want
     source = tensors_of(src)
     cast = {k: v.half() if v.is_floating_point() else v for k, v in source.items()}
     assert_same_tensors(tensors_of(tmp_path / "cast-big"), cast)
@@ -326,13 +323,13 @@ def test_small_chunks_give_the_same_bytes(
 
 def test_pieces_merge_adjacent_tensors_into_one_copy(tmp_path: Path) -> None:
     ckpt = load_checkpoint(FIXTURES / "single.safetensors")
-    plan = sharding.plan_component(ckpt.components[0], "", None, None, None)
+    plan = layout.plan_component(ckpt.components[0], "", None, None, None)
     (only,) = plan.files
-    assert writer.pieces(only.tensors) == [
-        writer.ByteRange(only.tensors[0].file, only.tensors[0].start, only.tensors[-1].end)
+    assert write.pieces(only.tensors) == [
+        write.ByteRange(only.tensors[0].file, only.tensors[0].start, only.tensors[-1].end)
     ]
-    cast = sharding.plan_component(ckpt.components[0], "", None, DTYPES["F16"], None)
-    kinds = [type(p).__name__ for p in writer.pieces(cast.files[0].tensors)]
+    cast = layout.plan_component(ckpt.components[0], "", None, DTYPES["F16"], None)
+    kinds = [type(p).__name__ for p in write.pieces(cast.files[0].tensors)]
     # I64 head.bias copied; F32 embed and BF16 blocks.0 cast; F16 blocks.1 + BOOL mask copied.
     assert kinds == ["ByteRange", "TensorSlot", "TensorSlot", "ByteRange"]
 
@@ -341,7 +338,7 @@ def test_shard_data_keeps_its_page_offset(models: Path, tmp_path: Path) -> None:
     """Headers are padded so the kernel copies whole pages; the files stay valid."""
     src = models / "unet" / "diffusion_pytorch_model.safetensors"
     out = tmp_path / "out"
-    assert cli("shard", src, "-o", out, "--max-shard-size", "200KB").exit_code == 0
+    assert run_cli("shard", src, "-o", out, "--max-shard-size", "200KB").code == 0
     starts = {t.name: t.start for t in read_header(src).tensors}
     for f in sorted(out.glob("*.safetensors")):
         header = read_header(f)
@@ -362,7 +359,7 @@ def test_oversize_tensor_gets_a_shard_of_its_own(tmp_path: Path) -> None:
         format="pt",
     )
     out = tmp_path / "m-sharded"
-    assert cli("shard", tmp_path / "m.safetensors", "--max-shard-size", "250").exit_code == 0
+    assert run_cli("shard", tmp_path / "m.safetensors", "--max-shard-size", "250").code == 0
     assert [(size, count) for _, size, count in shard_report(out)] == [
         (100, 1),
         (1000, 1),
@@ -374,7 +371,7 @@ def test_oversize_tensor_gets_a_shard_of_its_own(tmp_path: Path) -> None:
 
 def test_one_shard_is_the_plain_name_without_index(models: Path, tmp_path: Path) -> None:
     out = tmp_path / "one"
-    assert cli("shard", models / "llama", "-o", out).exit_code == 0
+    assert run_cli("shard", models / "llama", "-o", out).code == 0
     assert sorted(p.name for p in out.glob("*.safetensors*")) == ["model.safetensors"]
 
 
@@ -385,7 +382,7 @@ def test_metadata_is_kept_and_format_added(tmp_path: Path) -> None:
     for name, want in (("meta", {"format": "pt", "note": "kept"}), ("bare", {"format": "pt"})):
         out = tmp_path / f"{name}-out"
         args = ("shard", tmp_path / f"{name}.safetensors", "-o", out, "--max-shard-size", "8")
-        assert cli(*args).exit_code == 0
+        assert run_cli(*args).code == 0
 
         for f in out.glob("*.safetensors"):
             with safe_open(f, "pt") as handle:
@@ -398,14 +395,14 @@ def test_default_output_is_beside_the_source(
     work = tmp_path / "work"
     shutil.copytree(models / "unet", work / "unet")
     monkeypatch.chdir(work)
-    assert cli("shard", "unet/", "--max-shard-size", "1MB").exit_code == 0
+    assert run_cli("shard", "unet/", "--max-shard-size", "1MB").code == 0
     assert (work / "unet-sharded" / "config.json").is_file()
     shutil.copy(FIXTURES / "single.safetensors", work / "x.safetensors")
-    assert cli("shard", "x.safetensors").exit_code == 0
+    assert run_cli("shard", "x.safetensors").code == 0
     assert (work / "x-sharded" / "model.safetensors").is_file()
     shutil.rmtree(work / "unet-sharded")
     monkeypatch.chdir(work / "unet")
-    assert cli("shard").exit_code == 0  # SOURCE left out: the current folder
+    assert run_cli("shard").code == 0  # SOURCE left out: the current folder
     assert (work / "unet-sharded").is_dir() and not list((work / "unet").glob("*-sharded"))
 
 
@@ -415,32 +412,33 @@ def test_output_inside_equal_or_around_the_source_is_refused(
 ) -> None:
     src = copy_of(models / "llama", tmp_path / "parent" / "llama")
     out = {"inside": src / "out", "equal": src, "contains": tmp_path / "parent"}[where]
-    before = fingerprint(tmp_path / "parent")
-    result = cli("shard", src, "-o", out, "--force")
-    assert result.exit_code == 2
-    assert "source" in result.output and result.output.count("\n") == 1
-    assert fingerprint(tmp_path / "parent") == before
+    before = tree_hash(tmp_path / "parent")
+    result = run_cli("shard", src, "-o", out, "--force")
+    assert result.code == 2
+    assert result.stdout == "" and result.stderr.count("\n") == 1  # one line in all
+    assert "source" in result.stderr
+    assert tree_hash(tmp_path / "parent") == before
 
 
 def test_existing_output_needs_force_and_is_replaced_whole(models: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
     (out / "old.txt").write_text("old")
-    result = cli("shard", models / "llama", "-o", out)
-    assert result.exit_code == 2 and "--force" in result.output
+    result = run_cli("shard", models / "llama", "-o", out)
+    assert result.code == 2 and "--force" in result.stderr
     assert [p.name for p in out.iterdir()] == ["old.txt"]
     assert leftovers(tmp_path) == []
-    assert cli("shard", models / "llama", "-o", out, "--force").exit_code == 0
+    assert run_cli("shard", models / "llama", "-o", out, "--force").code == 0
     assert not (out / "old.txt").exists() and (out / "model.safetensors").is_file()
     assert leftovers(tmp_path) == []
 
 
 def test_json_document(models: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    result = cli(
+    result = run_cli(
         "shard", FIXTURES / "tiny-pipeline", "-o", out, "--max-shard-size", "1MB", "--json"
     )
-    assert result.exit_code == 0
+    assert result.code == 0
     doc = json.loads(result.stdout)
     assert set(doc) == {"source", "output", "components", "bytes_written", "seconds"}
     assert doc["output"] == str(out)
@@ -460,9 +458,9 @@ def test_links_leading_outside_the_source_are_not_followed(models: Path, tmp_pat
     (src / "alias.json").symlink_to("config.json")
     (src / "folder-link").symlink_to(src, target_is_directory=True)
     out = tmp_path / "out"
-    result = cli("shard", src, "-o", out)
-    assert result.exit_code == 0, result.output
-    assert "leak.txt is a link leading outside the source" in result.output
+    result = run_cli("shard", src, "-o", out)
+    assert result.code == 0, result.stderr
+    assert "leak.txt is a link leading outside the source" in result.stderr
     assert not (out / "leak.txt").exists() and not (out / "folder-link").exists()
     assert not (out / "alias.json").is_symlink()
     assert (out / "alias.json").read_bytes() == (src / "config.json").read_bytes()
@@ -481,14 +479,8 @@ def test_hugging_face_cache_repo_id(models: Path, tmp_path: Path) -> None:
         shutil.copy(src / name, repo / "blobs" / name.replace(".", "_"))
         (snapshot / name).symlink_to(f"../../blobs/{name.replace('.', '_')}")
     env = os.environ | {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
-    run = subprocess.run(
-        [BIGMODEL, "shard", "org/tiny", "--max-shard-size", "1MB"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert run.returncode == 0, run.stderr
+    result = run_subprocess("shard", "org/tiny", "--max-shard-size", "1MB", cwd=tmp_path, env=env)
+    assert result.code == 0, result.stderr
     out = tmp_path / "tiny-sharded"
     assert (out / "config.json").read_bytes() == (src / "config.json").read_bytes()
     assert_same_tensors(tensors_of(out), tensors_of(src))
@@ -496,17 +488,19 @@ def test_hugging_face_cache_repo_id(models: Path, tmp_path: Path) -> None:
 
 def test_unsupported_cast_is_refused_before_writing(tmp_path: Path) -> None:
     write_raw(tmp_path / "f4.safetensors", [("packed", "F4", (4,), b"\x12\x34")], format="pt")
-    result = cli("shard", tmp_path / "f4.safetensors", "-o", tmp_path / "out", "--dtype", "fp16")
-    assert result.exit_code == 2
-    assert "packed" in result.output and "F4" in result.output
+    result = run_cli(
+        "shard", tmp_path / "f4.safetensors", "-o", tmp_path / "out", "--dtype", "fp16"
+    )
+    assert result.code == 2
+    assert "packed" in result.stderr and "F4" in result.stderr
     assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
 
 
 def test_zero_max_shard_size_is_a_usage_error(tmp_path: Path) -> None:
-    result = cli(
+    result = run_cli(
         "shard", FIXTURES / "single.safetensors", "-o", tmp_path / "o", "--max-shard-size", "0"
     )
-    assert result.exit_code == 2 and "positive" in result.output
+    assert result.code == 2 and "positive" in result.stderr
 
 
 # --- atomic output, locks, faults ----------------------------------------------------
@@ -515,14 +509,14 @@ def test_zero_max_shard_size_is_a_usage_error(tmp_path: Path) -> None:
 def test_leftovers_of_a_killed_run_are_cleaned(models: Path, tmp_path: Path) -> None:
     (tmp_path / ".out.bigmodel-tmp-999999" / "sub").mkdir(parents=True)
     (tmp_path / ".out.bigmodel-lock").write_text("")
-    assert cli("shard", models / "llama", "-o", tmp_path / "out").exit_code == 0
+    assert run_cli("shard", models / "llama", "-o", tmp_path / "out").code == 0
     assert leftovers(tmp_path) == []
     # Killed between the two renames of --force: the old OUT is put back, not lost.
     shutil.rmtree(tmp_path / "out")
     (tmp_path / ".out.bigmodel-old-999999").mkdir()
     (tmp_path / ".out.bigmodel-old-999999" / "mine.txt").write_text("user data")
-    result = cli("shard", models / "llama", "-o", tmp_path / "out")
-    assert result.exit_code == 2 and "--force" in result.output
+    result = run_cli("shard", models / "llama", "-o", tmp_path / "out")
+    assert result.code == 2 and "--force" in result.stderr
     assert (tmp_path / "out" / "mine.txt").read_text() == "user data"
     assert leftovers(tmp_path) == []
 
@@ -532,13 +526,13 @@ def test_two_runs_on_one_output_give_one_winner(models: Path, tmp_path: Path) ->
     fd = os.open(lock, os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        result = cli("shard", models / "llama", "-o", tmp_path / "out")
-        assert result.exit_code == 2 and "another bigmodel run" in result.output
+        result = run_cli("shard", models / "llama", "-o", tmp_path / "out")
+        assert result.code == 2 and "another bigmodel run" in result.stderr
         assert not (tmp_path / "out").exists()
     finally:
         os.close(fd)
     lock.unlink()
-    assert cli("shard", models / "llama", "-o", tmp_path / "out").exit_code == 0
+    assert run_cli("shard", models / "llama", "-o", tmp_path / "out").code == 0
     assert leftovers(tmp_path) == []
 
 
@@ -566,11 +560,11 @@ def test_copy_falls_back_when_the_kernel_call_is_unsupported(
     broken: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     src = FIXTURES / "tiny-pipeline"
-    assert cli("shard", src, "-o", tmp_path / "fast", "--max-shard-size", "700KB").exit_code == 0
+    assert run_cli("shard", src, "-o", tmp_path / "fast", "--max-shard-size", "700KB").code == 0
     for name in broken:
         monkeypatch.setattr(os, name, _unsupported)
-    assert cli("shard", src, "-o", tmp_path / "slow", "--max-shard-size", "700KB").exit_code == 0
-    assert fingerprint(tmp_path / "slow") == fingerprint(tmp_path / "fast")
+    assert run_cli("shard", src, "-o", tmp_path / "slow", "--max-shard-size", "700KB").code == 0
+    assert tree_hash(tmp_path / "slow") == tree_hash(tmp_path / "fast")
 
 
 @pytest.mark.parametrize("call", ["copy_file_range", "write"])
@@ -578,7 +572,7 @@ def test_disk_full_mid_write_leaves_nothing(
     call: str, models: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     src = copy_of(models / "llama", tmp_path / "src")
-    before = fingerprint(src)
+    before = tree_hash(src)
     real = getattr(os, call)
     calls = {"n": 0}
 
@@ -590,25 +584,23 @@ def test_disk_full_mid_write_leaves_nothing(
 
     monkeypatch.setattr(os, call, failing)
     dtype = ["--dtype", "bf16"] if call == "write" else []
-    result = cli("shard", src, "-o", tmp_path / "out", "--max-shard-size", "100KB", *dtype)
+    result = run_cli("shard", src, "-o", tmp_path / "out", "--max-shard-size", "100KB", *dtype)
     monkeypatch.undo()
     assert calls["n"] > 5
-    assert result.exit_code == 2, result.output
-    assert "No space left on device" in result.output and str(tmp_path / "out") in result.output
+    assert result.code == 2, result.stderr
+    assert "No space left on device" in result.stderr and str(tmp_path / "out") in result.stderr
     assert not (tmp_path / "out").exists()
     assert leftovers(tmp_path) == []
-    assert fingerprint(src) == before
+    assert tree_hash(src) == before
 
 
 def test_verification_catches_a_header_that_differs_from_the_plan(
     models: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from bigmodel_cli import writer
-
-    real = writer.build_header
-    monkeypatch.setattr(writer, "build_header", lambda entries, meta: real(entries, {"x": "y"}))
-    result = cli("shard", models / "llama", "-o", tmp_path / "out")
-    assert result.exit_code == 2 and "does not match the plan" in result.output
+    real = write.build_header
+    monkeypatch.setattr(write, "build_header", lambda entries, meta: real(entries, {"x": "y"}))
+    result = run_cli("shard", models / "llama", "-o", tmp_path / "out")
+    assert result.code == 2 and "does not match the plan" in result.stderr
     assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
 
 
@@ -616,10 +608,10 @@ def test_verification_catches_a_header_that_differs_from_the_plan(
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupt_leaves_no_output_and_no_temp_folder(sig: int, tmp_path: Path) -> None:
     src = sparse_checkpoint(tmp_path / "big.safetensors")
-    before = fingerprint(src)
+    before = tree_hash(src)
     out = tmp_path / "out"
     proc = subprocess.Popen(
-        [BIGMODEL, "shard", str(src), "-o", str(out), "--max-shard-size", "100MB"],
+        [*BIGMODEL, "shard", str(src), "-o", str(out), "--max-shard-size", "100MB"],
         stderr=subprocess.PIPE,
         text=True,
     )
@@ -630,22 +622,23 @@ def test_interrupt_leaves_no_output_and_no_temp_folder(sig: int, tmp_path: Path)
     assert "interrupted" in err and "Traceback" not in err
     assert not out.exists()
     assert leftovers(tmp_path) == []
-    assert fingerprint(src) == before
+    assert tree_hash(src) == before
 
 
 def test_sharding_the_api_directly_returns_a_result(tmp_path: Path) -> None:
-    result = sharding.shard(
+    result = shard(
         str(FIXTURES / "single.safetensors"),
         str(tmp_path / "o"),
-        1000,
-        None,
-        None,
-        False,
-        NullProgress(),
+        max_shard_size=1000,
+        dtype=None,
+        variant=None,
+        force=False,
+        progress=NullProgress(),
     )
     # In byte order: I64 head.bias; F32 embed (4096 bytes) alone; BF16 block 0 (512 bytes);
     # F16 block 1 + BOOL mask (528 bytes).
-    assert result.components[0].files == tuple(
+    (component,) = result.plan.components
+    assert tuple(component.path(f.name) for f in component.files) == tuple(
         f"model-0000{i}-of-00004.safetensors" for i in (1, 2, 3, 4)
     )
     assert result.bytes_written == sum(p.stat().st_size for p in (tmp_path / "o").iterdir())

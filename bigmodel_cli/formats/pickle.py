@@ -7,64 +7,18 @@ the tensor data on disk until it is touched.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bigmodel_cli.errors import BigmodelError
-from bigmodel_cli.formats.safetensors import TensorInfo
+from bigmodel_cli.formats.base import FileTensors, Layout, TensorInfo
+from bigmodel_cli.sizes import torch_dtype_code
 
 if TYPE_CHECKING:
     import torch
 
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
 _NESTED_KEYS = ("state_dict", "model", "module")
-
-
-def torch_dtype_code(dtype: torch.dtype) -> str:
-    """The safetensors dtype code of a torch dtype (``torch.float16`` -> ``F16``)."""
-    import torch
-
-    table = {
-        torch.bool: "BOOL",
-        torch.uint8: "U8",
-        torch.int8: "I8",
-        torch.int16: "I16",
-        torch.int32: "I32",
-        torch.int64: "I64",
-        torch.float16: "F16",
-        torch.bfloat16: "BF16",
-        torch.float32: "F32",
-        torch.float64: "F64",
-        torch.complex64: "C64",
-    }
-    for name, code in (
-        ("uint16", "U16"),
-        ("uint32", "U32"),
-        ("uint64", "U64"),
-        ("float8_e4m3fn", "F8_E4M3"),
-        ("float8_e5m2", "F8_E5M2"),
-        ("float8_e4m3fnuz", "F8_E4M3FNUZ"),
-        ("float8_e5m2fnuz", "F8_E5M2FNUZ"),
-        ("float8_e8m0fnu", "F8_E8M0"),
-        ("float4_e2m1fn_x2", "F4"),
-    ):
-        if hasattr(torch, name):
-            table[getattr(torch, name)] = code
-    if dtype not in table:
-        raise KeyError(str(dtype))
-    return table[dtype]
-
-
-def torch_dtype(code: str) -> torch.dtype:
-    """The torch dtype of a safetensors dtype code (``F16`` -> ``torch.float16``)."""
-    import torch
-
-    from bigmodel_cli.sizes import DTYPES
-
-    dtype = getattr(torch, DTYPES[code].name, None)
-    if not isinstance(dtype, torch.dtype):
-        raise BigmodelError(f"this torch ({torch.__version__}) has no dtype {DTYPES[code].name}")
-    return dtype
 
 
 def load_state_dict(path: Path) -> dict[str, Any]:
@@ -129,3 +83,21 @@ def read_pickle_tensors(path: Path) -> list[TensorInfo]:
             ) from None
         records.append(TensorInfo(name, code, tuple(tensor.shape), path, -1, -1))
     return records
+
+
+class PickleFormat:
+    """The reader protocol for legacy pickle files: no byte ranges, read through torch."""
+
+    name: str = "pickle"
+    suffixes: tuple[str, ...] = (".bin", ".pt", ".pth")
+    layouts: tuple[Layout, Layout] = ("pickle", "pickle")
+    raw: bool = False
+
+    def read(self, path: Path) -> FileTensors:
+        return FileTensors(tuple(read_pickle_tensors(path)), None)
+
+    def open(self, path: Path) -> Mapping[str, torch.Tensor]:
+        return load_state_dict(path)
+
+
+PICKLE = PickleFormat()

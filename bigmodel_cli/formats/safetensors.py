@@ -12,40 +12,21 @@ import json
 import math
 import os
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bigmodel_cli.errors import BigmodelError
+from bigmodel_cli.formats.base import FileTensors, Layout, TensorInfo
+from bigmodel_cli.formats.json import parse_json_object
 from bigmodel_cli.sizes import DTYPES
+
+if TYPE_CHECKING:
+    import torch
 
 MAX_HEADER_BYTES = 100_000_000
 ALIGNMENT = 8
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    """One tensor of a checkpoint: where its bytes are and what they mean.
-
-    ``start``/``end`` are absolute byte offsets in ``file`` (``-1`` for pickle files,
-    whose tensors have no byte range that can be copied raw).
-    """
-
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-    file: Path
-    start: int
-    end: int
-
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
-
-    @property
-    def nbytes(self) -> int:
-        return DTYPES[self.dtype].nbytes(self.numel)
 
 
 @dataclass(frozen=True)
@@ -60,34 +41,6 @@ class Header:
     @property
     def data_start(self) -> int:
         return 8 + self.header_len
-
-
-def _reject_constant(value: str) -> Any:
-    raise ValueError(f"non-finite number {value} in JSON")
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ValueError(f"duplicate key {key!r}")
-        result[key] = value
-    return result
-
-
-def parse_json_object(raw: bytes, path: Path, what: str) -> dict[str, Any]:
-    """Strict JSON: UTF-8, an object at the top, no duplicate keys, no NaN, bounded depth."""
-    try:
-        text = raw.decode("utf-8")
-        value = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_reject_constant)
-    except UnicodeDecodeError as exc:
-        raise BigmodelError(f"{what} is not valid UTF-8 ({exc.reason})", path) from None
-    except (ValueError, RecursionError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise BigmodelError(f"{what} is not valid JSON ({reason[:200]})", path) from None
-    if not isinstance(value, dict):
-        raise BigmodelError(f"{what} is not a JSON object", path)
-    return value
 
 
 def _is_int(value: Any) -> bool:
@@ -258,3 +211,24 @@ def build_header(entries: Iterable[HeaderEntry], metadata: dict[str, str] | None
     raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
     raw += b" " * (-(8 + len(raw)) % ALIGNMENT)
     return struct.pack("<Q", len(raw)) + raw
+
+
+class SafetensorsFormat:
+    """The reader protocol for ``.safetensors`` files: byte ranges, copied and mapped raw."""
+
+    name: str = "safetensors"
+    suffixes: tuple[str, ...] = (".safetensors",)
+    layouts: tuple[Layout, Layout] = ("single", "sharded")
+    raw: bool = True
+
+    def read(self, path: Path) -> FileTensors:
+        header = read_header(path)
+        return FileTensors(header.tensors, header.metadata)
+
+    def open(self, path: Path) -> Mapping[str, torch.Tensor]:
+        from safetensors.torch import load_file
+
+        return load_file(path)  # mapped: pages are read when a tensor is used
+
+
+SAFETENSORS = SafetensorsFormat()

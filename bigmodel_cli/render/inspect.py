@@ -7,9 +7,9 @@ from typing import Any
 from rich.table import Table
 
 from bigmodel_cli.checkpoint import Checkpoint
+from bigmodel_cli.checkpoint.summary import CheckpointSummary, ComponentSummary
 from bigmodel_cli.render import print_json, stdout
 from bigmodel_cli.sizes import DTYPES, format_size
-from bigmodel_cli.summary import CheckpointSummary, ComponentSummary
 
 TOP_BLOCKS = 12
 
@@ -30,9 +30,7 @@ def _component_doc(c: ComponentSummary) -> dict[str, Any]:
     }
 
 
-def inspect_doc(
-    s: CheckpointSummary, ckpt: Checkpoint | None = None, tensors: bool = False
-) -> dict[str, Any]:
+def inspect_doc(s: CheckpointSummary, tensors: bool = False) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "source": s.source,
         "kind": s.kind,
@@ -46,8 +44,8 @@ def inspect_doc(
             "bytes_at_dtype": s.total("bytes_at_dtype"),
         },
     }
-    if tensors and ckpt is not None:
-        for comp in ckpt.components:
+    if tensors and s.checkpoint is not None:
+        for comp in s.checkpoint.components:
             doc["components"][comp.name]["tensor_list"] = [
                 {
                     "name": t.name,
@@ -61,9 +59,9 @@ def inspect_doc(
     return doc
 
 
-def render_inspect(s: CheckpointSummary, ckpt: Checkpoint, as_json: bool, tensors: bool) -> None:
+def render_inspect(s: CheckpointSummary, *, as_json: bool, tensors: bool) -> None:
     if as_json:
-        print_json(inspect_doc(s, ckpt, tensors))
+        print_json(inspect_doc(s, tensors))
         return
     console = stdout()
     at = f"at {s.dtype}" if s.dtype else None
@@ -109,8 +107,10 @@ def render_inspect(s: CheckpointSummary, ckpt: Checkpoint, as_json: bool, tensor
         console.print(f"  blocks: {shown}{more}", markup=False)
     if s.skipped:
         console.print(f"skipped (no weights): {', '.join(s.skipped)}", markup=False)
-    if tensors:
-        _render_tensors(ckpt)
+    if s.checkpoint is not None and s.checkpoint.repo is not None:
+        console.print(s.checkpoint.repo.note, markup=False)
+    if tensors and s.checkpoint is not None:
+        _render_tensors(s.checkpoint)
 
 
 def _render_tensors(ckpt: Checkpoint) -> None:

@@ -6,8 +6,11 @@ from __future__ import annotations
 from rich.markup import escape
 from rich.table import Table
 
+from bigmodel_cli.devices import device_label, is_gpu
 from bigmodel_cli.errors import FitError
-from bigmodel_cli.planning import DevicePlan, Plan, plan_to_json
+from bigmodel_cli.placement.file import DevicePlan, Plan
+from bigmodel_cli.placement.items import SPLIT
+from bigmodel_cli.placement.strategies import STRATEGIES
 from bigmodel_cli.render import bar, print_json, stdout
 from bigmodel_cli.sizes import format_size
 
@@ -18,7 +21,7 @@ def render_plan(plan: Plan, as_json: bool, output: str | None, require_fit: bool
     """Print the plan (``output``: where ``-o`` wrote it); then exit 3 under
     ``--require-fit`` if it does not fit."""
     if as_json:
-        print_json(plan_to_json(plan))
+        print_json(plan.to_json())
     else:
         _print_human(plan, output)
     if require_fit and not plan.fits:
@@ -34,6 +37,8 @@ def _print_human(plan: Plan, output: str | None) -> None:
         console.print(_device_line(plan, device), markup=False)
         console.print(_device_table(plan, device))
     console.print(summary(plan))
+    for note in plan.notes:
+        console.print(note, markup=False)
     if output is not None:
         console.print(f"plan written to {output}")
 
@@ -50,7 +55,7 @@ def _device_line(plan: Plan, device: DevicePlan) -> str:
 
 def _peak_here(plan: Plan, device: DevicePlan) -> int:
     """Sequential offload: the largest component, while it runs on the execution GPU."""
-    if plan.strategy != "sequential" or device.key != plan.execution_device:
+    if not STRATEGIES[plan.strategy].reports_peak or device.key != plan.execution_device:
         return 0
     return max(plan.components.values(), default=0)
 
@@ -79,7 +84,7 @@ def _rows(plan: Plan, device: DevicePlan) -> list[tuple[str, str, int]]:
     for name, where in plan.device_map.items():
         if where == device.key:
             rows.append((name, "whole", plan.components[name]))
-        elif where == "split":
+        elif where == SPLIT:
             blocks = [b for b, d in plan.component_maps[name].items() if d == device.key]
             if blocks:
                 rows.append((name, _blocks_text(blocks), _split_bytes(plan, name, device)))
@@ -104,10 +109,10 @@ def summary(plan: Plan) -> str:
             "No GPU found and no --max-memory given" if plan.detected else "No GPU in --max-memory"
         )
         return f"{why}: everything is planned on {hosts}."
-    if plan.strategy == "sequential":
+    if STRATEGIES[plan.strategy].reports_peak:
         return _sequential_sentence(plan)
     if not plan.offloaded:
-        split = [n for n, d in plan.device_map.items() if d == "split"]
+        split = [n for n, d in plan.device_map.items() if d == SPLIT]
         tail = f" ({', '.join(split)} split over several GPUs)" if split else ""
         return f"Nothing offloaded: every component is on a GPU{tail}."
     return "; ".join(_offload_reason(plan, name) for name in plan.offloaded) + "."
@@ -115,7 +120,7 @@ def summary(plan: Plan) -> str:
 
 def _sequential_sentence(plan: Plan) -> str:
     largest = max(plan.components, key=lambda n: plan.components[n])
-    gpu = f"GPU {plan.execution_device}"
+    gpu = device_label(plan.execution_device) if plan.execution_device is not None else "GPU"
     verdict = "fits" if plan.peak_fits else "does not fit"
     return (
         f"Sequential offload: every component stays on cpu and moves to {gpu} in turn; "
@@ -128,7 +133,7 @@ def _runner_clause(plan: Plan) -> str:
     if plan.execution_device is None or not plan.held_for_offload:
         return ""
     return (
-        f"; they run on GPU {plan.execution_device}, which keeps "
+        f"; they run on {device_label(plan.execution_device)}, which keeps "
         f"{format_size(plan.held_for_offload)} free for the largest of them"
     )
 
@@ -136,8 +141,8 @@ def _runner_clause(plan: Plan) -> str:
 def _offload_reason(plan: Plan, name: str) -> str:
     size = format_size(plan.components[name])
     widest = max((d.capacity or 0 for d in plan.gpus), default=0)
-    if plan.device_map[name] == "split":
-        hosts = {k: n for k, n in plan.block_bytes[name].items() if not isinstance(k, int)}
+    if plan.device_map[name] == SPLIT:
+        hosts = {k: n for k, n in plan.block_bytes[name].items() if not is_gpu(k)}
         why = (
             f"is larger than any GPU ({format_size(widest)})"
             if plan.components[name] > widest

@@ -6,8 +6,11 @@ from typing import Any
 
 from rich.table import Table
 
+from bigmodel_cli.devices import key_text, torch_device
+from bigmodel_cli.placement.items import SPLIT
 from bigmodel_cli.render import print_json, stdout
-from bigmodel_cli.runner import RunReport
+from bigmodel_cli.run import RunReport
+from bigmodel_cli.run.generate import GenerateReport
 from bigmodel_cli.sizes import format_size
 
 
@@ -19,7 +22,7 @@ def run_doc(r: RunReport) -> dict[str, Any]:
         "strategy": r.strategy,
         "dtype": r.dtype,
         "devices": {
-            d.id: {
+            key_text(d.key): {
                 "device": d.label,
                 "planned": d.planned,
                 "loaded": d.loaded,
@@ -35,10 +38,11 @@ def run_doc(r: RunReport) -> dict[str, Any]:
                 "device": c.device,
                 "tensors": c.tensors,
                 "bytes": c.bytes,
-                "bytes_by_device": c.bytes_by_device,
+                "bytes_by_device": {key_text(k): n for k, n in c.bytes_by_device.items()},
             }
             for c in r.components
         },
+        "cpu_load": r.cpu_load,
         "verified": r.verified,
         "load_seconds": round(r.load_seconds, 6),
         "verify_seconds": None if r.verify_seconds is None else round(r.verify_seconds, 6),
@@ -87,7 +91,7 @@ def render_run(report: RunReport, as_json: bool) -> None:
         parts.add_column(col, justify="left" if col in ("component", "device") else "right")
     for c in report.components:
         where = str(c.device)
-        if c.device == "split":
+        if c.device == SPLIT:
             where += (
                 " ("
                 + ", ".join(f"{dev}: {format_size(n)}" for dev, n in c.bytes_by_device.items())
@@ -111,7 +115,50 @@ def render_run(report: RunReport, as_json: bool) -> None:
         check = f"all {tensors} tensors match the file bytes ({report.verify_seconds or 0:.2f} s)"
     else:
         check = "not verified (add --verify to compare every tensor with the file)"
+    how = (
+        ""
+        if "cpu" not in {str(d.key) for d in report.devices}
+        else (
+            " (cpu tensors mapped from the file, copy-on-write)"
+            if report.cpu_load == "mapped"
+            else " (cpu tensors copied into private memory)"
+        )
+    )
     console.print(
-        f"Loaded {tensors} tensors in {report.load_seconds:.2f} s; {check}. "
+        f"Loaded {tensors} tensors in {report.load_seconds:.2f} s{how}; {check}. "
         f"Total {report.total_seconds:.2f} s."
+    )
+
+
+def generate_doc(r: GenerateReport) -> dict[str, Any]:
+    """The ``--json`` document of ``run --generate``."""
+    return {
+        "source": r.source,
+        "strategy": r.strategy,
+        "prompt": r.prompt,
+        "image": r.image,
+        "text": r.text,
+        "load_seconds": round(r.load_seconds, 6),
+        "generate_seconds": round(r.generate_seconds, 6),
+        "devices": {key_text(d.key): {"planned": d.planned, "peak": d.peak} for d in r.devices},
+    }
+
+
+def render_generate(report: GenerateReport, as_json: bool) -> None:
+    if as_json:
+        print_json(generate_doc(report))
+        return
+    console = stdout()
+    table = Table(title=f"{report.source}: {report.strategy} plan", title_justify="left")
+    for col in ("device", "planned", "peak"):
+        table.add_column(col, justify="left" if col == "device" else "right")
+    for d in report.devices:
+        label = "cpu (peak RSS)" if d.key == "cpu" else torch_device(d.key)
+        table.add_row(label, format_size(d.planned), _opt(d.peak))
+    console.print(table)
+    made = f"image written to {report.image}" if report.image else f"text: {report.text!r}"
+    console.print(
+        f"Loaded in {report.load_seconds:.2f} s, generated in {report.generate_seconds:.2f} s; "
+        f"{made}",
+        markup=False,
     )

@@ -13,11 +13,15 @@ from bigmodel_cli.sizes import format_size
 def write_doc(result: WriteResult) -> dict[str, Any]:
     """The ``--json`` document."""
     return {
-        "source": result.source,
+        "source": result.plan.source,
         "output": result.output,
         "components": {
-            c.name: {"files": list(c.files), "bytes": c.bytes, "tensors": c.tensors}
-            for c in result.components
+            c.name: {
+                "files": [c.path(f.name) for f in c.files],
+                "bytes": c.nbytes,
+                "tensors": c.tensor_count,
+            }
+            for c in result.plan.components
         },
         "bytes_written": result.bytes_written,
         "seconds": round(result.seconds, 3),
@@ -25,7 +29,7 @@ def write_doc(result: WriteResult) -> dict[str, Any]:
 
 
 def render_write(result: WriteResult, as_json: bool) -> None:
-    for line in result.warnings:  # one line each, never wrapped: scripts grep for them
+    for line in result.plan.warnings:  # one line each, never wrapped: scripts grep for them
         sys.stderr.write(f"bigmodel: warning: {line}\n")
     if as_json:
         print_json(write_doc(result))
@@ -33,14 +37,14 @@ def render_write(result: WriteResult, as_json: bool) -> None:
     from rich.table import Table
 
     console = stdout()
-    table = Table(title=f"{result.source} -> {result.output}", title_justify="left")
+    table = Table(title=f"{result.plan.source} -> {result.output}", title_justify="left")
     for col in ("component", "files", "tensors", "bytes"):
         table.add_column(col, justify="left" if col == "component" else "right")
-    for c in result.components:
-        table.add_row(c.name, str(len(c.files)), f"{c.tensors:,}", format_size(c.bytes))
+    for c in result.plan.components:
+        table.add_row(c.name, str(len(c.files)), f"{c.tensor_count:,}", format_size(c.nbytes))
     console.print(table)
     speed = result.bytes_written / result.seconds if result.seconds > 0 else 0.0
-    verb = "sharded" if result.mode == "shard" else "merged"
+    verb = "sharded" if result.plan.mode == "shard" else "merged"
     console.print(
         f"{verb} into {result.output}: {format_size(result.bytes_written)} written "
         f"in {result.seconds:.2f} s ({format_size(speed)}/s)",

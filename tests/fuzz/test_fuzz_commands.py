@@ -18,9 +18,9 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 
-from tests.conftest import FIXTURES, CliResult, run_cli
 from tests.fuzz.mutations import Case, safetensors_cases, sharded_cases
-from tests.shard_helpers import fingerprint
+from tests.helpers.cli import FIXTURES, CliResult, run_cli
+from tests.helpers.trees import tree_hash
 
 EXAMPLES = int(os.environ.get("BIGMODEL_FUZZ_EXAMPLES", "60"))
 SECONDS_PER_COMMAND = 5
@@ -77,7 +77,7 @@ def run_every_command(tmp: Path, case: Case, check_memory: bool = True) -> None:
     work = tmp / "in"
     work.mkdir(exist_ok=True)
     source = case(work)
-    before = fingerprint(source)
+    before = tree_hash(source)
     size = input_bytes(source)
     commands = [
         ["inspect", str(source), "--json"],
@@ -104,7 +104,7 @@ def run_every_command(tmp: Path, case: Case, check_memory: bool = True) -> None:
             assert out.exists() == (result.code == 0), (args, result.stderr)
             leftovers = [p.name for p in tmp.iterdir() if "tmp" in p.name or p.name.startswith(".")]
             assert not leftovers, leftovers
-    assert fingerprint(source) == before, "the source was modified"
+    assert tree_hash(source) == before, "the source was modified"
 
 
 @FUZZ

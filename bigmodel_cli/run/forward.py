@@ -17,9 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bigmodel_cli.checkpoint import Checkpoint, Component, read_json_file
+from bigmodel_cli.checkpoint import Checkpoint, Component
+from bigmodel_cli.devices import DeviceKey, is_gpu, torch_device
 from bigmodel_cli.errors import BigmodelError
-from bigmodel_cli.plan_file import Plan
+from bigmodel_cli.formats.json import read_json_file
+from bigmodel_cli.placement.file import Plan
 from bigmodel_cli.sizes import DType
 
 if TYPE_CHECKING:
@@ -58,17 +60,10 @@ def model_class(ckpt: Checkpoint, c: Component) -> tuple[str, str] | None:
     return None
 
 
-def from_pretrained_map(plan: Plan, component: str) -> dict[str, int | str]:
-    """The plan's placement of one component in accelerate's ``device_map`` format."""
-    where = plan.device_map[component]
-    module_map = plan.component_maps.get(component, {}) if where == "split" else {"": where}
-    return {prefix: int(dev) if dev.isdigit() else dev for prefix, dev in module_map.items()}
-
-
-def input_device(device_map: dict[str, int | str]) -> str:
+def input_device(device_map: dict[str, DeviceKey]) -> str:
     """Where dummy inputs start: the first module's GPU, else cpu (hooks move them on)."""
     first = next(iter(device_map.values()), "cpu")
-    return f"cuda:{first}" if isinstance(first, int) else "cpu"
+    return torch_device(first) if is_gpu(first) else "cpu"
 
 
 def _library(name: str, component: str, class_name: str) -> Any:
@@ -181,7 +176,7 @@ def _forward_one(
         raise BigmodelError(
             f"--forward: {library} {module.__version__} has no class {class_name}", c.folder
         )
-    device_map = from_pretrained_map(plan, c.name)
+    device_map = plan.module_map(c.name)
     kwargs: dict[str, Any] = {"device_map": device_map}
     if dtype is not None:
         kwargs[_dtype_kwarg(library, module)] = getattr(torch, dtype.name)

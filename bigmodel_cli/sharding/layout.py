@@ -1,13 +1,12 @@
-"""``bigmodel shard`` and ``bigmodel merge``: decide a layout (pure data), then stream it.
+"""What ``shard`` and ``merge`` will write, decided before a byte moves (pure data).
 
-Deciding and doing are apart, as in huggingface_hub's ``split_state_dict_into_shards``:
+As in huggingface_hub's ``split_state_dict_into_shards_factory``:
 
 - :func:`split_sizes` cuts a list of tensor sizes into shards, greedily, in order;
 - :func:`plan_component` turns one checkpoint component into a :class:`ComponentPlan`
   (which tensors go to which file under which name, and the index);
-- :func:`plan_write` adds the non-weight files to copy and gives a :class:`WritePlan`;
-- :mod:`bigmodel_cli.writer` executes a plan byte range by byte range, inside an
-  :class:`~bigmodel_cli.atomic.AtomicFolder` that appears whole or not at all.
+- :func:`plan_write` adds the non-weight files to copy and gives a :class:`WritePlan`,
+  which :mod:`bigmodel_cli.sharding.write` executes.
 
 Tensors keep the byte order of the source files, so reads are sequential and
 ``shard`` followed by ``merge`` gives back the source file byte for byte.
@@ -17,30 +16,21 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from bigmodel_cli.atomic import AtomicFolder, check_output, default_output
-from bigmodel_cli.checkpoint import (
-    Checkpoint,
-    Component,
-    load_checkpoint,
-    read_json_file,
-    variant_of,
-)
-from bigmodel_cli.errors import BigmodelError, UsageError
+from bigmodel_cli.checkpoint import Checkpoint, Component
+from bigmodel_cli.checkpoint.names import SAFETENSORS_STEMS, shard_names, variant_of
+from bigmodel_cli.errors import BigmodelError
+from bigmodel_cli.formats.base import TensorInfo
 from bigmodel_cli.formats.index import index_json, link_boundary
-from bigmodel_cli.formats.safetensors import HeaderEntry, TensorInfo
-from bigmodel_cli.progress import Progress
+from bigmodel_cli.formats.json import read_json_file
+from bigmodel_cli.formats.safetensors import HeaderEntry
 from bigmodel_cli.sizes import DTYPES, DType
 
 Mode = Literal["shard", "merge"]
-EXTENSION = ".safetensors"
-# transformers' legacy pickle name and the safetensors name it expects instead.
-HF_WEIGHTS_NAMES = ("model", "diffusion_pytorch_model")
 
 
 @dataclass(frozen=True)
@@ -138,27 +128,6 @@ class WritePlan:
     warnings: tuple[str, ...]
 
 
-@dataclass(frozen=True)
-class ComponentResult:
-    name: str
-    files: tuple[str, ...]
-    bytes: int
-    tensors: int
-
-
-@dataclass(frozen=True)
-class WriteResult:
-    """What ``shard`` / ``merge`` did, for :func:`bigmodel_cli.render.shard.render_write`."""
-
-    mode: Mode
-    source: str
-    output: str
-    components: tuple[ComponentResult, ...]
-    bytes_written: int
-    seconds: float
-    warnings: tuple[str, ...] = ()
-
-
 # --- pure planning -------------------------------------------------------------------
 
 
@@ -183,29 +152,11 @@ def split_sizes(sizes: Sequence[int], limit: int | None) -> list[range]:
     return runs
 
 
-def shard_names(weights: str, variant: str | None, count: int) -> tuple[list[str], str | None]:
-    """File names for ``count`` shards, and the index name (None for a single file).
-
-    Diffusers' and transformers' ``_add_variant`` rule: ``model.fp16.safetensors``,
-    ``model.fp16-00001-of-00002.safetensors`` and ``model.safetensors.index.fp16.json``.
-    """
-    stem = f"{weights}.{variant}" if variant else weights
-    if count == 1:
-        return [f"{stem}{EXTENSION}"], None
-    names = [f"{stem}-{i:05d}-of-{count:05d}{EXTENSION}" for i in range(1, count + 1)]
-    index = (
-        f"{weights}{EXTENSION}.index.{variant}.json"
-        if variant
-        else f"{weights}{EXTENSION}.index.json"
-    )
-    return names, index
-
-
 def output_weights_name(component: Component) -> str:
     """The name ``from_pretrained`` looks for: the source's when it is one of Hugging
     Face's, else ``diffusion_pytorch_model`` for a diffusers model and ``model`` for the
     rest (``pytorch_model.bin`` -> ``model``, ``sd_xl_base.safetensors`` -> ``model``)."""
-    if component.weights_name in HF_WEIGHTS_NAMES:
+    if component.weights_name in SAFETENSORS_STEMS:
         return component.weights_name
     config = read_json_file(component.folder / "config.json") or {}
     diffusers = component.library is not None and component.library[0] == "diffusers"
@@ -350,71 +301,3 @@ def is_other_weights(path: Path, weight_folders: set[str]) -> bool:
         return False
     name = path.name
     return name.endswith(WEIGHT_SUFFIXES) or (".index." in name and name.endswith(".json"))
-
-
-# --- the commands --------------------------------------------------------------------
-
-
-def shard(
-    source: str | None,
-    output: str | None,
-    max_shard_size: int,
-    dtype: DType | None,
-    variant: str | None,
-    force: bool,
-    progress: Progress,
-) -> WriteResult:
-    """Write SOURCE as shards of at most ``max_shard_size`` tensor bytes into OUT."""
-    if max_shard_size <= 0:
-        raise UsageError(f"--max-shard-size must be positive, not {max_shard_size}")
-    return _write("shard", source, output, max_shard_size, dtype, variant, force, progress)
-
-
-def merge(
-    source: str | None,
-    output: str | None,
-    dtype: DType | None,
-    variant: str | None,
-    force: bool,
-    progress: Progress,
-) -> WriteResult:
-    """Write SOURCE with each component in one ``.safetensors`` file into OUT."""
-    return _write("merge", source, output, None, dtype, variant, force, progress)
-
-
-def _write(
-    mode: Mode,
-    source: str | None,
-    output: str | None,
-    limit: int | None,
-    dtype: DType | None,
-    variant: str | None,
-    force: bool,
-    progress: Progress,
-) -> WriteResult:
-    from bigmodel_cli.writer import check_space, execute, verify
-
-    started = time.perf_counter()
-    ckpt = load_checkpoint(source, variant)
-    out = Path(output) if output is not None else default_output(source, ckpt, mode)
-    check_output(ckpt, out)
-    with AtomicFolder(out, force) as folder:
-        plan = plan_write(ckpt, out, mode, limit, dtype)
-        check_space(plan, folder.path)
-        written = execute(plan, folder.path, progress)
-        verify(plan, folder.path)
-        folder.commit()
-    return WriteResult(
-        mode,
-        plan.source,
-        os.path.abspath(out),
-        tuple(
-            ComponentResult(
-                c.name, tuple(c.path(f.name) for f in c.files), c.nbytes, c.tensor_count
-            )
-            for c in plan.components
-        ),
-        written,
-        time.perf_counter() - started,
-        plan.warnings,
-    )

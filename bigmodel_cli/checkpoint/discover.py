@@ -7,21 +7,16 @@ tensor data.
 
 from __future__ import annotations
 
-import json
-import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from bigmodel_cli.checkpoint.names import index_files, variant_of, weight_files, weights_name
 from bigmodel_cli.errors import BigmodelError
+from bigmodel_cli.formats import FORMATS, Format, Layout, TensorInfo, format_of
 from bigmodel_cli.formats.index import Index, read_index, safe_member
-from bigmodel_cli.formats.pickle import PICKLE_SUFFIXES, read_pickle_tensors
-from bigmodel_cli.formats.safetensors import TensorInfo, parse_json_object, read_header
-
-Layout = Literal["single", "sharded", "pickle"]
-_SHARD_SUFFIX = re.compile(r"-\d{5}-of-\d{5}$")
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+from bigmodel_cli.formats.json import parse_json_object
+from bigmodel_cli.sizes import format_size
 
 
 @dataclass(frozen=True)
@@ -53,17 +48,44 @@ class Checkpoint:
     components: tuple[Component, ...]
     skipped: tuple[str, ...] = ()
     variant: str | None = None
+    repo: HubSource | None = None  # read from a Hugging Face repo id (cache or Hub)
+
+    @property
+    def origin(self) -> str:
+        """What the user named: the path, or ``org/name@commit`` for a repo."""
+        return self.repo.label if self.repo is not None else str(self.source)
 
 
-def load_checkpoint(
-    source: str | os.PathLike[str] | None, variant: str | None = None
-) -> Checkpoint:
-    """Resolve ``source`` (a path, a Hugging Face repo id, or None for the current folder)."""
-    path = Path(source) if source is not None else Path.cwd()
-    name = path.resolve().name or "model"
-    if not path.exists() and source is not None and _REPO_ID.match(str(source)):
-        path = _from_hf_cache(str(source))
-        name = str(source).rsplit("/", 1)[1]
+@dataclass(frozen=True)
+class HubSource:
+    """Where a repo id was read from: its commit, and the Hub's bytes when not cached."""
+
+    repo_id: str
+    commit: str
+    remote: bool = False  # headers read over HTTP (a mirror), not the downloaded files
+    headers_fetched: int = 0
+    bytes_fetched: int = 0
+
+    @property
+    def label(self) -> str:
+        return f"{self.repo_id}@{self.commit}"
+
+    @property
+    def note(self) -> str:
+        """Where the figures came from, for people."""
+        if not self.remote:
+            return f"read from the Hugging Face cache at {self.commit[:7]}"
+        if not self.headers_fetched:
+            return f"read from headers cached earlier from the Hub at {self.commit[:7]}"
+        return (
+            f"read {self.headers_fetched} headers, {format_size(self.bytes_fetched)}, "
+            f"from the Hub at {self.commit[:7]}"
+        )
+
+
+def read_path(path: Path, name: str, variant: str | None = None) -> Checkpoint:
+    """The checkpoint at a local ``path`` (a file or a folder); ``name`` names a
+    single-model folder's component."""
     if path.is_file():
         return Checkpoint(
             path, path.parent, "file", (_file_component("model", path),), variant=variant
@@ -76,21 +98,6 @@ def load_checkpoint(
     if component is None:
         raise BigmodelError(_nothing_found(path, variant), path)
     return Checkpoint(path, path, "model", (component,), variant=variant)
-
-
-def _from_hf_cache(repo_id: str) -> Path:
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    try:
-        return Path(snapshot_download(repo_id, local_files_only=True))
-    except (LocalEntryNotFoundError, FileNotFoundError, ValueError, OSError):
-        raise BigmodelError(
-            "not a local path, and not in the Hugging Face cache "
-            f"(HF_HOME={os.environ.get('HF_HOME', '~/.cache/huggingface')}); "
-            f"fetch it first with `hf download {repo_id}`",
-            repo_id,
-        ) from None
 
 
 def _nothing_found(folder: Path, variant: str | None) -> str:
@@ -159,104 +166,50 @@ def _with_library(c: Component, library: tuple[str, str] | None) -> Component:
     )
 
 
-HF_STEMS = ("model", "diffusion_pytorch_model", "pytorch_model")
-
-
-def variant_of(name: str, suffix: str) -> str | None:
-    """``diffusion_pytorch_model.fp16.safetensors`` -> ``fp16``. Only Hugging Face weight
-    names carry variants: ``sd_xl_base_1.0.safetensors`` has none (not ``0``)."""
-    stem = _SHARD_SUFFIX.sub("", name[: -len(suffix)])
-    base, dot, variant = stem.rpartition(".")
-    return variant if dot and base in HF_STEMS and variant else None
-
-
-def _index_candidates(folder: Path, variant: str | None, ext: str) -> list[Path]:
-    """Index files of ``variant`` (None: no variant) for weights ending in ``ext``:
-    ``X.safetensors.index.json``; with a variant, diffusers' ``X.safetensors.index.fp16.json``,
-    ``X.fp16.safetensors.index.json`` and the legacy ``X.safetensors.fp16.index.json``."""
-    found = []
-    for p in folder.glob(f"*{ext}*.json"):
-        name = p.name
-        if name.endswith(f"{ext}.index.json"):
-            v = variant_of(name.removesuffix(".index.json"), ext)
-        elif variant and name.endswith(
-            (f"{ext}.index.{variant}.json", f"{ext}.{variant}.index.json")
-        ):
-            v = variant
-        else:
-            continue
-        if v == variant:
-            found.append(p)
-    return sorted(found)
-
-
 def find_component(
     folder: Path, name: str, variant: str | None, quiet: bool = False
 ) -> Component | None:
-    """The component stored in ``folder``, or None when it holds no weights."""
+    """The component stored in ``folder``, or None when it holds no weights: an index of
+    the first format that has one, else the one weights file of the first format."""
     try:
-        for ext in (".safetensors", ".bin"):
-            indexes = _index_candidates(folder, variant, ext)
+        names = [p.name for p in folder.iterdir() if p.is_file()]
+        for fmt in FORMATS:
+            indexes = index_files(names, variant, fmt.suffixes[0])
             if len(indexes) > 1:
-                raise BigmodelError(
-                    f"several index files: {', '.join(p.name for p in indexes)}", folder
-                )
+                raise BigmodelError(f"several index files: {', '.join(indexes)}", folder)
             if indexes:
-                return _sharded(folder, name, indexes[0], ext)
-        for suffixes in ((".safetensors",), PICKLE_SUFFIXES):
-            files = sorted(
-                p
-                for s in suffixes
-                for p in folder.glob(f"*{s}")
-                if p.is_file()
-                and variant_of(p.name, s) == variant
-                and not _SHARD_SUFFIX.search(p.stem)
-            )
+                return _sharded(folder, name, folder / indexes[0], fmt)
+        for fmt in FORMATS:
+            files = weight_files(names, variant, fmt.suffixes)
             if len(files) > 1:
-                preferred = [
-                    p
-                    for p in files
-                    if p.stem.split(".")[0] in ("model", "diffusion_pytorch_model", "pytorch_model")
-                ]
-                if len(preferred) != 1:
-                    raise BigmodelError(
-                        f"several weight files and no index: {', '.join(p.name for p in files)}",
-                        folder,
-                    )
-                files = preferred
+                raise BigmodelError(
+                    f"several weight files and no index: {', '.join(files)}", folder
+                )
             if files:
-                return _file_component(name, files[0])
+                return _file_component(name, folder / files[0])
     except BigmodelError:
         if quiet:
             return None
         raise
+    except OSError as exc:
+        if quiet:
+            return None
+        raise BigmodelError(f"cannot list folder ({exc.strerror})", folder) from None
     return None
 
 
-def _weights_name(file_name: str) -> str:
-    """``diffusion_pytorch_model.fp16-00001-of-00002.safetensors`` -> the weights name."""
-    return _SHARD_SUFFIX.sub("", file_name.split(".")[0])
-
-
 def _file_component(name: str, path: Path) -> Component:
-    if path.suffix in PICKLE_SUFFIXES:
-        tensors = read_pickle_tensors(path)
-        return Component(
-            name, path.parent, "pickle", _weights_name(path.name), (path,), tuple(tensors), None
-        )
-    header = read_header(path)
+    fmt = format_of(path)
+    if fmt is None:
+        raise BigmodelError("not a weights file (.safetensors, .bin, .pt, .pth)", path)
+    found = fmt.read(path)
+    layout = fmt.layouts[0]
     return Component(
-        name,
-        path.parent,
-        "single",
-        _weights_name(path.name),
-        (path,),
-        header.tensors,
-        header.metadata,
+        name, path.parent, layout, weights_name(path.name), (path,), found.tensors, found.metadata
     )
 
 
-def _sharded(folder: Path, name: str, index_path: Path, ext: str) -> Component:
+def _sharded(folder: Path, name: str, index_path: Path, fmt: Format) -> Component:
     index = read_index(index_path)
     tensors: list[TensorInfo] = []
     metadata: dict[str, str] | None = None
@@ -265,13 +218,9 @@ def _sharded(folder: Path, name: str, index_path: Path, ext: str) -> Component:
     for path in files:
         if not path.is_file():
             raise BigmodelError(f"index names {path.name!r}, which does not exist", index_path)
-        if ext == ".bin":
-            found = read_pickle_tensors(path)
-        else:
-            header = read_header(path)
-            found = list(header.tensors)
-            metadata = metadata if metadata is not None else header.metadata
-        for t in found:
+        found = fmt.read(path)
+        metadata = metadata if metadata is not None else found.metadata
+        for t in found.tensors:
             if t.name in owner:
                 raise BigmodelError(
                     f"tensor is in both {owner[t.name]} and {path.name}", index_path, t.name
@@ -283,7 +232,7 @@ def _sharded(folder: Path, name: str, index_path: Path, ext: str) -> Component:
                 raise BigmodelError(
                     f"tensor is in {path.name} but the index {where}", index_path, t.name
                 )
-        tensors.extend(found)
+        tensors.extend(found.tensors)
     missing = sorted(set(index.weight_map) - set(owner))
     if missing:
         raise BigmodelError(
@@ -296,62 +245,16 @@ def _sharded(folder: Path, name: str, index_path: Path, ext: str) -> Component:
         raise BigmodelError(
             f"total_size is {index.total_size} but the tensors hold {total} bytes", index_path
         )
-    layout: Layout = "pickle" if ext == ".bin" else "sharded"
     return Component(
         name,
         folder,
-        layout,
-        _weights_name(files[0].name),
+        fmt.layouts[1],
+        weights_name(files[0].name),
         tuple(files),
         tuple(tensors),
         metadata,
         index,
     )
-
-
-_NUMERIC = re.compile(r"^\d+$")
-
-
-def block_of(name: str, containers: frozenset[str]) -> str:
-    """The block a tensor belongs to: the dotted prefix through its first numeric part
-    (``down_blocks.1``, ``model.layers.12``); otherwise the shortest prefix that is not a
-    wrapper of numbered blocks (``model.embed_tokens``, ``conv_in``, ``lm_head``)."""
-    parts = name.split(".")
-    for i, part in enumerate(parts[:-1]):
-        if _NUMERIC.match(part):
-            return ".".join(parts[: i + 1])
-    for i in range(1, len(parts)):
-        prefix = ".".join(parts[:i])
-        if prefix not in containers:
-            return prefix
-    return name
-
-
-def wrappers(names: list[str]) -> frozenset[str]:
-    """Prefixes that hold numbered blocks below them (``model`` for ``model.layers.0.x``)."""
-    found: set[str] = set()
-    for name in names:
-        parts = name.split(".")
-        for i, part in enumerate(parts[:-1]):
-            if _NUMERIC.match(part):
-                found.update(".".join(parts[:j]) for j in range(1, i))
-                break
-    return frozenset(found)
-
-
-def group_blocks(names: list[str]) -> dict[str, str]:
-    """Tensor name -> block name, for every name."""
-    containers = wrappers(names)
-    return {n: block_of(n, containers) for n in names}
-
-
-def read_json_file(path: Path) -> dict[str, object] | None:
-    """A small JSON file (config.json) or None when absent or unreadable."""
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def fingerprint(ckpt: Checkpoint) -> str:

@@ -1,4 +1,4 @@
-"""Execute a :class:`~bigmodel_cli.sharding.WritePlan`: stream bytes into new files.
+"""Execute a :class:`~bigmodel_cli.sharding.layout.WritePlan`: stream bytes into new files.
 
 Each output file gets its header first, then its tensors in order. A tensor whose dtype
 stays is copied range by range in the kernel (``os.copy_file_range``, else ``sendfile``,
@@ -13,19 +13,19 @@ import errno
 import os
 import shutil
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bigmodel_cli.errors import BigmodelError
+from bigmodel_cli.formats import format_of
 from bigmodel_cli.formats.index import read_index
-from bigmodel_cli.formats.pickle import torch_dtype
 from bigmodel_cli.formats.safetensors import ALIGNMENT, build_header, read_header
 from bigmodel_cli.progress import Progress
-from bigmodel_cli.sharding import ComponentPlan, FileCopy, OutputFile, TensorSlot, WritePlan
-from bigmodel_cli.sizes import DTYPES, format_size
+from bigmodel_cli.sharding.layout import ComponentPlan, FileCopy, OutputFile, TensorSlot, WritePlan
+from bigmodel_cli.sizes import DTYPES, format_size, torch_dtype
 
 if TYPE_CHECKING:
     import torch
@@ -101,11 +101,12 @@ class RangeCopier:
 
 
 class Sources:
-    """Source files opened read-only (never written), and one pickle state dict at a time."""
+    """Source files opened read-only (never written), and the tensors of one file at a time
+    for formats without raw byte ranges (pickle), opened through the format's reader."""
 
     def __init__(self) -> None:
         self._fds: dict[Path, int] = {}
-        self._pickle: tuple[Path, dict[str, Any]] | None = None
+        self._opened: tuple[Path, Mapping[str, Any]] | None = None
 
     def fd(self, path: Path) -> int:
         if path not in self._fds:
@@ -119,12 +120,13 @@ class Sources:
         return self._fds[path]
 
     def tensor(self, slot: TensorSlot) -> torch.Tensor:
-        from bigmodel_cli.formats.pickle import load_state_dict
-
-        if self._pickle is None or self._pickle[0] != slot.file:
-            self._pickle = None
-            self._pickle = (slot.file, load_state_dict(slot.file))
-        tensor = self._pickle[1].get(slot.name)
+        if self._opened is None or self._opened[0] != slot.file:
+            self._opened = None
+            fmt = format_of(slot.file)
+            if fmt is None:
+                raise BigmodelError("not a weights file", slot.file)
+            self._opened = (slot.file, fmt.open(slot.file))
+        tensor = self._opened[1].get(slot.name)
         if tensor is None:
             raise BigmodelError("tensor disappeared from the checkpoint", slot.file, slot.name)
         return tensor
@@ -133,7 +135,7 @@ class Sources:
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
-        self._pickle = None
+        self._opened = None
 
 
 def check_conversions(plan: WritePlan) -> None:

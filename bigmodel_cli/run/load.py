@@ -1,20 +1,22 @@
 """Load a checkpoint's tensors onto their devices, and check them against the files.
 
-The executor half of ``bigmodel run`` (:mod:`bigmodel_cli.runner` decides and reports).
+The executor half of ``bigmodel run`` (:mod:`.place` decides, :mod:`bigmodel_cli.run`
+reports).
 Every tensor is read one at a time, in file order:
 
 - a GPU: ``safe_open(file, device="cuda:N")``, straight from the file to device memory;
-- ``cpu``: ``safe_open(file, device="cpu", backend="pread")``: the bytes are read into the
-  tensor's own memory, so the process holds the loaded tensors and nothing more (with the
-  default mmap backend, safetensors 0.8 reads nothing until a tensor is used, and copies
-  of mapped tensors leave every touched page counted twice while the file is open);
+- ``cpu``: a copy-on-write mapping of the file (as ``safe_open``'s mmap backend gives
+  tensors), its pages read in now, shared with the page cache: nothing is copied. A
+  tensor whose dtype changes is cast into its own memory. With ``--copy``,
+  ``safe_open(file, device="cpu", backend="pread")`` reads the bytes into private memory;
 - ``disk``: a copy-on-write ``mmap`` of the file viewed as a tensor (``torch.frombuffer``):
   nothing is read until the tensor is used, and the file is never written. A disk tensor
   that ``--dtype`` changes is cast on its own and written to an unnamed temporary file
   (accelerate's offload folder, without the folder), which is then mapped the same way.
 
-Pickle components are opened with ``formats.pickle.load_state_dict`` (weights only,
-memory-mapped) and each tensor is copied to its device; disk ones stay mapped.
+Components of formats without raw byte ranges (pickle) are opened with their format's
+reader (weights only, memory-mapped) and each tensor is copied to its device; disk ones
+stay mapped.
 """
 
 from __future__ import annotations
@@ -24,39 +26,50 @@ import mmap
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from bigmodel_cli.checkpoint import Checkpoint, Component
+from bigmodel_cli.devices import DeviceKey, is_gpu, torch_device
 from bigmodel_cli.errors import BigmodelError, FitError
-from bigmodel_cli.formats.pickle import torch_dtype
-from bigmodel_cli.formats.safetensors import TensorInfo
-from bigmodel_cli.plan_file import torch_device
+from bigmodel_cli.formats import TensorInfo, format_of
 from bigmodel_cli.progress import Progress
-from bigmodel_cli.sizes import DTYPES, DType
+from bigmodel_cli.sizes import DTYPES, DType, torch_dtype
 
 if TYPE_CHECKING:
     import torch
+
+MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux 5.14; 22 in its headers
 
 
 @dataclass
 class Loaded:
     """Accumulated while loading (internal, mutable): tensors in file order, per-device tallies."""
 
-    tensors: list[tuple[TensorInfo, str, torch.Tensor]] = field(default_factory=list)
-    nbytes: dict[str, int] = field(default_factory=dict)
-    seconds: dict[str, float] = field(default_factory=dict)
+    tensors: list[tuple[TensorInfo, DeviceKey, torch.Tensor]] = field(default_factory=list)
+    nbytes: dict[DeviceKey, int] = field(default_factory=dict)
+    seconds: dict[DeviceKey, float] = field(default_factory=dict)
 
-    def add(self, info: TensorInfo, dev: str, tensor: torch.Tensor, seconds: float) -> None:
+    def add(self, info: TensorInfo, dev: DeviceKey, tensor: torch.Tensor, seconds: float) -> None:
         self.tensors.append((info, dev, tensor))
         self.nbytes[dev] = self.nbytes.get(dev, 0) + tensor.numel() * tensor.element_size()
         self.time(dev, seconds)
 
-    def time(self, dev: str, seconds: float) -> None:
+    def time(self, dev: DeviceKey, seconds: float) -> None:
         self.seconds[dev] = self.seconds.get(dev, 0.0) + seconds
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What every tensor of one load shares."""
+
+    target: DType | None  # the dtype floating tensors are loaded at
+    acc: Loaded
+    progress: Progress
+    copy: bool  # cpu tensors into private memory, not mapped
 
 
 def cast_dtype(code: str, target: DType | None) -> torch.dtype:
@@ -95,11 +108,30 @@ def _mapping(f: BinaryIO) -> mmap.mmap:
     return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
 
 
-def _mapped(file: Path) -> Callable[[TensorInfo], torch.Tensor]:
-    """Tensors viewed on a mapping of ``file``: nothing is read until they are used."""
+def _mapped(
+    file: Path, resident: Sequence[TensorInfo] = ()
+) -> Callable[[TensorInfo], torch.Tensor]:
+    """Tensors viewed on a mapping of ``file``: nothing is read until they are used, except
+    the ``resident`` ones, whose pages are read in now (a cpu load, not a promise)."""
     with open(file, "rb") as f:
         mm = _mapping(f)
+    if resident:
+        _populate(mm, min(t.start for t in resident), max(t.end for t in resident))
     return lambda info: _view(mm, info.start, info.nbytes, torch_dtype(info.dtype), info.shape)
+
+
+def _populate(mm: mmap.mmap, start: int, end: int) -> None:
+    """Fault in the pages of ``start..end`` for reading (shared with the page cache, no
+    copy): ``MADV_POPULATE_READ`` where the kernel has it (5.14+), else a read per page."""
+    first = start - start % mmap.PAGESIZE
+    if end <= first:
+        return
+    try:
+        mm.madvise(MADV_POPULATE_READ, first, end - first)
+    except (OSError, ValueError):
+        import numpy as np
+
+        int(np.frombuffer(mm, np.uint8, end - first, first)[:: mmap.PAGESIZE].max())
 
 
 class _Spill:
@@ -134,7 +166,7 @@ class _Spill:
 
 
 def _keep(
-    acc: Loaded, spill: _Spill, info: TensorInfo, dev: str, tensor: torch.Tensor, began: float
+    acc: Loaded, spill: _Spill, info: TensorInfo, dev: DeviceKey, tensor: torch.Tensor, began: float
 ) -> None:
     """Record one loaded (already cast) tensor; a disk tensor that changed dtype is spilled."""
     if dev == "disk" and tensor.dtype != torch_dtype(info.dtype):
@@ -144,13 +176,17 @@ def _keep(
         acc.add(info, dev, tensor, time.perf_counter() - began)
 
 
-def _opened(file: Path, dev: str, stack: ExitStack) -> Callable[[TensorInfo], torch.Tensor]:
-    """A reader of ``file``'s tensors onto ``dev``."""
+def _opened(
+    file: Path, dev: DeviceKey, stack: ExitStack, on_dev: Sequence[TensorInfo], copy: bool
+) -> Callable[[TensorInfo], torch.Tensor]:
+    """A reader of ``file``'s tensors (``on_dev`` of them) onto ``dev``."""
     from safetensors import safe_open
 
     if dev == "disk":
         return _mapped(file)
-    if dev != "cpu":
+    if dev == "cpu" and not copy:
+        return _mapped(file, on_dev)
+    if is_gpu(dev):
         handle = stack.enter_context(safe_open(file, framework="pt", device=torch_device(dev)))
         return lambda info: handle.get_tensor(info.name)
     try:
@@ -161,21 +197,20 @@ def _opened(file: Path, dev: str, stack: ExitStack) -> Callable[[TensorInfo], to
     return lambda info: cpu.get_tensor(info.name)
 
 
-def _finish_file(acc: Loaded, spill: _Spill, used: set[str]) -> None:
+def _finish_file(acc: Loaded, spill: _Spill, used: set[DeviceKey]) -> None:
     """Wait for the GPUs (their time counts) and map back what was spilled."""
     import torch
 
-    for dev in used - {"cpu", "disk"}:
+    for dev in filter(is_gpu, used):
         began = time.perf_counter()
-        torch.cuda.synchronize(int(dev))
+        torch.cuda.synchronize(dev)
         acc.time(dev, time.perf_counter() - began)
     for info, tensor in spill.take():
         acc.add(info, "disk", tensor, 0.0)
 
 
-def _load_safetensors(
-    c: Component, place: dict[str, str], target: DType | None, acc: Loaded, progress: Progress
-) -> None:
+def _load_raw(c: Component, place: dict[str, DeviceKey], job: _Job) -> None:
+    """Formats of raw byte ranges (safetensors): each tensor read straight to its device."""
     from safetensors import SafetensorError
 
     for info in c.tensors:
@@ -189,7 +224,10 @@ def _load_safetensors(
     for file, infos in _by_file(c.tensors):
         used = {place[t.name] for t in infos}
         with ExitStack() as stack:
-            readers = {dev: _opened(file, dev, stack) for dev in sorted(used)}
+            readers = {
+                dev: _opened(file, dev, stack, [t for t in infos if place[t.name] == dev], job.copy)
+                for dev in sorted(used, key=str)
+            }
             for info in infos:
                 dev = place[info.name]
                 began = time.perf_counter()
@@ -197,50 +235,66 @@ def _load_safetensors(
                     tensor = readers[dev](info)
                 except (SafetensorError, OSError, ValueError) as exc:
                     raise BigmodelError(f"cannot load ({exc})", file, info.name) from None
-                _keep(acc, spill, info, dev, cast(tensor, info.dtype, target), began)
-                progress.advance(info.nbytes)
-        _finish_file(acc, spill, used)
+                _keep(job.acc, spill, info, dev, cast(tensor, info.dtype, job.target), began)
+                job.progress.advance(info.nbytes)
+        _finish_file(job.acc, spill, used)
 
 
-def _load_pickle(
-    c: Component, place: dict[str, str], target: DType | None, acc: Loaded, progress: Progress
-) -> None:
-    from bigmodel_cli.formats.pickle import load_state_dict
-
+def _load_opened(c: Component, place: dict[str, DeviceKey], job: _Job) -> None:
+    """Other formats (pickle): opened by their reader, each tensor copied to its device."""
     spill = _Spill()
     for file, infos in _by_file(c.tensors):
-        state = load_state_dict(file)  # memory-mapped: disk entries stay as they are
+        state = _open(file)  # memory-mapped: disk entries stay as they are
         for info in infos:
             dev = place[info.name]
             began = time.perf_counter()
             tensor = state[info.name]
             if dev == "disk":
-                tensor = cast(tensor, info.dtype, target)
+                tensor = cast(tensor, info.dtype, job.target)
             else:
-                to = cast_dtype(info.dtype, target)
+                to = cast_dtype(info.dtype, job.target)
                 tensor = tensor.to(device=torch_device(dev), dtype=to, copy=True)
-            _keep(acc, spill, info, dev, tensor, began)
-            progress.advance(info.nbytes)
-        _finish_file(acc, spill, {place[t.name] for t in infos})
+            _keep(job.acc, spill, info, dev, tensor, began)
+            job.progress.advance(info.nbytes)
+        _finish_file(job.acc, spill, {place[t.name] for t in infos})
         del state
 
 
-def load(
-    ckpt: Checkpoint, place: dict[str, dict[str, str]], target: DType | None, progress: Progress
+def _open(file: Path) -> Mapping[str, Any]:
+    fmt = format_of(file)
+    if fmt is None:
+        raise BigmodelError("not a weights file", file)
+    return fmt.open(file)
+
+
+def _is_raw(c: Component) -> bool:
+    fmt = format_of(c.files[0]) if c.files else None
+    return fmt is not None and fmt.raw
+
+
+def load_tensors(
+    ckpt: Checkpoint,
+    place: Mapping[str, dict[str, DeviceKey]],
+    target: DType | None,
+    progress: Progress,
+    copy: bool = False,
 ) -> Loaded:
-    """Every tensor of ``ckpt`` onto the device ``place`` names, cast to ``target``."""
+    """Every tensor of ``ckpt`` onto the device ``place`` names, cast to ``target``.
+
+    ``cpu`` tensors that keep their dtype are mapped from the file (copy-on-write, read in
+    now) unless ``copy`` asks for private memory (read with ``pread``)."""
     import torch
 
-    acc = Loaded()
+    job = _Job(target, Loaded(), progress, copy)
     progress.start(sum(c.nbytes for c in ckpt.components), "loading")
     for c in ckpt.components:
-        loader = _load_pickle if c.layout == "pickle" else _load_safetensors
+        loader = _load_raw if _is_raw(c) else _load_opened
         try:
-            loader(c, place[c.name], target, acc, progress)
+            loader(c, place[c.name], job)
         except (torch.cuda.OutOfMemoryError, MemoryError) as exc:
             reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
             raise FitError(f"out of memory while loading {c.name} ({reason})", c.folder) from None
-    return acc
+    return job.acc
 
 
 # ---------------------------------------------------------------- verifying (executor)
@@ -266,11 +320,9 @@ def _raw(f: Any, info: TensorInfo) -> torch.Tensor:
     return torch.frombuffer(buf, dtype=torch.uint8).view(dtype).reshape(info.shape)
 
 
-def verify(acc: Loaded, target: DType | None, progress: Progress) -> None:
+def verify_tensors(acc: Loaded, target: DType | None, progress: Progress) -> None:
     """Every loaded tensor against the file bytes, after the same cast on the same device."""
     import torch
-
-    from bigmodel_cli.formats.pickle import load_state_dict
 
     progress.start(sum(info.nbytes for info, _, _ in acc.tensors), "verifying")
     current: Path | None = None
@@ -282,7 +334,7 @@ def verify(acc: Loaded, target: DType | None, progress: Progress) -> None:
                 stack.close()
                 current, state = info.file, {}
                 if info.start < 0:
-                    state = load_state_dict(info.file)
+                    state = dict(_open(info.file))
                 else:
                     f = stack.enter_context(open(info.file, "rb", buffering=0))
             expected = state[info.name] if info.start < 0 else _raw(f, info)

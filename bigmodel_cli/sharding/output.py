@@ -209,26 +209,3 @@ class AtomicFolder:
                 for p in reversed(self._made):  # parents this run created, if still empty
                     with contextlib.suppress(OSError):
                         p.rmdir()
-
-
-def write_text_atomically(path: Path, text: str) -> None:
-    """A temporary file in the same folder, flushed and renamed over ``path`` once
-    complete: readers see the old file or the new one, never half of one."""
-    import tempfile
-
-    folder = path.parent if str(path.parent) else Path(".")
-    if path.is_dir():
-        raise BigmodelError("is a folder; give a file name", path)
-    if not folder.is_dir():
-        raise BigmodelError("folder does not exist", folder)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise

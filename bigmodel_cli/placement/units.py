@@ -3,7 +3,7 @@
 A block is a dotted prefix whose forward can run on a device of its own: the top-level
 numbered blocks (``down_blocks.1``, ``model.layers.12``, ``transformer_blocks.7``) and
 the modules around them (``conv_in``, ``model.embed_tokens``, ``lm_head``), as
-:func:`bigmodel_cli.checkpoint.group_blocks` finds them. On top of that:
+:func:`bigmodel_cli.checkpoint.blocks.group_blocks` finds them. On top of that:
 
 - ``--no-split PREFIX`` merges every block under PREFIX into one (``--no-split mid_block``
   keeps a diffusers mid block's resnets and attentions together; by default they are
@@ -19,8 +19,8 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 
-from bigmodel_cli.checkpoint import group_blocks
-from bigmodel_cli.planner import Unit
+from bigmodel_cli.checkpoint.blocks import group_blocks, natural_key
+from bigmodel_cli.placement.items import Unit
 
 _HEAD_ARCHITECTURE = re.compile(r"(ForCausalLM|LMHeadModel|ForConditionalGeneration)$")
 # transformers' `_tied_weights_keys` targets for the output embedding, most common first
@@ -35,16 +35,6 @@ _INPUT_EMBEDDINGS = (
     "model.shared.weight",
     "shared.weight",
 )
-_NUMBER = re.compile(r"(\d+)")
-
-
-def natural_key(name: str) -> tuple[tuple[int, int, str], ...]:
-    """Sort key comparing numbers as numbers: ``layers.2`` before ``layers.10``."""
-    return tuple(
-        (0, int(part), "") if part.isdigit() else (1, 0, part)
-        for part in _NUMBER.split(name)
-        if part
-    )
 
 
 def coarsen(block: str, no_split: Sequence[str]) -> str:

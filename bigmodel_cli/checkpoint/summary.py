@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from bigmodel_cli.checkpoint import Checkpoint, Component, group_blocks
+from bigmodel_cli.checkpoint.blocks import group_blocks
+from bigmodel_cli.checkpoint.discover import Checkpoint, Component
 from bigmodel_cli.sizes import DTYPES, DType, bytes_at
 
 
@@ -32,12 +34,16 @@ class CheckpointSummary:
     dtype: str | None
     components: tuple[ComponentSummary, ...]
     skipped: tuple[str, ...] = field(default=())
+    checkpoint: Checkpoint | None = field(default=None, repr=False, compare=False)
 
     def total(self, attribute: str) -> int:
         return sum(int(getattr(c, attribute)) for c in self.components)
 
 
-def summarize_component(c: Component, target: DType | None) -> ComponentSummary:
+def summarize_component(
+    c: Component, target: DType | None, root: Path | None = None
+) -> ComponentSummary:
+    """``root``: show files relative to it (a repo's snapshot or mirror)."""
     dtypes: dict[str, int] = {}
     blocks: dict[str, int] = {}
     block_names = group_blocks([t.name for t in c.tensors])
@@ -51,7 +57,7 @@ def summarize_component(c: Component, target: DType | None) -> ComponentSummary:
     return ComponentSummary(
         name=c.name,
         layout=c.layout,
-        files=tuple(str(f) for f in c.files),
+        files=tuple(str(f if root is None else f.relative_to(root)) for f in c.files),
         file_bytes=sum(os.path.getsize(f) for f in c.files),
         tensors=len(c.tensors),
         parameters=sum(t.numel for t in c.tensors),
@@ -65,10 +71,12 @@ def summarize_component(c: Component, target: DType | None) -> ComponentSummary:
 
 
 def summarize(ckpt: Checkpoint, target: DType | None) -> CheckpointSummary:
+    root = ckpt.root if ckpt.repo is not None else None
     return CheckpointSummary(
-        source=str(ckpt.source),
+        source=ckpt.origin,
         kind=ckpt.kind,
         dtype=target.name if target else None,
-        components=tuple(summarize_component(c, target) for c in ckpt.components),
+        components=tuple(summarize_component(c, target, root) for c in ckpt.components),
         skipped=ckpt.skipped,
+        checkpoint=ckpt,
     )

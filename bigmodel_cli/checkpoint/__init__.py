@@ -1,0 +1,56 @@
+"""The checkpoint stage: a SOURCE becomes components of tensors in files.
+
+Every SOURCE form of the spec (a file, a sharded folder, a diffusers pipeline, legacy
+pickle, a repo id in the Hugging Face cache) ends up as a :class:`Checkpoint`
+(:mod:`.discover`); its blocks are grouped from tensor names (:mod:`.blocks`); file names
+follow Hugging Face's rules (:mod:`.names`); ``inspect`` reports a summary
+(:mod:`.summary`). Nothing here reads tensor data.
+"""
+
+from __future__ import annotations
+
+import os
+
+from bigmodel_cli.checkpoint.discover import (
+    Checkpoint,
+    Component,
+    HubSource,
+    find_component,
+    fingerprint,
+)
+from bigmodel_cli.checkpoint.resolve import is_repo_id, load_checkpoint
+from bigmodel_cli.checkpoint.summary import CheckpointSummary, summarize
+from bigmodel_cli.sizes import DType, parse_target_dtype
+
+__all__ = [
+    "Checkpoint",
+    "CheckpointSummary",
+    "Component",
+    "HubSource",
+    "find_component",
+    "fingerprint",
+    "inspect",
+    "is_repo_id",
+    "load_checkpoint",
+    "summarize",
+]
+
+
+def inspect(
+    source: str | os.PathLike[str] | None = None,
+    *,
+    dtype: DType | str | None = None,
+    variant: str | None = None,
+    revision: str | None = None,
+    offline: bool = False,
+) -> CheckpointSummary:
+    """What is in a checkpoint, from its headers alone: per component the layout, files,
+    tensors, parameters, dtype mix, bytes (and at ``dtype``) and blocks.
+
+    >>> summary = inspect("sdxl/", dtype="fp16")  # doctest: +SKIP
+    >>> summary.total("bytes_at_dtype")  # doctest: +SKIP
+    """
+    target = parse_target_dtype(dtype) if isinstance(dtype, str) else dtype
+    path = None if source is None else os.fspath(source)
+    ckpt = load_checkpoint(path, variant, revision=revision, offline=offline)
+    return summarize(ckpt, target)

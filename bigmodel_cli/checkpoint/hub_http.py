@@ -1,0 +1,177 @@
+"""Bounded HTTP reads from the Hugging Face Hub, through huggingface_hub's own client.
+
+Every request goes through ``huggingface_hub.get_session()`` (its proxies, offline
+switch, request ids), with ``build_hf_headers()`` (HF_TOKEN, user agent) and URLs from
+``hf_hub_url`` (HF_ENDPOINT). The shared client has no timeout of its own, so each call
+passes ``constants.HF_HUB_DOWNLOAD_TIMEOUT`` (10 s unless set). Every failure becomes one
+:class:`BigmodelError` line naming the repo or file.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from huggingface_hub import constants, get_session, hf_hub_url
+from huggingface_hub.errors import (
+    GatedRepoError,
+    HfHubHTTPError,
+    LocalEntryNotFoundError,
+    OfflineModeIsEnabled,
+    RemoteEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from huggingface_hub.utils import build_hf_headers, hf_raise_for_status
+
+from bigmodel_cli import __version__
+from bigmodel_cli.errors import BigmodelError
+from bigmodel_cli.formats.safetensors import MAX_HEADER_BYTES, parse_header
+
+try:  # huggingface_hub 2.x's client; 1.x uses httpx, with the same exception names
+    import httpx2 as http
+except ImportError:  # pragma: no cover - depends on the installed huggingface_hub
+    import httpx as http  # type: ignore[no-redef]
+
+FIRST_RANGE = 1 << 16
+LOGIN = "log in with `hf auth login` or set HF_TOKEN"
+
+
+def timeout() -> float:
+    """Seconds to wait on the Hub, read at call time (HF_HUB_DOWNLOAD_TIMEOUT)."""
+    return float(constants.HF_HUB_DOWNLOAD_TIMEOUT)
+
+
+def hub_headers() -> dict[str, str]:
+    return build_hf_headers(library_name="bigmodel", library_version=__version__) | {
+        "Accept-Encoding": "identity"
+    }
+
+
+@contextmanager
+def hub_errors(repo_id: str, revision: str, what: str | None = None) -> Iterator[None]:
+    """Turn huggingface_hub / httpx2 failures into one-line errors about ``what``."""
+    where = what or repo_id
+    try:
+        yield
+    except BigmodelError:
+        raise
+    except GatedRepoError:
+        raise BigmodelError(
+            f"{repo_id} is a gated repo: accept its terms on the Hub, then {LOGIN}", where
+        ) from None
+    except RevisionNotFoundError:
+        raise BigmodelError(f"revision {revision!r} not found in {repo_id}", where) from None
+    except RepositoryNotFoundError:
+        raise BigmodelError(
+            f"repository {repo_id} not found on {constants.ENDPOINT}; if it is private, {LOGIN}",
+            where,
+        ) from None
+    except RemoteEntryNotFoundError:
+        raise BigmodelError(f"not found in {repo_id} at {revision}", where) from None
+    except OfflineModeIsEnabled:
+        raise BigmodelError(
+            "offline (HF_HUB_OFFLINE is set) and the files are not here", where
+        ) from None
+    except LocalEntryNotFoundError as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else "not in the cache"
+        raise BigmodelError(f"cannot download from {repo_id}: {reason}", where) from None
+    except HfHubHTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else "error"
+        raise BigmodelError(f"the Hub answered HTTP {status} for {repo_id}", where) from None
+    except http.TimeoutException:
+        raise BigmodelError(
+            f"no answer from {constants.ENDPOINT} within {timeout():g}s "
+            "(network down or server stalled; HF_HUB_DOWNLOAD_TIMEOUT sets the limit)",
+            where,
+        ) from None
+    except http.RemoteProtocolError:
+        raise BigmodelError(
+            f"connection to {constants.ENDPOINT} dropped in the middle of a response", where
+        ) from None
+    except http.TransportError as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise BigmodelError(f"cannot reach {constants.ENDPOINT} ({reason[:120]})", where) from None
+
+
+def fetch_bytes(url: str, what: str, start: int, end: int, size: int) -> bytes:
+    """Bytes ``start..end`` (inclusive) of a ``size``-byte file, by one Range request.
+
+    A server that ignores the Range (200 with more than was asked) or sends more or fewer
+    bytes than asked is refused; the body is never read past what was asked for.
+    """
+    asked = end - start + 1
+    headers = hub_headers() | {"Range": f"bytes={start}-{end}"}
+    body = bytearray()
+    with get_session().stream("GET", url, headers=headers, timeout=timeout()) as response:
+        if response.status_code >= 400:
+            response.read()
+            hf_raise_for_status(response)
+        whole_file_asked = start == 0 and size <= asked
+        if response.status_code == 200 and not whole_file_asked:
+            raise BigmodelError(
+                f"the server ignored the Range request (HTTP 200, whole file of {size} bytes); "
+                "refusing to download the weights to read a header",
+                what,
+            )
+        if response.status_code not in (200, 206):
+            raise BigmodelError(f"unexpected HTTP {response.status_code} for a Range request", what)
+        for chunk in response.iter_bytes():
+            body += chunk
+            if len(body) > asked:
+                raise BigmodelError(f"the server sent more than the {asked} bytes asked for", what)
+    expected = min(asked, size - start)
+    if len(body) != expected:
+        raise BigmodelError(
+            f"short body: got {len(body)} of {expected} bytes at offset {start}", what
+        )
+    return bytes(body)
+
+
+def fetch_small_file(url: str, what: str, size: int) -> bytes:
+    """A whole small file (a JSON config), refusing one larger than the listed size."""
+    body = bytearray()
+    with get_session().stream("GET", url, headers=hub_headers(), timeout=timeout()) as response:
+        if response.status_code >= 400:
+            response.read()
+            hf_raise_for_status(response)
+        for chunk in response.iter_bytes():
+            body += chunk
+            if len(body) > size:
+                raise BigmodelError(f"the server sent more than the listed {size} bytes", what)
+    if len(body) != size:
+        raise BigmodelError(f"short body: got {len(body)} of {size} bytes", what)
+    return bytes(body)
+
+
+def fetch_header(repo_id: str, commit: str, rel: str, size: int) -> tuple[bytes, int]:
+    """The 8-byte length plus JSON header of ``rel`` (validated), and the bytes received.
+
+    One speculative Range of the first 64 KiB; a second one for the rest of a longer
+    header.
+    """
+    url = hf_hub_url(repo_id, rel, revision=commit)
+    what = f"{repo_id}/{rel}"
+    if size < 8:
+        raise BigmodelError(f"file is {size} bytes, too small for a safetensors header", what)
+    with hub_errors(repo_id, commit, what):
+        head = fetch_bytes(url, what, 0, min(FIRST_RANGE, size) - 1, size)
+        received = len(head)
+        (n,) = struct.unpack("<Q", head[:8])
+        if n > MAX_HEADER_BYTES:
+            raise BigmodelError(
+                f"header claims {n} bytes, more than the {MAX_HEADER_BYTES} byte limit", what
+            )
+        if 8 + n > size:
+            raise BigmodelError(
+                f"header length {n} runs past the end of the file ({size} bytes)", what
+            )
+        if len(head) < 8 + n:
+            rest = fetch_bytes(url, what, len(head), 8 + n - 1, size)
+            received += len(rest)
+            head += rest
+    raw = head[: 8 + n]
+    parse_header(raw[8:], Path(what), size)
+    return raw, received

@@ -1,0 +1,97 @@
+"""SOURCE -> Checkpoint: a local path, a repo id in the Hugging Face cache, or on the Hub.
+
+A repo id (``org/name`` that is not a local path) is read from its cached snapshot when
+that holds every file the reader needs; otherwise, where ``remote`` allows (``inspect``
+and ``plan``), from a header mirror of the Hub (:mod:`.hub`): the same components,
+tensors and fingerprint as the downloaded snapshot, for a few kilobytes per file.
+``run`` never reads a mirror: :func:`fetch_for_plan` downloads the files first.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import replace
+from pathlib import Path
+
+from bigmodel_cli.checkpoint.discover import Checkpoint, HubSource, read_path
+from bigmodel_cli.errors import BigmodelError
+
+REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_SHA = re.compile(r"^[0-9a-f]{40}$")
+
+
+def is_repo_id(source: str | os.PathLike[str] | None) -> bool:
+    """``org/name`` that is not a local path."""
+    return source is not None and not os.path.lexists(source) and bool(REPO_ID.match(str(source)))
+
+
+def load_checkpoint(
+    source: str | os.PathLike[str] | None,
+    variant: str | None = None,
+    *,
+    revision: str | None = None,
+    offline: bool = False,
+    remote: bool = True,
+) -> Checkpoint:
+    """Resolve ``source``: a path, a Hugging Face repo id (``revision``: a branch, tag or
+    commit; default ``main``), or None for the current folder. With ``remote``, a repo id
+    that is not fully cached is read from the Hub's headers; ``offline`` never asks."""
+    if is_repo_id(source):
+        return _from_repo(str(source), variant, revision, offline, remote)
+    path = Path(source) if source is not None else Path.cwd()
+    return read_path(path, path.resolve().name or "model", variant)
+
+
+def _from_repo(
+    repo_id: str, variant: str | None, revision: str | None, offline: bool, remote: bool
+) -> Checkpoint:
+    name = repo_id.rsplit("/", 1)[1]
+    snapshot = _cached_snapshot(repo_id, revision)
+    if snapshot is not None:
+        try:
+            ckpt = read_path(snapshot, name, variant)
+            return replace(ckpt, repo=HubSource(repo_id, snapshot.name))
+        except BigmodelError:
+            if not remote:
+                raise
+    if not remote:
+        raise BigmodelError(
+            "not a local path, and not in the Hugging Face cache "
+            f"(HF_HOME={os.environ.get('HF_HOME', '~/.cache/huggingface')}); "
+            f"fetch it first with `hf download {repo_id}`",
+            repo_id,
+        )
+    from bigmodel_cli.checkpoint.hub import mirror
+
+    found = mirror(repo_id, revision=revision or "main", variant=variant, offline=offline)
+    ckpt = read_path(found.path, name, variant)
+    hub = HubSource(repo_id, found.commit, True, found.headers_fetched, found.bytes_fetched)
+    return replace(ckpt, repo=hub)
+
+
+def _cached_snapshot(repo_id: str, revision: str | None) -> Path | None:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
+    except (LocalEntryNotFoundError, FileNotFoundError, ValueError, OSError) as exc:
+        # huggingface_hub >= 2 says so when some files are missing; the reader then
+        # judges whether the ones it needs (this variant, safetensors) are there
+        partial = getattr(exc, "snapshot_path", None)
+        return Path(partial) if partial is not None and Path(partial).is_dir() else None
+
+
+def fetch_for_plan(repo_id: str, commit: str, variant: str | None) -> Path:
+    """Download the files a plan of ``repo_id`` at ``commit`` uses (the weights the reader
+    takes, not other variants or ``.bin`` twins, plus the small files) into the Hugging
+    Face cache, with its progress bars; the snapshot folder."""
+    from bigmodel_cli.checkpoint.hub import download_plan_files, mirror
+
+    if not _SHA.match(commit):
+        raise BigmodelError(f"the plan names no commit of {repo_id}; re-run bigmodel plan")
+    found = mirror(repo_id, revision=commit, variant=variant)
+    ckpt = read_path(found.path, repo_id.rsplit("/", 1)[1], variant)
+    files = [os.path.relpath(f, found.path) for c in ckpt.components for f in c.files]
+    return download_plan_files(repo_id, commit, files)

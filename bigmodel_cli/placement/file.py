@@ -1,0 +1,331 @@
+"""The plan: one type, and its JSON document (schema version 1) in both directions.
+
+``bigmodel plan`` builds a :class:`Plan` and writes it with :meth:`Plan.save`;
+``bigmodel run`` reads it back with :func:`read_plan`, which checks every key it uses and
+brings device names to one spelling (:func:`bigmodel_cli.devices.parse_device`: a GPU is
+its index, otherwise ``"cpu"`` or ``"disk"``). Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, TypeGuard
+
+from bigmodel_cli.devices import Device, DeviceKey, is_gpu, key_text, parse_device
+from bigmodel_cli.errors import BigmodelError
+from bigmodel_cli.formats.json import parse_json_object, write_json_atomically
+from bigmodel_cli.placement.items import SPLIT
+from bigmodel_cli.placement.strategies import DEFAULT_STRATEGY, STRATEGIES
+from bigmodel_cli.sizes import DType, parse_dtype
+
+PLAN_VERSION = 1
+MAX_PLAN_BYTES = 100_000_000
+REQUIRED = ("version", "source", "fingerprint", "devices", "device_map")
+
+Where = DeviceKey  # a GPU index, "cpu", "disk", or SPLIT in a device_map
+
+
+@dataclass(frozen=True)
+class DevicePlan(Device):
+    """A device of the plan (its budget and reserve) and what is planned on it."""
+
+    planned: int = 0
+    held: int = 0  # kept free for offloaded blocks run here (auto)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Where each component (and, when split, each block) goes."""
+
+    source: str
+    fingerprint: str
+    strategy: str
+    dtype: str | None  # a torch dtype name (float16), None: the checkpoint's own
+    variant: str | None
+    devices: tuple[DevicePlan, ...]
+    device_map: Mapping[str, Where]
+    component_maps: Mapping[str, Mapping[str, DeviceKey]] = field(default_factory=dict)
+    components: Mapping[str, int] = field(default_factory=dict)  # bytes at the plan's dtype
+    offloaded: tuple[str, ...] = ()
+    fits: bool = True
+    peak_fits: bool | None = None
+    execution_device: DeviceKey | None = None
+    peak_gpu: int | None = None
+    held_for_offload: int = 0
+    detected: bool = False  # no --max-memory: devices found on this machine
+    block_bytes: Mapping[str, Mapping[DeviceKey, int]] = field(default_factory=dict)
+    skipped: tuple[str, ...] = ()
+    path: Path | None = None  # the file it was read from or saved to
+    notes: tuple[str, ...] = ()  # for people (where the figures came from); not in the file
+
+    @property
+    def gpus(self) -> tuple[DevicePlan, ...]:
+        return tuple(d for d in self.devices if is_gpu(d.key))
+
+    @property
+    def target(self) -> DType | None:
+        """The dtype to load at, as a :class:`DType`."""
+        return parse_dtype(self.dtype) if self.dtype else None
+
+    def device(self, key: DeviceKey) -> DevicePlan | None:
+        return next((d for d in self.devices if d.key == key), None)
+
+    def named_devices(self) -> set[DeviceKey]:
+        """Every device the plan mentions anywhere."""
+        keys: set[DeviceKey] = {d.key for d in self.devices}
+        keys |= {d for d in self.device_map.values() if d != SPLIT}
+        for module_map in self.component_maps.values():
+            keys.update(module_map.values())
+        if self.execution_device is not None:
+            keys.add(self.execution_device)
+        return keys
+
+    def module_map(self, component: str) -> dict[str, DeviceKey]:
+        """One component's placement in accelerate's ``device_map`` format."""
+        where = self.device_map[component]
+        return dict(self.component_maps[component]) if where == SPLIT else {"": where}
+
+    def to_json(self) -> dict[str, Any]:
+        """The plan file, schema version 1."""
+        return {
+            "version": PLAN_VERSION,
+            "source": self.source,
+            "fingerprint": self.fingerprint,
+            "strategy": self.strategy,
+            "dtype": self.dtype,
+            "variant": self.variant,
+            "devices": {
+                key_text(d.key): {
+                    "capacity": d.capacity,
+                    "planned": d.planned,
+                    "budget": d.budget,
+                    "reserve": d.reserve,
+                    "held": d.held,
+                }
+                for d in self.devices
+            },
+            "device_map": dict(self.device_map),
+            "component_maps": {name: dict(m) for name, m in self.component_maps.items()},
+            "offloaded": list(self.offloaded),
+            "fits": self.fits,
+            "peak_fits": self.peak_fits,
+            "components": {name: {"bytes": n} for name, n in self.components.items()},
+            "execution_device": self.execution_device,
+            "peak_gpu": self.peak_gpu,
+            "held_for_offload": self.held_for_offload,
+            "detected": self.detected,
+            "split_bytes": {
+                name: {key_text(k): n for k, n in by_device.items()}
+                for name, by_device in self.block_bytes.items()
+            },
+            "skipped": list(self.skipped),
+        }
+
+    def save(self, path: str | Path) -> Plan:
+        """Write the plan to ``path`` atomically; returns it with ``path`` set. An existing
+        file is replaced only when it is an earlier plan: never a shard, a config, or
+        anything else of the user's."""
+        path = Path(path)
+        if path.is_dir():
+            raise BigmodelError("is a folder; -o wants a file name such as plan.json", path)
+        if path.is_symlink() or (path.exists() and not _is_plan(path)):
+            raise BigmodelError(
+                "exists and is not a bigmodel plan; refusing to overwrite it (choose another -o)",
+                path,
+            )
+        write_json_atomically(path, self.to_json())
+        return replace(self, path=path)
+
+
+def _is_plan(path: Path) -> bool:
+    try:
+        read_plan(path)
+    except BigmodelError:
+        return False
+    return True
+
+
+# ---------------------------------------------------------------- reading
+
+
+def read_plan(path: str | Path) -> Plan:
+    """Parse and check a plan file; every problem is a :class:`BigmodelError` naming it."""
+    path = Path(path)
+    try:
+        if path.stat().st_size > MAX_PLAN_BYTES:
+            raise BigmodelError(f"plan file is larger than {MAX_PLAN_BYTES} bytes", path)
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise BigmodelError(f"cannot read plan ({exc.strerror or exc})", path) from None
+    return plan_from_json(parse_json_object(raw, path, "plan"), path)
+
+
+def plan_from_json(doc: Mapping[str, Any], path: Path | None = None) -> Plan:
+    """A :class:`Plan` from its JSON document (a dict), checked."""
+    lacking = [key for key in REQUIRED if key not in doc]
+    if lacking:
+        raise BigmodelError(
+            f"not a bigmodel plan: missing {', '.join(map(repr, lacking))} "
+            "(write one with bigmodel plan -o)",
+            path,
+        )
+    if doc["version"] != PLAN_VERSION:
+        raise BigmodelError(
+            f"plan version {doc['version']!r} is not supported (this bigmodel reads "
+            f"version {PLAN_VERSION}); re-run bigmodel plan",
+            path,
+        )
+    for key in ("source", "fingerprint"):
+        if not isinstance(doc[key], str):
+            raise BigmodelError(f"plan {key!r} is not a string", path)
+    devices = _devices(doc["devices"], path)
+    device_map = _device_map(doc["device_map"], path)
+    known = {d.key for d in devices}
+    for name, where in device_map.items():
+        if where != SPLIT and where not in known:
+            raise BigmodelError(f"plan puts {name!r} on {where!r}, not one of its devices", path)
+    split = [name for name, where in device_map.items() if where == SPLIT]
+    execution = doc.get("execution_device")
+    return Plan(
+        source=doc["source"],
+        fingerprint=doc["fingerprint"],
+        strategy=_strategy(doc, path),
+        dtype=_dtype_name(doc, path),
+        variant=_optional_str(doc, "variant", path),
+        devices=devices,
+        device_map=device_map,
+        component_maps=_component_maps(doc.get("component_maps"), split, path),
+        components=_components(doc.get("components"), path),
+        offloaded=tuple(str(n) for n in doc.get("offloaded") or ()),
+        fits=bool(doc.get("fits", True)),
+        peak_fits=doc.get("peak_fits") if isinstance(doc.get("peak_fits"), bool) else None,
+        execution_device=None if execution is None else device_key(execution, path),
+        peak_gpu=doc["peak_gpu"] if _count(doc.get("peak_gpu")) else None,
+        held_for_offload=doc["held_for_offload"] if _count(doc.get("held_for_offload")) else 0,
+        detected=bool(doc.get("detected", False)),
+        block_bytes=_split_bytes(doc.get("split_bytes"), path),
+        skipped=tuple(str(n) for n in doc.get("skipped") or ()),
+        path=path,
+    )
+
+
+def device_key(value: object, path: Path | None) -> DeviceKey:
+    """A device named in a plan file: ``0`` / ``"0"`` / ``"cuda:0"``, ``"cpu"``, ``"disk"``."""
+    key = parse_device(value)
+    if key is None:
+        raise BigmodelError(
+            f"plan names an unknown device {value!r} (expected a GPU index, cpu or disk)", path
+        )
+    return key
+
+
+def _count(value: Any) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _optional_str(doc: Mapping[str, Any], key: str, path: Path | None) -> str | None:
+    value = doc.get(key)
+    if value is not None and not isinstance(value, str):
+        raise BigmodelError(f"plan {key!r} is not a string", path)
+    return value
+
+
+def _strategy(doc: Mapping[str, Any], path: Path | None) -> str:
+    strategy = _optional_str(doc, "strategy", path) or DEFAULT_STRATEGY
+    if strategy not in STRATEGIES:
+        raise BigmodelError(f"plan strategy {strategy!r} is unknown", path)
+    return strategy
+
+
+def _dtype_name(doc: Mapping[str, Any], path: Path | None) -> str | None:
+    name = _optional_str(doc, "dtype", path)
+    try:
+        return parse_dtype(name).name if name else None
+    except BigmodelError as exc:
+        raise BigmodelError(f"plan dtype: {exc.reason}", path) from None
+
+
+def _devices(raw: Any, path: Path | None) -> tuple[DevicePlan, ...]:
+    if not isinstance(raw, dict):
+        raise BigmodelError("plan 'devices' is not an object", path)
+    devices = []
+    for key, entry in raw.items():
+        entry = entry if isinstance(entry, dict) else {}
+        planned, capacity = entry.get("planned"), entry.get("capacity")
+        if not _count(planned) or not (capacity is None or _count(capacity)):
+            raise BigmodelError(
+                f"plan device {key!r} needs integer 'planned' and 'capacity' byte counts", path
+            )
+        budget = entry.get("budget", capacity)
+        reserve = entry.get("reserve", 0)
+        held = entry.get("held", 0)
+        devices.append(
+            DevicePlan(
+                device_key(key, path),
+                budget if _count(budget) else capacity,
+                reserve if _count(reserve) else 0,
+                planned,
+                held if _count(held) else 0,
+            )
+        )
+    return tuple(devices)
+
+
+def _device_map(raw: Any, path: Path | None) -> dict[str, Where]:
+    if not isinstance(raw, dict) or not raw:
+        raise BigmodelError("plan 'device_map' is not an object of component -> device", path)
+    return {name: SPLIT if v == SPLIT else device_key(v, path) for name, v in raw.items()}
+
+
+def _component_maps(
+    raw: Any, split: list[str], path: Path | None
+) -> dict[str, dict[str, DeviceKey]]:
+    raw = raw if raw is not None else {}
+    if not isinstance(raw, dict) or not all(isinstance(m, dict) for m in raw.values()):
+        raise BigmodelError("plan 'component_maps' is not an object of module maps", path)
+    lacking = [name for name in split if name not in raw]
+    if lacking:
+        raise BigmodelError(f"plan splits {lacking[0]!r} but has no component_maps entry", path)
+    return {
+        name: {prefix: device_key(v, path) for prefix, v in module_map.items()}
+        for name, module_map in raw.items()
+    }
+
+
+def _components(raw: Any, path: Path | None) -> dict[str, int]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise BigmodelError("plan 'components' is not an object", path)
+    sizes = {}
+    for name, entry in raw.items():
+        nbytes = entry.get("bytes") if isinstance(entry, dict) else None
+        if not _count(nbytes):
+            raise BigmodelError(f"plan component {name!r} needs an integer 'bytes'", path)
+        sizes[name] = nbytes
+    return sizes
+
+
+def _split_bytes(raw: Any, path: Path | None) -> dict[str, dict[DeviceKey, int]]:
+    if not isinstance(raw, dict):
+        return {}
+    return {
+        name: {device_key(k, path): n for k, n in by_device.items() if _count(n)}
+        for name, by_device in raw.items()
+        if isinstance(by_device, dict)
+    }
+
+
+PlanLike = Plan | Mapping[str, Any] | str | os.PathLike[str]
+
+
+def as_plan(plan: PlanLike) -> Plan:
+    """A plan object from a plan object, its JSON document, or the path of a plan file."""
+    if isinstance(plan, Plan):
+        return plan
+    if isinstance(plan, Mapping):
+        return plan_from_json(plan)
+    return read_plan(Path(plan))

@@ -1,0 +1,91 @@
+"""The planner's plain model: items with sizes, devices with capacities, and placements.
+
+A :class:`Part` is a component (with its :class:`Unit` blocks, for strategies that split);
+a :class:`Bin` a device and what may be put on it. A strategy returns a :class:`Layout`:
+one :class:`Placement` per part. Nothing here reads a file: a plan is data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from bigmodel_cli.devices import DeviceKey, is_gpu
+
+Room = dict[DeviceKey, int | None]  # what is left on each device; None: unlimited
+SPLIT = "split"  # a component spread over several devices, a device per unit
+
+
+@dataclass(frozen=True)
+class Unit:
+    """Blocks that go to one device together (one block, or blocks sharing tied tensors)."""
+
+    prefixes: tuple[str, ...]
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class Part:
+    """A component to place: its bytes, and its units in natural order (for ``auto``)."""
+
+    name: str
+    nbytes: int
+    units: tuple[Unit, ...] = ()
+
+
+@dataclass(frozen=True)
+class Bin:
+    """A device and what a plan may put on it; ``capacity`` None is unlimited."""
+
+    key: DeviceKey
+    capacity: int | None
+
+    @property
+    def is_gpu(self) -> bool:
+        return is_gpu(self.key)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where one component goes: a device, or :data:`SPLIT` with a device per unit."""
+
+    name: str
+    device: DeviceKey
+    units: tuple[tuple[Unit, DeviceKey], ...] = ()
+    execution_device: int | None = None  # the GPU that runs its offloaded units
+    held: int = 0  # bytes kept free there for the largest offloaded unit
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A strategy's answer: one placement per component, in the order given."""
+
+    placements: tuple[Placement, ...]
+    execution_device: int | None = None
+    peak_gpu: int | None = None  # sequential: the largest component
+
+
+# ---------------------------------------------------------------- room on devices
+
+
+def room_of(bins: Sequence[Bin]) -> Room:
+    return {b.key: b.capacity for b in bins}
+
+
+def take(room: Room, key: DeviceKey, nbytes: int) -> None:
+    free = room[key]
+    if free is not None:
+        room[key] = free - nbytes
+
+
+def to_host(room: Room, hosts: Sequence[DeviceKey], nbytes: int) -> DeviceKey:
+    """The first host (cpu, then disk) with room; the last one when none has."""
+    if not hosts:
+        raise ValueError("a budget always has a host device (cpu)")
+    for key in hosts:
+        free = room[key]
+        if free is None or nbytes <= free:
+            take(room, key, nbytes)
+            return key
+    take(room, hosts[-1], nbytes)
+    return hosts[-1]

@@ -1,0 +1,343 @@
+"""``load(folder, plan)``: the ready object a user's own script runs, placed as a plan says.
+
+A diffusers pipeline folder (``model_index.json``) becomes the ``DiffusionPipeline`` it
+names, its weight components built one by one with their library's
+``from_pretrained(sub, device_map=<the plan's map>)`` (a pipeline refuses a dict
+``device_map``) and the rest loaded by diffusers; ``sequential`` is diffusers' model CPU
+offload. A transformers folder (``config.json``) becomes its ``architectures`` class.
+``disk`` blocks go to a temporary offload folder that lives as long as the object.
+``generate(obj, prompt)`` runs it: an image, or text (token ids) for a causal LM.
+diffusers and transformers are optional extras, imported only here and only when needed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shutil
+import tempfile
+import weakref
+from pathlib import Path
+from typing import Any
+
+from bigmodel_cli.checkpoint import fingerprint, load_checkpoint
+from bigmodel_cli.devices import DeviceKey, is_gpu, torch_device
+from bigmodel_cli.errors import BigmodelError
+from bigmodel_cli.placement.file import SPLIT, Plan, PlanLike, as_plan
+from bigmodel_cli.placement.strategies import STRATEGIES
+
+LIBRARIES = ("diffusers", "transformers")
+
+
+# ---------------------------------------------------------------- libraries
+
+
+def library(name: str) -> Any:
+    """diffusers / transformers, or a BigmodelError naming the extra that provides it."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        raise BigmodelError(
+            f"loading this model needs the {name} library: pip install 'bigmodel-cli[{name}]'"
+        ) from None
+
+
+def _torch_dtype(plan: Plan) -> Any:
+    from bigmodel_cli.sizes import torch_dtype
+
+    return None if plan.target is None else torch_dtype(plan.target.code)
+
+
+def _dtype_kwarg(module: Any) -> str:
+    """transformers >= 4.56 calls it ``dtype``; diffusers and older ones ``torch_dtype``."""
+    if module.__name__ != "transformers":
+        return "torch_dtype"
+    major, minor = (int(p) for p in module.__version__.split(".")[:2])
+    return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
+
+
+class _Offload:
+    """One temporary folder for a load's ``disk`` blocks, a subfolder per component."""
+
+    def __init__(self) -> None:
+        self.root: Path | None = None
+
+    def folder(self, component: str) -> str:
+        if self.root is None:
+            self.root = Path(tempfile.mkdtemp(prefix="bigmodel-offload-"))
+        sub = self.root / (component or "model")
+        sub.mkdir(exist_ok=True)
+        return str(sub)
+
+    def keep_with(self, obj: Any) -> None:
+        """Remove the folder when ``obj`` is collected (or at interpreter exit)."""
+        if self.root is not None:
+            obj._bigmodel_offload_folder = str(self.root)
+            weakref.finalize(obj, shutil.rmtree, str(self.root), ignore_errors=True)
+
+    def discard(self) -> None:
+        if self.root is not None:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _build(
+    cls: Any, folder: Path, device_map: dict[str, DeviceKey] | None, plan: Plan, off: _Offload
+) -> Any:
+    """``cls.from_pretrained(folder, device_map=..., dtype, variant, offload_folder)``."""
+    module = importlib.import_module(cls.__module__.split(".")[0])
+    kwargs: dict[str, Any] = {}
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+        if "disk" in device_map.values():
+            kwargs["offload_folder"] = off.folder(folder.name)
+    if plan.target is not None:
+        kwargs[_dtype_kwarg(module)] = _torch_dtype(plan)
+    if plan.variant is not None:
+        kwargs["variant"] = plan.variant
+    return cls.from_pretrained(str(folder), **kwargs)
+
+
+def _class(library_name: str, class_name: str, where: Path) -> Any:
+    cls = getattr(library(library_name), class_name, None)
+    if cls is None:
+        raise BigmodelError(f"{library_name} has no class {class_name}", where)
+    return cls
+
+
+# ---------------------------------------------------------------- load
+
+
+def load(source: str | os.PathLike[str] | None, plan: PlanLike) -> Any:
+    """The ready object: the diffusers pipeline or transformers model in ``source`` (a
+    folder, or a Hugging Face repo id whose files are cached), each part where ``plan``
+    (a :class:`Plan`, its JSON document, or a plan file) says.
+
+    >>> pipe = load("sd15/", "plan.json")  # doctest: +SKIP
+    >>> image = generate(pipe, "an astronaut riding a horse", steps=20)  # doctest: +SKIP
+    """
+    view = as_plan(plan)
+    folder = _checked_folder(source, view)
+    off = _Offload()
+    try:
+        if (folder / "model_index.json").is_file():
+            obj = _load_pipeline(folder, view, off)
+        elif (folder / "config.json").is_file():
+            obj = _load_model(folder, view, off)
+        else:
+            raise BigmodelError("not a diffusers pipeline or transformers model folder", folder)
+    except BaseException:
+        off.discard()
+        raise
+    off.keep_with(obj)
+    return obj
+
+
+def _checked_folder(source: str | os.PathLike[str] | None, plan: Plan) -> Path:
+    """The folder of ``source``, whose headers must still be the ones the plan was made
+    from (as ``bigmodel run`` checks)."""
+    path = None if source is None else os.fspath(source)
+    repo, _, commit = plan.source.partition("@")
+    revision = commit if path == repo and commit else None
+    ckpt = load_checkpoint(path, plan.variant, revision=revision, remote=False)
+    if fingerprint(ckpt) != plan.fingerprint:
+        raise BigmodelError(
+            "checkpoint differs from the one the plan was made from; re-run bigmodel plan",
+            ckpt.source,
+        )
+    return ckpt.root
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise BigmodelError(f"cannot read ({exc})", path) from None
+    if not isinstance(doc, dict):
+        raise BigmodelError("is not a JSON object", path)
+    return doc
+
+
+def _entries(index: dict[str, Any]) -> dict[str, tuple[str | None, str | None]]:
+    """model_index.json's ``name: [library, class]`` entries (``_class_name`` etc. left out)."""
+    return {
+        name: (value[0], value[1])
+        for name, value in index.items()
+        if not name.startswith("_") and isinstance(value, list) and len(value) == 2
+    }
+
+
+def _load_pipeline(folder: Path, plan: Plan, off: _Offload) -> Any:
+    index = _read_json(folder / "model_index.json")
+    entries = _entries(index)
+    for name in plan.device_map:
+        if entries.get(name, (None, None))[0] is None:
+            raise BigmodelError(f"plan places {name!r}, which model_index.json lacks", folder)
+    diffusers = library("diffusers")
+    for lib, _ in entries.values():
+        if lib in LIBRARIES:
+            library(lib)
+    sequential = STRATEGIES[plan.strategy].reports_peak  # all on cpu, moved in turn
+    built = {}
+    for name in plan.device_map:
+        cls = _class(*entries[name], folder / name)  # type: ignore[arg-type]
+        placed = None if sequential else plan.module_map(name)
+        built[name] = _build(cls, folder / name, placed, plan, off)
+        if not sequential and plan.device_map[name] != SPLIT:
+            _hook_whole(built[name], plan.device_map[name], _main_device(plan))
+    cls = getattr(diffusers, str(index.get("_class_name")), diffusers.DiffusionPipeline)
+    extra = {} if plan.target is None else {"torch_dtype": _torch_dtype(plan)}
+    pipe = cls.from_pretrained(str(folder), **built, **extra)
+    if sequential:
+        pipe.enable_model_cpu_offload(device=_execution_device(plan))
+    else:
+        pipe.hf_device_map = dict(plan.device_map)
+    return pipe
+
+
+def _main_device(plan: Plan) -> DeviceKey:
+    """The GPU that runs blocks kept on cpu (diffusers uses GPU 0), else cpu."""
+    maps = [plan.device_map, *plan.component_maps.values()]
+    return next((d for m in maps for d in m.values() if is_gpu(d)), "cpu")
+
+
+def _hook_whole(model: Any, where: DeviceKey, main: DeviceKey) -> None:
+    """Dispatch a whole component as diffusers' pipeline device_map does: with a root hook
+    that moves inputs to its execution device and outputs back, so components on different
+    devices call each other; on cpu beside a GPU its weights are streamed to ``main``."""
+    import torch
+    from accelerate import dispatch_model
+    from accelerate.hooks import remove_hook_from_module
+
+    if not isinstance(model, torch.nn.Module) or where == "disk":  # disk: hooked already
+        return
+    remove_hook_from_module(model, recurse=True)
+    kwargs: dict[str, Any] = {"force_hooks": True, "skip_keys": getattr(model, "_skip_keys", None)}
+    if where == "cpu" and main != "cpu":
+        kwargs.update(main_device=main, state_dict=model.state_dict())
+    dispatch_model(model, device_map={"": where}, **kwargs)
+
+
+def _execution_device(plan: Plan) -> str:
+    """Where a sequential plan runs each component: its GPU, or cpu on a machine without."""
+    return "cpu" if plan.execution_device is None else torch_device(plan.execution_device)
+
+
+def _load_model(folder: Path, plan: Plan, off: _Offload) -> Any:
+    config = _read_json(folder / "config.json")
+    archs = config.get("architectures")
+    transformers = library("transformers")
+    name = archs[0] if isinstance(archs, list) and archs and isinstance(archs[0], str) else None
+    cls = getattr(transformers, name, None) if name else None
+    cls = cls or transformers.AutoModelForCausalLM
+    if len(plan.device_map) != 1:
+        raise BigmodelError("plan places several components; this folder holds one model", folder)
+    component = next(iter(plan.device_map))
+    sequential = STRATEGIES[plan.strategy].reports_peak
+    device_map: dict[str, DeviceKey] = {"": "cpu"} if sequential else plan.module_map(component)
+    model = _build(cls, folder, device_map, plan, off)
+    if sequential:  # model CPU offload: on the execution device while it runs
+        from accelerate import cpu_offload_with_hook
+
+        model, hook = cpu_offload_with_hook(model, _execution_device(plan))
+        model._bigmodel_offload_hook = hook
+    return model
+
+
+# ---------------------------------------------------------------- generate
+
+
+def is_pipeline(obj: Any) -> bool:
+    return any(c.__name__ == "DiffusionPipeline" for c in type(obj).__mro__)
+
+
+def generate(
+    obj: Any,
+    prompt: str | None = None,
+    *,
+    steps: int = 20,
+    seed: int = 0,
+    height: int | None = None,
+    width: int | None = None,
+    max_new_tokens: int = 32,
+    input_ids: Any = None,
+    output_type: str = "pil",
+) -> Any:
+    """Run what :func:`load` returned. A pipeline gives its first image (a PIL image, or
+    what ``output_type`` asks for); a causal LM its greedy continuation: text when given a
+    prompt (tokenizer from the model's folder), new token ids when given ``input_ids``."""
+    if is_pipeline(obj):
+        if prompt is None:
+            raise BigmodelError("generate() needs a prompt for a pipeline")
+        return _image(obj, prompt, steps, seed, height, width, output_type)
+    return _text(obj, prompt, seed, max_new_tokens, input_ids)
+
+
+def _image(
+    pipe: Any,
+    prompt: str,
+    steps: int,
+    seed: int,
+    height: int | None,
+    width: int | None,
+    output_type: str,
+) -> Any:
+    import torch
+
+    out = pipe(
+        prompt,
+        num_inference_steps=steps,
+        generator=torch.Generator("cpu").manual_seed(seed),
+        height=height,
+        width=width,
+        output_type=output_type,
+    )
+    return out.images[0]
+
+
+def _input_device(model: Any) -> str:
+    """The first GPU of the model's map (no hook moves inputs there), else cpu."""
+    placed = getattr(model, "hf_device_map", None) or {}
+    gpu = next((d for d in placed.values() if is_gpu(d)), None)
+    return "cpu" if gpu is None else torch_device(gpu)
+
+
+def _tokenizer(model: Any) -> Any:
+    folder = Path(str(getattr(model, "name_or_path", "") or ""))
+    names = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+    if not any((folder / n).is_file() for n in names):
+        raise BigmodelError(
+            "no tokenizer in the model's folder; pass input_ids instead of a prompt", folder
+        )
+    return library("transformers").AutoTokenizer.from_pretrained(str(folder))
+
+
+def _text(model: Any, prompt: str | None, seed: int, max_new_tokens: int, input_ids: Any) -> Any:
+    import torch
+
+    if (prompt is None) == (input_ids is None):
+        raise BigmodelError("generate() needs a prompt or input_ids (one of them)")
+    tokenizer = _tokenizer(model) if input_ids is None else None
+    ids = tokenizer(prompt, return_tensors="pt").input_ids if tokenizer else input_ids
+    ids = torch.as_tensor(ids).reshape(1, -1).to(_input_device(model))
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        out = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=_pad_id(model, tokenizer),
+        )
+    new = out[0, ids.shape[1] :].tolist()
+    return tokenizer.decode(new, skip_special_tokens=True) if tokenizer else new
+
+
+def _pad_id(model: Any, tokenizer: Any) -> int:
+    config = model.generation_config
+    found = (config.pad_token_id, getattr(tokenizer, "pad_token_id", None), config.eos_token_id)
+    for value in found:
+        value = value[0] if isinstance(value, list) and value else value
+        if isinstance(value, int):
+            return value
+    return 0

@@ -1,0 +1,166 @@
+"""The shape of the package: imports point one way, modules stay small, names live once."""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import pytest
+
+from bigmodel_cli.placement.strategies import STRATEGIES
+
+PACKAGE = Path(__file__).resolve().parents[1] / "bigmodel_cli"
+MAX_LINES = 400
+RUN = 6  # lines of a repeated run that count as duplication
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def modules() -> dict[str, Path]:
+    return {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def imported(path: Path, known: Mapping[str, Path]) -> set[str]:
+    """Modules of the package that ``path`` imports anywhere (top level, in functions,
+    under TYPE_CHECKING): ``from a.b import c`` counts ``a.b.c`` when that is a module."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found.update(f"{node.module}.{a.name}" for a in node.names)
+    return {name for name in found if name in known}
+
+
+def import_graph() -> dict[str, set[str]]:
+    known = modules()
+    return {name: imported(path, known) - {name} for name, path in known.items()}
+
+
+def find_cycle(graph: Mapping[str, set[str]]) -> list[str] | None:
+    """One cycle of ``graph`` as a list of nodes (first == last), or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt) :] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)) is not None:
+                return cycle
+        path.pop()
+        state[node] = 2
+        return None
+
+    for start in sorted(graph):
+        if start not in state and (cycle := visit(start)) is not None:
+            return cycle
+    return None
+
+
+def test_cycle_finder_finds_a_cycle_and_accepts_a_tree() -> None:
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
+
+
+def test_no_import_cycle_inside_the_package() -> None:
+    graph = import_graph()
+    assert len(graph) > 30 and any(graph.values())  # the walk saw the package
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_a_new_cycle_would_be_found() -> None:
+    graph = import_graph()
+    graph["bigmodel_cli.formats.safetensors"] = graph["bigmodel_cli.formats.safetensors"] | {
+        "bigmodel_cli.run"
+    }
+    assert find_cycle(graph) is not None
+
+
+@pytest.mark.parametrize(
+    ("lower", "upper"),
+    [
+        ("formats", "checkpoint"),
+        ("formats", "placement"),
+        ("checkpoint", "sharding"),
+        ("checkpoint", "placement"),
+        ("checkpoint", "run"),
+        ("placement", "run"),
+        ("sharding", "placement"),
+        ("placement", "sharding"),
+        ("placement", "render"),
+        ("run", "render"),
+        ("sharding", "run"),
+        ("render", "cli"),
+    ],
+)
+def test_imports_point_one_way(lower: str, upper: str) -> None:
+    """A stage never imports a later stage (or a sibling it does not build on)."""
+    graph = import_graph()
+    prefix, target = f"bigmodel_cli.{lower}", f"bigmodel_cli.{upper}"
+    wrong = sorted(
+        f"{src} -> {dst}"
+        for src, dsts in graph.items()
+        if src == prefix or src.startswith(prefix + ".")
+        for dst in dsts
+        if dst == target or dst.startswith(target + ".")
+    )
+    assert not wrong, wrong
+
+
+def test_no_module_over_400_lines() -> None:
+    long = {
+        name: n
+        for name, p in modules().items()
+        if (n := len(p.read_text().splitlines())) > MAX_LINES
+    }
+    assert not long, long
+
+
+def _string_constants() -> Iterator[tuple[str, str]]:
+    for name, path in modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                yield name, node.value
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+def test_each_strategy_name_is_written_once(strategy: str) -> None:
+    places = [module for module, text in _string_constants() if text == strategy]
+    assert places == ["bigmodel_cli.placement.strategies"], places
+
+
+def _code_lines(path: Path) -> list[tuple[int, str]]:
+    """Lines that carry code: no blanks, comments, lone punctuation, imports; spaces folded."""
+    kept = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        text = " ".join(line.split())
+        if not text or text.startswith(("#", "import ", "from ")) or text in "()[]{},:":
+            continue
+        if text in (")", "],", "),", "},", "]", "}", '"""', ") -> None:"):
+            continue
+        kept.append((number, text))
+    return kept
+
+
+def test_no_run_of_six_code_lines_is_repeated() -> None:
+    seen: dict[str, tuple[str, int, int]] = {}  # window -> module, index, line number
+    repeats = []
+    for name, path in modules().items():
+        lines = _code_lines(path)
+        for i in range(len(lines) - RUN + 1):
+            window = "\n".join(text for _, text in lines[i : i + RUN])
+            key = hashlib.sha1(window.encode()).hexdigest()
+            first = seen.setdefault(key, (name, i, lines[i][0]))
+            if first[0] != name or i - first[1] >= RUN:
+                repeats.append(f"{name}:{lines[i][0]} repeats {first[0]}:{first[2]}")
+    assert not repeats, repeats
