@@ -152,7 +152,12 @@ def _is_plan(path: Path) -> bool:
 
 
 def read_plan(path: str | Path) -> Plan:
-    """Parse and check a plan file; every problem is a :class:`BigmodelError` naming it."""
+    """Parse and check a plan file; every problem is a :class:`BigmodelError` naming it.
+
+    >>> plan = read_plan("plan.json")  # doctest: +SKIP
+    >>> plan.device_map  # doctest: +SKIP
+    {'unet': 0, 'vae': 1, 'text_encoder': 1}
+    """
     path = Path(path)
     try:
         if path.stat().st_size > MAX_PLAN_BYTES:

@@ -265,7 +265,11 @@ def generate(
 ) -> Any:
     """Run what :func:`load` returned. A pipeline gives its first image (a PIL image, or
     what ``output_type`` asks for); a causal LM its greedy continuation: text when given a
-    prompt (tokenizer from the model's folder), new token ids when given ``input_ids``."""
+    prompt (tokenizer from the model's folder), new token ids when given ``input_ids``.
+
+    >>> generate(pipe, "an astronaut riding a horse", steps=20).save("out.png")  # doctest: +SKIP
+    >>> generate(llama, "The capital of France is", max_new_tokens=8)  # doctest: +SKIP
+    """
     if is_pipeline(obj):
         if prompt is None:
             raise BigmodelError("generate() needs a prompt for a pipeline")
