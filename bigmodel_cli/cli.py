@@ -293,20 +293,12 @@ def run(
     """
     from bigmodel_cli.render.run import render_generate, render_run
     from bigmodel_cli.run import run_plan
-    from bigmodel_cli.run.generate import generate_run
+    from bigmodel_cli.run.generate import Generation, generate_run
 
     if generate is not None:
+        how = Generation(steps, seed, height, width, max_new_tokens)
         made = generate_run(
-            source,
-            plan=plan_file,
-            prompt=generate,
-            steps=steps,
-            seed=seed,
-            height=height,
-            width=width,
-            max_new_tokens=max_new_tokens,
-            output=output,
-            quiet=True,
+            source, plan=plan_file, prompt=generate, how=how, output=output, quiet=True
         )
         render_generate(made, json)
         return

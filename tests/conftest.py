@@ -30,3 +30,12 @@ def llama_sharded(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("llama") / "llama"
     tiny_llama().save_pretrained(path, max_shard_size="100KB")
     return path
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty HF_HOME for a test against the Hub stand-in, with a 2 s network timeout."""
+    import huggingface_hub.constants as c
+
+    monkeypatch.setattr(c, "HF_HUB_DOWNLOAD_TIMEOUT", 2)
+    return tmp_path / "hf"

@@ -40,14 +40,6 @@ def variant_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    import huggingface_hub.constants as c
-
-    monkeypatch.setattr(c, "HF_HUB_DOWNLOAD_TIMEOUT", 2)
-    return tmp_path / "hf"
-
-
-@pytest.fixture
 def repos(
     monkeypatch: pytest.MonkeyPatch, home: Path, llama_sharded: Path, variant_repo: Path
 ) -> Iterator[HubServer]:

@@ -177,17 +177,8 @@ def test_verify_names_a_tensor_whose_bytes_differ_from_the_file(tmp_path: Path) 
                 flip_byte(target.file, target.start + 1)
 
     with pytest.raises(BigmodelError) as caught:
-        run_plan(
-            str(source),
-            plan=str(plan),
-            dtype=None,
-            verify=True,
-            forward=False,
-            require_fit=False,
-            variant=None,
-            copy=True,  # mapped tensors would see the flipped byte too
-            progress=FlipWhenVerifying(),
-        )
+        # copied: mapped tensors would see the flipped byte too
+        run_plan(source, plan=plan, verify=True, copy=True, progress=FlipWhenVerifying())
     assert caught.value.tensor == target.name
     assert caught.value.exit_code == 2
     assert "differs from the bytes in the file" in str(caught.value)
@@ -401,16 +392,7 @@ def test_progress_covers_every_byte(tmp_path: Path) -> None:
 
     plan = write_plan(tmp_path / "plan.json", hand_plan(PIPELINE, ALL_CPU))
     count = Count()
-    run_plan(
-        str(PIPELINE),
-        plan=str(plan),
-        dtype=None,
-        verify=True,
-        forward=False,
-        require_fit=False,
-        variant=None,
-        progress=count,
-    )
+    run_plan(PIPELINE, plan=plan, verify=True, progress=count)
     total = sum(c.nbytes for c in load_checkpoint(PIPELINE).components)
     assert count.totals == count.done == {"loading": total, "verifying": total}
 

@@ -14,13 +14,14 @@ from typing import Literal
 from bigmodel_cli.checkpoint.names import index_files, variant_of, weight_files, weights_name
 from bigmodel_cli.errors import BigmodelError
 from bigmodel_cli.formats import FORMATS, Format, Layout, TensorInfo, format_of
+from bigmodel_cli.formats.base import TensorSum
 from bigmodel_cli.formats.index import Index, read_index, safe_member
 from bigmodel_cli.formats.json import parse_json_object
 from bigmodel_cli.sizes import format_size
 
 
 @dataclass(frozen=True)
-class Component:
+class Component(TensorSum):
     """One model of a checkpoint (a pipeline's ``unet``, or the only model)."""
 
     name: str
@@ -32,10 +33,6 @@ class Component:
     metadata: dict[str, str] | None
     index: Index | None = None
     library: tuple[str, str] | None = None
-
-    @property
-    def nbytes(self) -> int:
-        return sum(t.nbytes for t in self.tensors)
 
 
 @dataclass(frozen=True)

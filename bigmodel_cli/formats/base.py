@@ -14,7 +14,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from bigmodel_cli.sizes import DTYPES
 
@@ -46,6 +46,16 @@ class TensorInfo:
     @property
     def nbytes(self) -> int:
         return DTYPES[self.dtype].nbytes(self.numel)
+
+
+class TensorSum:
+    """A record holding ``tensors`` (anything with ``nbytes``): their total bytes."""
+
+    tensors: tuple[TensorInfo, ...] | tuple[Any, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors)
 
 
 @dataclass(frozen=True)

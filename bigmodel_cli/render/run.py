@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 from rich.table import Table
@@ -131,17 +132,10 @@ def render_run(report: RunReport, as_json: bool) -> None:
 
 
 def generate_doc(r: GenerateReport) -> dict[str, Any]:
-    """The ``--json`` document of ``run --generate``."""
-    return {
-        "source": r.source,
-        "strategy": r.strategy,
-        "prompt": r.prompt,
-        "image": r.image,
-        "text": r.text,
-        "load_seconds": round(r.load_seconds, 6),
-        "generate_seconds": round(r.generate_seconds, 6),
-        "devices": {key_text(d.key): {"planned": d.planned, "peak": d.peak} for d in r.devices},
-    }
+    """The ``--json`` document of ``run --generate`` (devices by plan id)."""
+    doc = asdict(r)
+    doc["devices"] = {key_text(d.key): {"planned": d.planned, "peak": d.peak} for d in r.devices}
+    return doc
 
 
 def render_generate(report: GenerateReport, as_json: bool) -> None:

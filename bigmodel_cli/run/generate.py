@@ -11,7 +11,7 @@ import contextlib
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bigmodel_cli.devices import DeviceKey, device_order, is_gpu, reset_gpu_peaks
@@ -41,16 +41,23 @@ class GenerateReport:
     text: str | None = None
 
 
+@dataclass(frozen=True)
+class Generation:
+    """How to generate: a pipeline's steps, seed and size; a causal LM's new tokens."""
+
+    steps: int = 20
+    seed: int = 0
+    height: int | None = None
+    width: int | None = None
+    max_new_tokens: int = 32
+
+
 def generate_run(
     source: str | os.PathLike[str] | None,
     *,
     plan: PlanLike,
     prompt: str,
-    steps: int = 20,
-    seed: int = 0,
-    height: int | None = None,
-    width: int | None = None,
-    max_new_tokens: int = 32,
+    how: Generation = Generation(),
     output: str | os.PathLike[str] | None = None,
     quiet: bool = False,
 ) -> GenerateReport:
@@ -58,7 +65,8 @@ def generate_run(
     ``output`` (default ``bigmodel-image.png``), or text. ``quiet`` silences the
     libraries' own progress bars, notices and warnings (the CLI asks for it).
 
-    >>> generate_run("sd15/", plan="plan.json", prompt="a cat", steps=20)  # doctest: +SKIP
+    >>> how = Generation(steps=20, seed=1)
+    >>> generate_run("sd15/", plan="plan.json", prompt="a cat", how=how)  # doctest: +SKIP
     """
     the_plan = as_plan(plan)
     reset_gpu_peaks(the_plan.named_devices())
@@ -68,15 +76,7 @@ def generate_run(
         loaded = time.perf_counter()
         if quiet and is_pipeline(obj):
             obj.set_progress_bar_config(disable=True)
-        result = generate(
-            obj,
-            prompt,
-            steps=steps,
-            seed=seed,
-            height=height,
-            width=width,
-            max_new_tokens=max_new_tokens,
-        )
+        result = generate(obj, prompt, **asdict(how))
         done = time.perf_counter()
     image = text = None
     if is_pipeline(obj):

@@ -24,7 +24,7 @@ from typing import Any, Literal
 from bigmodel_cli.checkpoint import Checkpoint, Component
 from bigmodel_cli.checkpoint.names import SAFETENSORS_STEMS, shard_names, variant_of
 from bigmodel_cli.errors import BigmodelError
-from bigmodel_cli.formats.base import TensorInfo
+from bigmodel_cli.formats.base import TensorInfo, TensorSum
 from bigmodel_cli.formats.index import index_json, link_boundary
 from bigmodel_cli.formats.json import read_json_file
 from bigmodel_cli.formats.safetensors import HeaderEntry
@@ -63,15 +63,11 @@ class TensorSlot:
 
 
 @dataclass(frozen=True)
-class OutputFile:
+class OutputFile(TensorSum):
     """One written ``.safetensors`` file: its name and its tensors in write order."""
 
     name: str
     tensors: tuple[TensorSlot, ...]
-
-    @property
-    def nbytes(self) -> int:
-        return sum(t.nbytes for t in self.tensors)
 
 
 @dataclass(frozen=True)
