@@ -215,6 +215,26 @@ def test_llama_split_over_cpu_and_disk_generates_the_same(llama_folder: Path) ->
     assert isinstance(text, str) and generate(split, "abc", max_new_tokens=6) == text
 
 
+def test_llama_auto_plan_over_cpu_and_disk_generates_the_unsplit_tokens(
+    llama_folder: Path,
+) -> None:
+    """The planner's own auto plan (no GPU, RAM for about half the model) splits the
+    layers between cpu and disk; greedy generation is token for token the unsplit one."""
+    from transformers import LlamaForCausalLM
+
+    import bigmodel_cli as bm
+
+    total = sum(p.stat().st_size for p in llama_folder.glob("*.safetensors"))
+    plan = bm.plan(llama_folder, max_memory=f"cpu={total // 2},disk", strategy="auto")
+    assert plan.device_map == {"llama": "split"}
+    assert set(plan.component_maps["llama"].values()) == {"cpu", "disk"}
+    whole = LlamaForCausalLM.from_pretrained(llama_folder)
+    split = bm.load(llama_folder, plan)
+    ids = [3, 1, 4, 1, 5, 9, 2, 6]
+    expected = bm.generate(whole, input_ids=ids, max_new_tokens=10)
+    assert bm.generate(split, input_ids=ids, max_new_tokens=10) == expected
+
+
 def test_llama_sequential_runs_with_hooks_at_the_plan_dtype(llama_folder: Path) -> None:
     import torch
 
