@@ -64,7 +64,12 @@ def _from_repo(
         )
     from bigmodel_cli.checkpoint.hub import mirror
 
-    found = mirror(repo_id, revision=revision or "main", variant=variant, offline=offline)
+    try:
+        found = mirror(repo_id, revision=revision or "main", variant=variant, offline=offline)
+    except BigmodelError as exc:  # a mistyped folder reads as a repo id: say both
+        raise BigmodelError(
+            f"no such local path, and as a Hub repo: {exc.reason}", exc.path
+        ) from None
     ckpt = read_path(found.path, name, variant)
     hub = HubSource(repo_id, found.commit, True, found.headers_fetched, found.bytes_fetched)
     return replace(ckpt, repo=hub)
