@@ -186,9 +186,9 @@ def plan(
         ),
     ] = None,
     strategy: Annotated[
-        Strategy,
-        typer.Option("--strategy", help=STRATEGY_HELP),
-    ] = Strategy[DEFAULT_STRATEGY],
+        Strategy | None,
+        typer.Option("--strategy", help=STRATEGY_HELP, show_default=DEFAULT_STRATEGY),
+    ] = None,
     dtype: DTypeOpt = None,
     reserve: Annotated[
         str | None,
@@ -207,11 +207,25 @@ def plan(
     variant: VariantOpt = None,
     revision: RevisionOpt = None,
     offline: OfflineOpt = False,
+    nodes: Annotated[
+        int | None,
+        typer.Option("--nodes", help="Plan over torchrun ranks: this many nodes (default 1)."),
+    ] = None,
+    procs_per_node: Annotated[
+        int | None,
+        typer.Option(
+            "--procs-per-node",
+            help="Plan over torchrun ranks: processes per node (default 1); --max-memory is "
+            "then one rank's budget (0=80GB: its own GPU; cpu=64GB).",
+        ),
+    ] = None,
     json: JsonOpt = False,
 ) -> None:
     """Decide which device holds what, from headers alone (a Hub repo's too: no download).
 
-    Example: `bigmodel plan sdxl/ --max-memory 0=8GB,1=8GB --dtype fp16 -o plan.json`
+    Example: `bigmodel plan sdxl/ --max-memory 0=8GB,1=8GB --dtype fp16 -o plan.json`;
+    over 2 nodes of 8 GPUs: `bigmodel plan llama/ --nodes 2 --procs-per-node 8
+    --max-memory 0=80GB -o plan.json`
     """
     from bigmodel_cli.placement import make_plan
     from bigmodel_cli.render.plan import render_plan
@@ -219,13 +233,15 @@ def plan(
     result = make_plan(
         source,
         max_memory=max_memory,
-        strategy=strategy.value,
+        strategy=None if strategy is None else strategy.value,
         dtype=_dtype(dtype),
         reserve=reserve,
         no_split=no_split or (),
         variant=variant,
         revision=revision,
         offline=offline,
+        nodes=nodes,
+        procs_per_node=procs_per_node,
     )
     if output is not None:
         result = result.save(output)
