@@ -17,9 +17,10 @@ from typing import Annotated, Any
 import typer
 
 from bigmodel_cli import __version__
-from bigmodel_cli.errors import EXIT_BUG, EXIT_INTERRUPTED, BigmodelError
+from bigmodel_cli.errors import EXIT_BUG, EXIT_INTERRUPTED, BigmodelError, UsageError
 from bigmodel_cli.placement.strategies import DEFAULT_STRATEGY, STRATEGIES
 from bigmodel_cli.sizes import DType, parse_size, parse_target_dtype
+from bigmodel_cli.torchrun import DEFAULT_IDS, READERS, launched
 
 app = typer.Typer(
     name="bigmodel",
@@ -32,6 +33,7 @@ app = typer.Typer(
 _state = {"debug": False}
 
 
+Reader = Enum("Reader", {name: name for name in READERS}, type=str)  # type: ignore[misc]
 # ``--strategy`` values from the registry (an Enum, so that shell completion offers them)
 Strategy = Enum("Strategy", {name: name for name in STRATEGIES}, type=str)  # type: ignore[misc]
 STRATEGY_HELP = "; ".join(f"{s.name}: {s.help}" for s in STRATEGIES.values()) + "."
@@ -296,6 +298,36 @@ def run(
         str | None,
         typer.Option("-o", "--output", help="--generate: the image file (PNG)."),
     ] = None,
+    reader: Annotated[
+        Reader,
+        typer.Option(
+            "--reader",
+            help="Under torchrun: how each rank reads its byte ranges (pread: its own reads, "
+            "the faster in make bench; dcp: torch.distributed.checkpoint's safetensors reader).",
+        ),
+    ] = Reader[READERS[0]],
+    input_ids: Annotated[
+        str | None,
+        typer.Option(
+            "--input-ids",
+            help=f"--forward under torchrun: the prompt's token ids, rows separated by ';' "
+            f"(default: {DEFAULT_IDS}).",
+        ),
+    ] = None,
+    microbatches: Annotated[
+        int | None,
+        typer.Option(
+            "--microbatches", help="--forward under torchrun: microbatches (default: one per row)."
+        ),
+    ] = None,
+    forward_output: Annotated[
+        str | None,
+        typer.Option(
+            "--forward-output",
+            help="--forward under torchrun: the last stage writes the logits (key output) and "
+            "the ids (key input_ids) to this safetensors file.",
+        ),
+    ] = None,
     json: JsonOpt = False,
 ) -> None:
     """Load a checkpoint onto the devices of a plan and report what it really cost.
@@ -306,7 +338,29 @@ def run(
 
     Example: `bigmodel run sdxl/ --plan plan.json --verify`;
     `bigmodel run sd15/ --plan plan.json --generate "a cat" -o cat.png`
+
+    Under torchrun, with a plan made with --nodes / --procs-per-node, every rank reads only
+    its byte ranges and rank 0 prints one report: `torchrun --nnodes 2 --nproc-per-node 8
+    ... -m bigmodel_cli run llama/ --plan plan.json --verify`
     """
+    if launched():  # a plan over ranks, carried out by this rank (run/distributed.py)
+        _run_rank(
+            source,
+            plan_file,
+            dtype,
+            verify,
+            forward,
+            reader,
+            input_ids,
+            microbatches,
+            forward_output,
+            variant,
+            offline,
+            json,
+        )
+        return
+    if input_ids is not None or microbatches is not None or forward_output is not None:
+        raise UsageError("--input-ids, --microbatches and --forward-output run under torchrun")
     from bigmodel_cli.render.run import render_generate, render_run
     from bigmodel_cli.run import run_plan
     from bigmodel_cli.run.generate import generate_run
@@ -341,6 +395,39 @@ def run(
     render_run(report, json)
 
 
+def _run_rank(
+    source: str | None,
+    plan_file: str,
+    dtype: str | None,
+    verify: bool,
+    forward: bool,
+    reader: Reader,
+    input_ids: str | None,
+    microbatches: int | None,
+    forward_output: str | None,
+    variant: str | None,
+    offline: bool,
+    json: bool,
+) -> None:
+    from bigmodel_cli.render.world_run import render_world_run
+    from bigmodel_cli.run.distributed import run_world
+    from bigmodel_cli.run.stage import stage_request
+
+    stage = stage_request(input_ids, microbatches, forward_output) if forward else None
+    report = run_world(
+        source,
+        plan=plan_file,
+        dtype=_dtype(dtype),
+        verify=verify,
+        reader=reader.value,
+        stage=stage,
+        variant=variant,
+        offline=offline,
+    )
+    if report is not None:  # rank 0 prints for all
+        render_world_run(report, json)
+
+
 def _on_sigterm(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -358,7 +445,7 @@ def run_main(args: list[str] | None = None) -> int:
     try:
         code = command.main(args=args, prog_name="bigmodel", standalone_mode=False)
     except BigmodelError as error:
-        return _error(str(error), error.exit_code)
+        return _error(str(error), error.exit_code) if error.shown else error.exit_code
     except KeyboardInterrupt:
         return _error("interrupted", EXIT_INTERRUPTED, prefix="bigmodel: ")
     except Exception as error:  # click's exceptions (typer may vendor its own click), bugs

@@ -1,0 +1,234 @@
+"""``torchrun ... -m bigmodel_cli run SOURCE --plan plan.json``: every rank loads its share.
+
+Each rank joins the process group torchrun's environment describes
+(:class:`~bigmodel_cli.torchrun.Group`), checks its RANK / LOCAL_RANK and the checkpoint
+against the plan, reads only its byte ranges (:mod:`.ranges`), optionally verifies them
+and runs its pipeline stage (:mod:`.stage`, ``--forward``), and sends rank 0 what that
+cost. Rank 0 returns the :class:`WorldRunReport`; the others return None.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import socket
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from bigmodel_cli.checkpoint import Checkpoint
+from bigmodel_cli.errors import BigmodelError
+from bigmodel_cli.placement.file import Plan, PlanLike, as_plan
+from bigmodel_cli.placement.world import RankPlan, World
+from bigmodel_cli.progress import NullProgress, Progress, shown
+from bigmodel_cli.run import _prepare, _warn
+from bigmodel_cli.run.load import Loaded, verify_tensors
+from bigmodel_cli.run.ranges import Read, Share, rank_share, read_share
+from bigmodel_cli.sizes import DType, parse_target_dtype
+from bigmodel_cli.torchrun import READERS, Group, RankEnv
+
+if TYPE_CHECKING:
+    from bigmodel_cli.run.stage import StageRequest, StageResult
+
+
+@dataclass(frozen=True)
+class RankRun:
+    """What one rank loaded and what it cost."""
+
+    rank: int
+    node: int
+    local_rank: int
+    host: str
+    device: str  # "cpu" or "cuda:N"
+    planned: int  # the plan's bytes for this rank
+    bytes_read: int  # counted at the read calls
+    tensors: int
+    seconds: float
+    verify_seconds: float | None
+    peak_rss: int  # the process's peak resident memory
+    peak_gpu: int | None  # torch.cuda.max_memory_allocated on its GPU
+
+
+@dataclass(frozen=True)
+class WorldRunReport:
+    source: str
+    plan_file: str | None
+    strategy: str
+    dtype: str | None
+    world: World
+    reader: str
+    ranks: tuple[RankRun, ...]
+    checkpoint_bytes: int  # tensor bytes of the checkpoint
+    duplicate_bytes: int  # bytes the plan has more than one rank read
+    verified: bool
+    total_seconds: float
+    forward: StageResult | None = None
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def bytes_read(self) -> int:
+        return sum(r.bytes_read for r in self.ranks)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One rank's checked work: the plan, its entry, the checkpoint and its share."""
+
+    plan: Plan
+    me: RankPlan
+    ckpt: Checkpoint
+    target: DType | None
+    share: Share
+    device: str
+    notes: tuple[str, ...]
+
+
+def _check_world(plan: Plan, env: RankEnv) -> RankPlan:
+    if plan.world is None:
+        raise BigmodelError(
+            "is a plan for one machine; make one over ranks with bigmodel plan --nodes N "
+            "--procs-per-node P",
+            plan.path,
+        )
+    w = plan.world.world
+    if env.world_size != w.size or env.local_world_size != w.procs_per_node:
+        raise BigmodelError(
+            f"plan is for {w.nodes} node(s) x {w.procs_per_node} process(es), but torchrun "
+            f"started {env.world_size} ranks, {env.local_world_size} on this node (use "
+            f"torchrun --nnodes {w.nodes} --nproc-per-node {w.procs_per_node})",
+            plan.path,
+        )
+    me = plan.world.ranks[env.rank]
+    if (me.local_rank, me.node) != (env.local_rank, env.node):
+        raise BigmodelError(
+            f"plan rank {env.rank} is local rank {me.local_rank} of node {me.node}, but torchrun "
+            f"made it local rank {env.local_rank} of node {env.node}",
+            plan.path,
+        )
+    return me
+
+
+def _device(me: RankPlan, env: RankEnv) -> str:
+    if me.device == "cpu":
+        return "cpu"
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if env.local_rank >= count:
+        raise BigmodelError(
+            f"rank {env.rank} needs cuda:{env.local_rank}, and its node has {count} GPU(s)"
+        )
+    return f"cuda:{env.local_rank}"
+
+
+def _prepare_rank(
+    source: str | os.PathLike[str] | None,
+    plan: PlanLike,
+    dtype: DType | None,
+    variant: str | None,
+    offline: bool,
+    env: RankEnv,
+    stage: StageRequest | None,
+) -> _Job:
+    the_plan = as_plan(plan)
+    me = _check_world(the_plan, env)
+    device = _device(me, env)
+    ckpt, target, notes = _prepare(source, the_plan, dtype, variant, offline)
+    share = rank_share(ckpt, me, the_plan.path)
+    if stage is not None:
+        from bigmodel_cli.run.stage import check_stage
+
+        check_stage(ckpt, the_plan, stage)
+    return _Job(the_plan, me, ckpt, target, share, device, tuple(notes))
+
+
+def _verify(job: _Job, read: Read) -> float:
+    began = time.perf_counter()
+    loaded = Loaded()
+    key = "cpu" if job.device == "cpu" else int(job.device.split(":")[1])
+    for info, tensor in read.tensors:
+        loaded.add(info, key, tensor, 0.0)
+    verify_tensors(loaded, job.target, NullProgress())
+    return time.perf_counter() - began
+
+
+def _peaks(device: str) -> tuple[int, int | None]:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    if device == "cpu":
+        return rss, None
+    import torch
+
+    return rss, int(torch.cuda.max_memory_allocated(device))
+
+
+def run_world(
+    source: str | os.PathLike[str] | None = None,
+    *,
+    plan: PlanLike = "plan.json",
+    dtype: DType | str | None = None,
+    verify: bool = False,
+    reader: str = READERS[0],
+    stage: StageRequest | None = None,
+    variant: str | None = None,
+    offline: bool = False,
+    progress: Progress | None = None,
+) -> WorldRunReport | None:
+    """This rank's part of a plan over ranks; rank 0 gets the report of all of them."""
+    began = time.perf_counter()
+    wanted = parse_target_dtype(dtype) if isinstance(dtype, str) else dtype
+    with Group() as group:
+        env = group.env
+        job = group.agree(
+            lambda: _prepare_rank(source, plan, wanted, variant, offline, env, stage),
+            "checking the plan",
+        )
+        if env.rank == 0:
+            for note in job.notes:
+                _warn(note)
+        with shown(progress if env.rank == 0 else NullProgress()) as bar:
+            read = group.agree(
+                lambda: read_share(job.share, reader, job.device, job.target, bar), "loading"
+            )
+        verify_seconds = group.agree(lambda: _verify(job, read), "verifying") if verify else None
+        result = None
+        if stage is not None:
+            from bigmodel_cli.run.stage import run_stage
+
+            result = run_stage(
+                group, job.ckpt, job.plan, job.me, read, job.share, job.device, stage
+            )
+        rss, gpu = _peaks(job.device)
+        mine = RankRun(
+            env.rank,
+            env.node,
+            env.local_rank,
+            socket.gethostname(),
+            job.device,
+            job.me.bytes,
+            read.bytes_read,
+            len(read.tensors),
+            read.seconds,
+            verify_seconds,
+            rss,
+            gpu,
+        )
+        runs = group.gather(mine, "gathering the report")
+    if env.rank != 0:
+        return None
+    world = job.plan.world
+    assert world is not None
+    return WorldRunReport(
+        source=job.ckpt.origin,
+        plan_file=str(job.plan.path) if job.plan.path is not None else None,
+        strategy=job.plan.strategy,
+        dtype=job.target.name if job.target else None,
+        world=world.world,
+        reader=reader,
+        ranks=tuple(runs),
+        checkpoint_bytes=sum(c.nbytes for c in job.ckpt.components),
+        duplicate_bytes=sum(d.bytes * (len(d.ranks) - 1) for d in world.duplicates),
+        verified=verify,
+        total_seconds=time.perf_counter() - began,
+        forward=result,
+        warnings=job.notes,
+    )
