@@ -12,7 +12,7 @@ import signal
 import sys
 import traceback
 from enum import Enum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 
@@ -151,6 +151,9 @@ def shard(
 
     limit = parse_size(max_shard_size, "--max-shard-size")
     target = _dtype(dtype)
+    if launched():  # every rank writes its share of the files (sharding/distributed.py)
+        _write_rank(source, output, "shard", limit, target, variant, force, json)
+        return
     result = shard_checkpoint(
         source, output, max_shard_size=limit, dtype=target, variant=variant, force=force
     )
@@ -173,6 +176,9 @@ def merge(
     from bigmodel_cli.render.shard import render_write
     from bigmodel_cli.sharding import merge as merge_checkpoint
 
+    if launched():
+        _write_rank(source, output, "merge", None, _dtype(dtype), variant, force, json)
+        return
     result = merge_checkpoint(source, output, dtype=_dtype(dtype), variant=variant, force=force)
     render_write(result, json)
 
@@ -393,6 +399,24 @@ def run(
         copy=copy,
     )
     render_run(report, json)
+
+
+def _write_rank(
+    source: str | None,
+    output: str | None,
+    mode: Literal["shard", "merge"],
+    limit: int | None,
+    dtype: DType | None,
+    variant: str | None,
+    force: bool,
+    json: bool,
+) -> None:
+    from bigmodel_cli.render.shard import render_write
+    from bigmodel_cli.sharding.distributed import write_world
+
+    result = write_world(source, output, mode, limit, dtype, variant, force)
+    if result is not None:  # rank 0 prints for all
+        render_write(result, json)
 
 
 def _run_rank(
