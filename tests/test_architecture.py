@@ -148,9 +148,9 @@ def _string_constants() -> Iterator[tuple[str, str]]:
         tree = ast.parse(path.read_text())
         kinds = _kind_constants(tree)
         for node in ast.walk(tree):
-            if isinstance(node, ast.Constant) and isinstance(node.value, str):
-                if id(node) not in kinds:
-                    yield name, node.value
+            is_text = isinstance(node, ast.Constant) and isinstance(node.value, str)
+            if is_text and id(node) not in kinds:
+                yield name, node.value  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("strategy", sorted(STRATEGIES))

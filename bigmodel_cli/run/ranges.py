@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -189,7 +190,9 @@ def read_dcp(share: Share, device: str, target: DType | None, progress: Progress
             i.name: torch.empty(i.shape, dtype=torch_dtype(i.dtype), device=device) for i in infos
         }
         reader = _counting_reader()(str(folder))
-        dcp.load(state, storage_reader=reader, no_dist=True)
+        with warnings.catch_warnings():  # "assuming the intent is to load in a single process"
+            warnings.simplefilter("ignore", UserWarning)
+            dcp.load(state, storage_reader=reader, no_dist=True)
         out.bytes_read += reader.bytes_read
         progress.advance(reader.bytes_read)
         out.tensors += [(i, cast(state[i.name], i.dtype, target)) for i in infos]
