@@ -4,11 +4,13 @@
 every range must be whole tensors, back to back. Two readers then fetch them, each
 counting the bytes at its read calls:
 
-- ``pread`` (the default, the faster in ``make bench``): one ``os.preadv`` per 64 MiB of a
-  range, straight into the memory the tensors keep (cpu), or through a bounded staging
-  buffer into one GPU buffer per range; tensors are views of it;
+- ``pread`` (the default): ``os.preadv`` per 64 MiB of a range, over a few threads,
+  straight into the memory the tensors keep (cpu), or through one bounded pinned staging
+  buffer into one GPU buffer per range; tensors are views of it. Peak memory is the rank's
+  bytes;
 - ``dcp``: ``torch.distributed.checkpoint`` with its Hugging Face safetensors reader
-  (``HuggingFaceStorageReader``), loading into tensors made for this rank's names.
+  (``HuggingFaceStorageReader``), loading into tensors made for this rank's names. It copies
+  out of a mapping of the files, so a rank's peak RSS counts its bytes twice (``make bench``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import os
 import time
 import warnings
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -130,37 +133,60 @@ def _tensor_of(buf: torch.Tensor, at: int, info: TensorInfo) -> torch.Tensor:
     return piece.view(dtype).reshape(info.shape)
 
 
+def read_threads() -> int:
+    """Threads a rank reads with: ``BIGMODEL_READ_THREADS``, else its share of this node's
+    cores (the cores this process may use over the ranks on the node), 1 to 4."""
+    given = os.environ.get("BIGMODEL_READ_THREADS", "")
+    if given.isdigit() and int(given) > 0:
+        return int(given)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    local = os.environ.get("LOCAL_WORLD_SIZE", "1")
+    return max(1, min(4, (cores or 1) // max(1, int(local) if local.isdigit() else 1)))
+
+
+def _pread_pieces(
+    pool: ThreadPoolExecutor, fd: int, view: memoryview, r: RangeRead, progress: Progress
+) -> int:
+    """``r`` into ``view``, :data:`CHUNK` bytes per task of ``pool``; the bytes read."""
+    starts = range(0, r.length, CHUNK)
+    done = pool.map(
+        lambda at: _pread_into(fd, view[at : at + CHUNK], r.offset + at, progress, r.file), starts
+    )
+    return sum(done)
+
+
 def read_pread(share: Share, device: str, target: DType | None, progress: Progress) -> Read:
-    """Every range with ``preadv``: into the tensors' own memory on cpu, through a pinned
-    staging buffer of at most :data:`CHUNK` bytes into one buffer per range on a GPU."""
+    """Every range with ``preadv``: on cpu straight into the memory the tensors keep, in
+    :data:`CHUNK` pieces over :func:`read_threads` threads; on a GPU through one pinned
+    staging buffer of at most :data:`CHUNK` bytes into one buffer per range."""
     import torch
 
     out = Read([])
     began = time.perf_counter()
+    largest = max((r.length for r in share.ranges), default=0)
     staging = None
-    for r in share.ranges:
-        fd = _open(r.file)
-        try:
-            if device == "cpu":
-                buf = torch.empty(r.length, dtype=torch.uint8)
-                out.bytes_read += _pread_into(fd, _bytes_of(buf), r.offset, progress, r.file)
-            else:
+    if device != "cpu" and largest:
+        staging = torch.empty(min(CHUNK, largest), dtype=torch.uint8).pin_memory()
+    with ThreadPoolExecutor(read_threads()) as pool:
+        for r in share.ranges:
+            fd = _open(r.file)
+            try:
                 if staging is None:
-                    staging = torch.empty(
-                        min(CHUNK, max(r.length, 1)), dtype=torch.uint8
-                    ).pin_memory()
-                buf = torch.empty(r.length, dtype=torch.uint8, device=device)
-                for at in range(0, r.length, CHUNK):
-                    n = min(CHUNK, r.length - at)
-                    view = _bytes_of(staging)[:n]
-                    out.bytes_read += _pread_into(fd, view, r.offset + at, progress, r.file)
-                    buf[at : at + n].copy_(staging[:n])
-        finally:
-            os.close(fd)
-        for info in r.tensors:
-            tensor = _tensor_of(buf, info.start - r.offset, info)
-            out.tensors.append((info, cast(tensor, info.dtype, target)))
-    if device != "cpu":
+                    buf = torch.empty(r.length, dtype=torch.uint8)
+                    out.bytes_read += _pread_pieces(pool, fd, _bytes_of(buf), r, progress)
+                else:
+                    buf = torch.empty(r.length, dtype=torch.uint8, device=device)
+                    for at in range(0, r.length, CHUNK):
+                        n = min(CHUNK, r.length - at)
+                        view = _bytes_of(staging)[:n]
+                        out.bytes_read += _pread_into(fd, view, r.offset + at, progress, r.file)
+                        buf[at : at + n].copy_(staging[:n])
+            finally:
+                os.close(fd)
+            for info in r.tensors:
+                tensor = _tensor_of(buf, info.start - r.offset, info)
+                out.tensors.append((info, cast(tensor, info.dtype, target)))
+    if staging is not None:
         torch.cuda.synchronize()
     out.seconds = time.perf_counter() - began
     return out
