@@ -306,14 +306,14 @@ def test_verify_names_a_loaded_tensor_that_differs_from_the_file(
 ) -> None:
     from bigmodel_cli.run import ranges
 
-    real = ranges._tensor_of
+    real = ranges.tensor_of
 
     def corrupted(buf: Any, at: int, info: Any) -> Any:
         tensor = real(buf, at, info).clone()
         tensor.view(-1)[0] += 1
         return tensor
 
-    monkeypatch.setattr(ranges, "_tensor_of", corrupted)
+    monkeypatch.setattr(ranges, "tensor_of", corrupted)
     plan = make_plan(tied_llama, max_memory="cpu=1GB", procs_per_node=1)
     path = plan.save(tmp_path / "plan.json").path
     result = run_cli("run", tied_llama, "--plan", path, "--verify")
@@ -486,3 +486,28 @@ def test_a_rank_killed_mid_shard_leaves_no_out_and_every_process_exits(
     for r in results:  # our own lines: one per process at most, never a traceback of ours
         assert all("Traceback" not in line for line in r.bigmodel_lines())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.safetensors"]
+
+
+def test_ranks_fetch_only_their_ranges_of_a_hub_repo_not_in_the_cache(
+    tied_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.helpers.hub_env import serve
+
+    with serve(monkeypatch, tmp_path / "hf", test__llama=tied_llama) as hub:
+        plan = make_plan("test/llama", max_memory="cpu=1GB", procs_per_node=2)
+        path = plan.save(tmp_path / "plan.json").path
+        hub.reset_counts()
+        (finished,) = run_world(["run", "test/llama", "--plan", path, "--json"], 2, tmp_path)
+        doc = _json(finished)
+        sent = {p: n for p, n in hub.bytes_sent.items() if p.endswith(".safetensors")}
+        asked = [r.range for r in hub.requests if r.path.endswith(".safetensors")]
+    assert plan.world is not None
+    for r in doc["ranks"]:
+        assert r["bytes_read"] == r["planned"] == plan.world.ranks[r["rank"]].bytes
+    assert sum(sent.values()) == doc["bytes_read"] == _tensor_bytes(tied_llama) + 131072
+    spans = {(a, a + n - 1) for r in plan.world.ranks for v in r.reads.values() for a, n in v}
+    assert asked and all(
+        any(a <= int(x) and int(y) <= b for a, b in spans)
+        for x, y in (text.removeprefix("bytes=").split("-") for text in asked if text)
+    )
+    assert not (tmp_path / "hf" / "hub").exists()  # nothing downloaded into the cache

@@ -16,12 +16,13 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from bigmodel_cli.checkpoint import Checkpoint
+from bigmodel_cli.checkpoint import Checkpoint, fingerprint, is_repo_id, load_checkpoint
 from bigmodel_cli.errors import BigmodelError
 from bigmodel_cli.placement.file import Plan, PlanLike, as_plan
 from bigmodel_cli.placement.world import RankPlan, World
 from bigmodel_cli.progress import NullProgress, Progress, shown
-from bigmodel_cli.run import _prepare, _warn
+from bigmodel_cli.run import CHANGED, _prepare, _warn
+from bigmodel_cli.run.hub_ranges import is_remote, read_hub
 from bigmodel_cli.run.load import Loaded, verify_tensors
 from bigmodel_cli.run.ranges import Read, Share, rank_share, read_share
 from bigmodel_cli.sizes import DType, parse_target_dtype
@@ -121,6 +122,21 @@ def _device(me: RankPlan, env: RankEnv) -> str:
     return f"cuda:{env.local_rank}"
 
 
+def _from_the_hub(
+    source: str | os.PathLike[str] | None, plan: Plan, variant: str | None, offline: bool
+) -> Checkpoint | None:
+    """SOURCE as the plan's repo id at its commit: from the cache, else from the Hub's headers
+    (each rank then fetches only its ranges); None for a local path."""
+    path = None if source is None else os.fspath(source)
+    repo, _, commit = plan.source.partition("@")
+    if not is_repo_id(path) or path != repo or not commit:
+        return None
+    try:
+        return load_checkpoint(path, variant, revision=commit, remote=False)
+    except BigmodelError:
+        return load_checkpoint(path, variant, revision=commit, offline=offline)
+
+
 def _prepare_rank(
     source: str | os.PathLike[str] | None,
     plan: PlanLike,
@@ -129,17 +145,37 @@ def _prepare_rank(
     offline: bool,
     env: RankEnv,
     stage: StageRequest | None,
+    reader: str,
+    verify: bool,
 ) -> _Job:
     the_plan = as_plan(plan)
     me = _check_world(the_plan, env)
     device = _device(me, env)
-    ckpt, target, notes = _prepare(source, the_plan, dtype, variant, offline)
+    ckpt = _from_the_hub(source, the_plan, variant or the_plan.variant, offline)
+    if ckpt is None:  # a path, or a repo id in the cache: run's own checks
+        ckpt, target, notes = _prepare(source, the_plan, dtype, variant, offline)
+    else:
+        if fingerprint(ckpt) != the_plan.fingerprint:
+            raise BigmodelError(CHANGED, ckpt.origin)
+        target, notes = dtype or the_plan.target, []
+    if is_remote(ckpt) and (reader != READERS[0] or verify):
+        raise BigmodelError(
+            "this rank fetches its ranges from the Hub (the repo is not in its cache): "
+            f"--verify and --reader {READERS[1]} need the files here (hf download first)",
+            ckpt.origin,
+        )
     share = rank_share(ckpt, me, the_plan.path)
     if stage is not None:
         from bigmodel_cli.run.stage import check_stage
 
         check_stage(ckpt, the_plan, stage)
     return _Job(the_plan, me, ckpt, target, share, device, tuple(notes))
+
+
+def _read(job: _Job, reader: str, progress: Progress) -> Read:
+    if is_remote(job.ckpt):
+        return read_hub(job.ckpt, job.share, job.device, job.target, progress)
+    return read_share(job.share, reader, job.device, job.target, progress)
 
 
 def _verify(job: _Job, read: Read) -> float:
@@ -179,16 +215,16 @@ def run_world(
     with Group() as group:
         env = group.env
         job = group.agree(
-            lambda: _prepare_rank(source, plan, wanted, variant, offline, env, stage),
+            lambda: _prepare_rank(
+                source, plan, wanted, variant, offline, env, stage, reader, verify
+            ),
             "checking the plan",
         )
         if env.rank == 0:
             for note in job.notes:
                 _warn(note)
         with shown(progress if env.rank == 0 else NullProgress()) as bar:
-            read = group.agree(
-                lambda: read_share(job.share, reader, job.device, job.target, bar), "loading"
-            )
+            read = group.agree(lambda: _read(job, reader, bar), "loading")
         verify_seconds = group.agree(lambda: _verify(job, read), "verifying") if verify else None
         result = None
         if stage is not None:

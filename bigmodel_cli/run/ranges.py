@@ -124,7 +124,7 @@ def _bytes_of(tensor: torch.Tensor) -> memoryview:
     return memoryview(array)
 
 
-def _tensor_of(buf: torch.Tensor, at: int, info: TensorInfo) -> torch.Tensor:
+def tensor_of(buf: torch.Tensor, at: int, info: TensorInfo) -> torch.Tensor:
     """``info``'s tensor as a view of ``buf`` (a copy when its offset is not aligned)."""
     piece = buf[at : at + info.nbytes]
     dtype = torch_dtype(info.dtype)
@@ -184,7 +184,7 @@ def read_pread(share: Share, device: str, target: DType | None, progress: Progre
             finally:
                 os.close(fd)
             for info in r.tensors:
-                tensor = _tensor_of(buf, info.start - r.offset, info)
+                tensor = tensor_of(buf, info.start - r.offset, info)
                 out.tensors.append((info, cast(tensor, info.dtype, target)))
     if staging is not None:
         torch.cuda.synchronize()
