@@ -12,15 +12,15 @@ import signal
 import sys
 import traceback
 from enum import Enum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import typer
 
 from bigmodel_cli import __version__
-from bigmodel_cli.errors import EXIT_BUG, EXIT_INTERRUPTED, BigmodelError, UsageError
+from bigmodel_cli import cli_ranks as ranks
+from bigmodel_cli.errors import EXIT_BUG, EXIT_INTERRUPTED, BigmodelError
 from bigmodel_cli.placement.strategies import DEFAULT_STRATEGY, STRATEGIES
 from bigmodel_cli.sizes import DType, parse_size, parse_target_dtype
-from bigmodel_cli.torchrun import DEFAULT_IDS, READERS, launched
 
 app = typer.Typer(
     name="bigmodel",
@@ -33,7 +33,6 @@ app = typer.Typer(
 _state = {"debug": False}
 
 
-Reader = Enum("Reader", {name: name for name in READERS}, type=str)  # type: ignore[misc]
 # ``--strategy`` values from the registry (an Enum, so that shell completion offers them)
 Strategy = Enum("Strategy", {name: name for name in STRATEGIES}, type=str)  # type: ignore[misc]
 STRATEGY_HELP = "; ".join(f"{s.name}: {s.help}" for s in STRATEGIES.values()) + "."
@@ -151,8 +150,7 @@ def shard(
 
     limit = parse_size(max_shard_size, "--max-shard-size")
     target = _dtype(dtype)
-    if launched():  # every rank writes its share of the files (sharding/distributed.py)
-        _write_rank(source, output, "shard", limit, target, variant, force, json)
+    if ranks.torchrun_write(source, output, "shard", limit, target, variant, force, json):
         return
     result = shard_checkpoint(
         source, output, max_shard_size=limit, dtype=target, variant=variant, force=force
@@ -176,8 +174,7 @@ def merge(
     from bigmodel_cli.render.shard import render_write
     from bigmodel_cli.sharding import merge as merge_checkpoint
 
-    if launched():
-        _write_rank(source, output, "merge", None, _dtype(dtype), variant, force, json)
+    if ranks.torchrun_write(source, output, "merge", None, _dtype(dtype), variant, force, json):
         return
     result = merge_checkpoint(source, output, dtype=_dtype(dtype), variant=variant, force=force)
     render_write(result, json)
@@ -215,25 +212,13 @@ def plan(
     variant: VariantOpt = None,
     revision: RevisionOpt = None,
     offline: OfflineOpt = False,
-    nodes: Annotated[
-        int | None,
-        typer.Option("--nodes", help="Plan over torchrun ranks: this many nodes (default 1)."),
-    ] = None,
-    procs_per_node: Annotated[
-        int | None,
-        typer.Option(
-            "--procs-per-node",
-            help="Plan over torchrun ranks: processes per node (default 1); --max-memory is "
-            "then one rank's budget (0=80GB: its own GPU; cpu=64GB).",
-        ),
-    ] = None,
+    nodes: ranks.NodesOpt = None,
+    procs_per_node: ranks.ProcsOpt = None,
     json: JsonOpt = False,
 ) -> None:
     """Decide which device holds what, from headers alone (a Hub repo's too: no download).
 
-    Example: `bigmodel plan sdxl/ --max-memory 0=8GB,1=8GB --dtype fp16 -o plan.json`;
-    over 2 nodes of 8 GPUs: `bigmodel plan llama/ --nodes 2 --procs-per-node 8
-    --max-memory 0=80GB -o plan.json`
+    Example: `bigmodel plan sdxl/ --max-memory 0=8GB,1=8GB --dtype fp16 -o plan.json`
     """
     from bigmodel_cli.placement import make_plan
     from bigmodel_cli.render.plan import render_plan
@@ -304,36 +289,10 @@ def run(
         str | None,
         typer.Option("-o", "--output", help="--generate: the image file (PNG)."),
     ] = None,
-    reader: Annotated[
-        Reader,
-        typer.Option(
-            "--reader",
-            help="Under torchrun: how each rank reads its byte ranges (pread: its own reads, "
-            "the faster in make bench; dcp: torch.distributed.checkpoint's safetensors reader).",
-        ),
-    ] = Reader[READERS[0]],
-    input_ids: Annotated[
-        str | None,
-        typer.Option(
-            "--input-ids",
-            help=f"--forward under torchrun: the prompt's token ids, rows separated by ';' "
-            f"(default: {DEFAULT_IDS}).",
-        ),
-    ] = None,
-    microbatches: Annotated[
-        int | None,
-        typer.Option(
-            "--microbatches", help="--forward under torchrun: microbatches (default: one per row)."
-        ),
-    ] = None,
-    forward_output: Annotated[
-        str | None,
-        typer.Option(
-            "--forward-output",
-            help="--forward under torchrun: the last stage writes the logits (key output) and "
-            "the ids (key input_ids) to this safetensors file.",
-        ),
-    ] = None,
+    reader: ranks.ReaderOpt = ranks.DEFAULT_READER,
+    input_ids: ranks.InputIdsOpt = None,
+    microbatches: ranks.MicrobatchesOpt = None,
+    forward_output: ranks.ForwardOutputOpt = None,
     json: JsonOpt = False,
 ) -> None:
     """Load a checkpoint onto the devices of a plan and report what it really cost.
@@ -344,29 +303,10 @@ def run(
 
     Example: `bigmodel run sdxl/ --plan plan.json --verify`;
     `bigmodel run sd15/ --plan plan.json --generate "a cat" -o cat.png`
-
-    Under torchrun, with a plan made with --nodes / --procs-per-node, every rank reads only
-    its byte ranges and rank 0 prints one report: `torchrun --nnodes 2 --nproc-per-node 8
-    ... -m bigmodel_cli run llama/ --plan plan.json --verify`
     """
-    if launched():  # a plan over ranks, carried out by this rank (run/distributed.py)
-        _run_rank(
-            source,
-            plan_file,
-            dtype,
-            verify,
-            forward,
-            reader,
-            input_ids,
-            microbatches,
-            forward_output,
-            variant,
-            offline,
-            json,
-        )
+    flags = (reader, input_ids, microbatches, forward_output)  # under torchrun: cli_ranks.py
+    if ranks.torchrun_run(source, plan_file, dtype, verify, forward, flags, variant, offline, json):
         return
-    if input_ids is not None or microbatches is not None or forward_output is not None:
-        raise UsageError("--input-ids, --microbatches and --forward-output run under torchrun")
     from bigmodel_cli.render.run import render_generate, render_run
     from bigmodel_cli.run import run_plan
     from bigmodel_cli.run.generate import generate_run
@@ -399,57 +339,6 @@ def run(
         copy=copy,
     )
     render_run(report, json)
-
-
-def _write_rank(
-    source: str | None,
-    output: str | None,
-    mode: Literal["shard", "merge"],
-    limit: int | None,
-    dtype: DType | None,
-    variant: str | None,
-    force: bool,
-    json: bool,
-) -> None:
-    from bigmodel_cli.render.shard import render_write
-    from bigmodel_cli.sharding.distributed import write_world
-
-    result = write_world(source, output, mode, limit, dtype, variant, force)
-    if result is not None:  # rank 0 prints for all
-        render_write(result, json)
-
-
-def _run_rank(
-    source: str | None,
-    plan_file: str,
-    dtype: str | None,
-    verify: bool,
-    forward: bool,
-    reader: Reader,
-    input_ids: str | None,
-    microbatches: int | None,
-    forward_output: str | None,
-    variant: str | None,
-    offline: bool,
-    json: bool,
-) -> None:
-    from bigmodel_cli.render.world_run import render_world_run
-    from bigmodel_cli.run.distributed import run_world
-    from bigmodel_cli.run.stage import stage_request
-
-    stage = stage_request(input_ids, microbatches, forward_output) if forward else None
-    report = run_world(
-        source,
-        plan=plan_file,
-        dtype=_dtype(dtype),
-        verify=verify,
-        reader=reader.value,
-        stage=stage,
-        variant=variant,
-        offline=offline,
-    )
-    if report is not None:  # rank 0 prints for all
-        render_world_run(report, json)
 
 
 def _on_sigterm(signum: int, frame: object) -> None:
