@@ -7,15 +7,17 @@ them. Outside torchrun none of this runs (:func:`launched` is false) and nothing
 
 Errors stay one line. A step that every rank runs goes through :meth:`Group.agree`: the
 ranks exchange their errors, rank 0 prints one line for all (naming the rank when they
-differ) and the others exit with the same status in silence. A rank that dies makes the
-others' next collective fail (gloo sees the closed connection at once; otherwise after
-``BIGMODEL_DIST_TIMEOUT`` seconds, 600 by default): each then exits non-zero with one line
-saying it lost contact. torch is imported only inside :class:`Group`.
+differ; in the CLI's ``bigmodel: error:`` form, and before any rank exits, since torchrun's
+agent stops the others as soon as one exits) and every rank exits with that status. A
+rank that dies makes the others' next collective fail (gloo sees the closed connection at
+once; otherwise after ``BIGMODEL_DIST_TIMEOUT`` seconds, 600 by default): each then exits
+non-zero with one line saying it lost contact. torch is imported only inside :class:`Group`.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -67,7 +69,7 @@ class RankLost(BigmodelError):
 
 
 class ReportedElsewhere(BigmodelError):
-    """An error that rank 0 prints for every rank: exit with its status, print nothing."""
+    """An error rank 0 has printed for every rank: exit with its status, print nothing."""
 
     shown = False
 
@@ -174,10 +176,10 @@ class Group:
         found = combined(self.gather(error, doing))
         if found is not None:
             message, code = found
-            if self.rank == 0:
-                failure = BigmodelError(message)
-                failure.exit_code = code
-                raise failure
+            if self.rank == 0:  # printed here, before any rank exits: torchrun's agent stops
+                sys.stderr.write(f"bigmodel: error: {message}\n")  # the rest when one exits
+                sys.stderr.flush()
+            self.gather(None, "reporting an error")
             raise ReportedElsewhere(code)
         return result  # type: ignore[return-value]
 

@@ -511,3 +511,12 @@ def test_ranks_fetch_only_their_ranges_of_a_hub_repo_not_in_the_cache(
         for x, y in (text.removeprefix("bytes=").split("-") for text in asked if text)
     )
     assert not (tmp_path / "hf" / "hub").exists()  # nothing downloaded into the cache
+
+
+def test_bad_input_under_torchrun_is_one_line_from_rank_0(tied_llama: Path, tmp_path: Path) -> None:
+    plan = make_plan(tied_llama, max_memory="cpu=1GB", procs_per_node=4)
+    path = plan.save(tmp_path / "plan.json").path
+    (finished,) = run_world(["run", tied_llama, "--plan", path], 2, tmp_path)
+    assert finished.code != 0 and not finished.stdout
+    (line,) = finished.bigmodel_lines()
+    assert line.startswith("bigmodel: error: ") and "--nproc-per-node 4" in line
