@@ -52,7 +52,7 @@ def _plan(
     source: str | None, output: str | os.PathLike[str] | None, mode: Mode, limit: int | None,
     dtype: DType | None, variant: str | None,
 ) -> WritePlan:  # fmt: skip
-    ckpt = load_checkpoint(source, variant)
+    ckpt = load_checkpoint(source, variant, remote=False)  # the bytes, not a header mirror
     out = Path(output) if output is not None else default_output(source, ckpt, mode)
     check_output(ckpt, out)
     return plan_write(ckpt, out, mode, limit, dtype)
