@@ -233,24 +233,39 @@ def run_world(
             result = run_stage(
                 group, job.ckpt, job.plan, job.me, read, job.share, job.device, stage
             )
-        rss, gpu = _peaks(job.device)
-        mine = RankRun(
-            env.rank,
-            env.node,
-            env.local_rank,
-            socket.gethostname(),
-            job.device,
-            job.me.bytes,
-            read.bytes_read,
-            len(read.tensors),
-            read.seconds,
-            verify_seconds,
-            rss,
-            gpu,
-        )
+        mine = _rank_run(env, job, read, verify_seconds)
         runs = group.gather(mine, "gathering the report")
     if env.rank != 0:
         return None
+    return _report(job, tuple(runs), reader, verify, time.perf_counter() - began, result)
+
+
+def _rank_run(env: RankEnv, job: _Job, read: Read, verify_seconds: float | None) -> RankRun:
+    rss, gpu = _peaks(job.device)
+    return RankRun(
+        env.rank,
+        env.node,
+        env.local_rank,
+        socket.gethostname(),
+        job.device,
+        job.me.bytes,
+        read.bytes_read,
+        len(read.tensors),
+        read.seconds,
+        verify_seconds,
+        rss,
+        gpu,
+    )
+
+
+def _report(
+    job: _Job,
+    runs: tuple[RankRun, ...],
+    reader: str,
+    verify: bool,
+    seconds: float,
+    result: StageResult | None,
+) -> WorldRunReport:
     world = job.plan.world
     assert world is not None
     return WorldRunReport(
@@ -260,11 +275,11 @@ def run_world(
         dtype=job.target.name if job.target else None,
         world=world.world,
         reader=reader,
-        ranks=tuple(runs),
+        ranks=runs,
         checkpoint_bytes=sum(c.nbytes for c in job.ckpt.components),
         duplicate_bytes=sum(d.bytes * (len(d.ranks) - 1) for d in world.duplicates),
         verified=verify,
-        total_seconds=time.perf_counter() - began,
+        total_seconds=seconds,
         forward=result,
         warnings=job.notes,
     )
