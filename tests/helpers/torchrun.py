@@ -97,14 +97,17 @@ class Agents:
         session of its own, so each process group is killed by its leader's id)."""
         import psutil
 
-        leaders = []
+        leaders: list[psutil.Process] = []
         for proc in self.procs:
+            if proc.poll() is not None:  # reaped: its id may be someone else's by now
+                continue
             with suppress(psutil.Error):
-                leaders += [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
-            leaders.append(proc.pid)
-        for pid in leaders:
-            with suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)
+                agent = psutil.Process(proc.pid)
+                leaders += [agent, *agent.children(recursive=True)]
+        for leader in leaders:
+            with suppress(psutil.Error, ProcessLookupError, PermissionError):
+                if leader.is_running():  # the same process (its start time), not a reused id
+                    os.killpg(leader.pid, signal.SIGKILL)
         for proc in self.procs:
             proc.wait(timeout=30)
             for stream in (proc.stdout, proc.stderr):
