@@ -52,7 +52,7 @@ def rank_budget(max_memory: str | None, reserve: str | None) -> RankBudget:
     """One rank's device from ``--max-memory``: ``0=80GB`` (its own GPU) or ``cpu=64GB``."""
     if max_memory is None:
         raise UsageError(
-            "--nodes/--procs-per-node plan for other machines: give one rank's budget with "
+            "a plan over torchrun ranks is for other machines: give one rank's budget with "
             "--max-memory (0=80GB for a GPU per rank, cpu=64GB for cpu ranks)"
         )
     entries = parse_max_memory(max_memory)
