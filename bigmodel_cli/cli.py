@@ -17,6 +17,7 @@ from typing import Annotated, Any
 import typer
 
 from bigmodel_cli import __version__
+from bigmodel_cli import cli_ranks as ranks
 from bigmodel_cli.errors import EXIT_BUG, EXIT_INTERRUPTED, BigmodelError
 from bigmodel_cli.placement.strategies import DEFAULT_STRATEGY, STRATEGIES
 from bigmodel_cli.sizes import DType, parse_size, parse_target_dtype
@@ -149,6 +150,8 @@ def shard(
 
     limit = parse_size(max_shard_size, "--max-shard-size")
     target = _dtype(dtype)
+    if ranks.torchrun_write(source, output, "shard", limit, target, variant, force, json):
+        return
     result = shard_checkpoint(
         source, output, max_shard_size=limit, dtype=target, variant=variant, force=force
     )
@@ -171,6 +174,8 @@ def merge(
     from bigmodel_cli.render.shard import render_write
     from bigmodel_cli.sharding import merge as merge_checkpoint
 
+    if ranks.torchrun_write(source, output, "merge", None, _dtype(dtype), variant, force, json):
+        return
     result = merge_checkpoint(source, output, dtype=_dtype(dtype), variant=variant, force=force)
     render_write(result, json)
 
@@ -186,9 +191,9 @@ def plan(
         ),
     ] = None,
     strategy: Annotated[
-        Strategy,
-        typer.Option("--strategy", help=STRATEGY_HELP),
-    ] = Strategy[DEFAULT_STRATEGY],
+        Strategy | None,
+        typer.Option("--strategy", help=STRATEGY_HELP, show_default=DEFAULT_STRATEGY),
+    ] = None,
     dtype: DTypeOpt = None,
     reserve: Annotated[
         str | None,
@@ -207,6 +212,8 @@ def plan(
     variant: VariantOpt = None,
     revision: RevisionOpt = None,
     offline: OfflineOpt = False,
+    nodes: ranks.NodesOpt = None,
+    procs_per_node: ranks.ProcsOpt = None,
     json: JsonOpt = False,
 ) -> None:
     """Decide which device holds what, from headers alone (a Hub repo's too: no download).
@@ -219,13 +226,15 @@ def plan(
     result = make_plan(
         source,
         max_memory=max_memory,
-        strategy=strategy.value,
+        strategy=None if strategy is None else strategy.value,
         dtype=_dtype(dtype),
         reserve=reserve,
         no_split=no_split or (),
         variant=variant,
         revision=revision,
         offline=offline,
+        nodes=nodes,
+        procs_per_node=procs_per_node,
     )
     if output is not None:
         result = result.save(output)
@@ -280,6 +289,10 @@ def run(
         str | None,
         typer.Option("-o", "--output", help="--generate: the image file (PNG)."),
     ] = None,
+    reader: ranks.ReaderOpt = ranks.DEFAULT_READER,
+    input_ids: ranks.InputIdsOpt = None,
+    microbatches: ranks.MicrobatchesOpt = None,
+    forward_output: ranks.ForwardOutputOpt = None,
     json: JsonOpt = False,
 ) -> None:
     """Load a checkpoint onto the devices of a plan and report what it really cost.
@@ -291,6 +304,9 @@ def run(
     Example: `bigmodel run sdxl/ --plan plan.json --verify`;
     `bigmodel run sd15/ --plan plan.json --generate "a cat" -o cat.png`
     """
+    flags = (reader, input_ids, microbatches, forward_output)  # under torchrun: cli_ranks.py
+    if ranks.torchrun_run(source, plan_file, dtype, verify, forward, flags, variant, offline, json):
+        return
     from bigmodel_cli.render.run import render_generate, render_run
     from bigmodel_cli.run import run_plan
     from bigmodel_cli.run.generate import Generation, generate_run
@@ -334,7 +350,7 @@ def run_main(args: list[str] | None = None) -> int:
     try:
         code = command.main(args=args, prog_name="bigmodel", standalone_mode=False)
     except BigmodelError as error:
-        return _error(str(error), error.exit_code)
+        return _error(str(error), error.exit_code) if error.shown else error.exit_code
     except KeyboardInterrupt:
         return _error("interrupted", EXIT_INTERRUPTED, prefix="bigmodel: ")
     except Exception as error:  # click's exceptions (typer may vendor its own click), bugs

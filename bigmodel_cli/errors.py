@@ -14,6 +14,7 @@ class BigmodelError(Exception):
     """Bad input or a refused operation. The CLI prints ``str(error)`` as one line."""
 
     exit_code = EXIT_BAD_INPUT
+    shown = True  # False: another process (torchrun's rank 0) prints it
 
     def __init__(
         self, reason: str, path: str | Path | None = None, tensor: str | None = None

@@ -181,3 +181,12 @@ def test_server_faults_are_one_line_exit_2_and_leave_nothing(
 
 def test_missing_repo_is_one_line_exit_2(repos: HubServer) -> None:
     assert_one_line_error(run_cli("inspect", "test/nothing"), 2, "not found")
+
+
+def test_shard_of_a_repo_not_in_the_cache_is_refused_not_filled_with_zeros(
+    repos: HubServer, tmp_path: Path
+) -> None:
+    # the header mirror that inspect and plan read holds no tensor bytes (sparse files)
+    result = run_cli("shard", "test/llama", "-o", tmp_path / "out", "--max-shard-size", "1MB")
+    assert_one_line_error(result, 2, "not in the Hugging Face cache", "hf download test/llama")
+    assert not (tmp_path / "out").exists()

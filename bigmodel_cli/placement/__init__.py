@@ -17,7 +17,8 @@ from bigmodel_cli.errors import UsageError
 from bigmodel_cli.formats.json import read_json_file
 from bigmodel_cli.placement.file import DevicePlan, Plan, plan_from_json, read_plan
 from bigmodel_cli.placement.items import Bin, Layout, Part, Placement
-from bigmodel_cli.placement.strategies import DEFAULT_STRATEGY, STRATEGIES
+from bigmodel_cli.placement.ranks import RankRequest, plan_world
+from bigmodel_cli.placement.strategies import DEFAULT_STRATEGY, RANKS_STRATEGY, STRATEGIES
 from bigmodel_cli.placement.units import build_units
 from bigmodel_cli.sizes import DTYPES, DType, bytes_at, parse_target_dtype
 
@@ -28,27 +29,38 @@ def make_plan(
     source: str | os.PathLike[str] | None = None,
     *,
     max_memory: str | None = None,
-    strategy: str = DEFAULT_STRATEGY,
+    strategy: str | None = None,
     dtype: DType | str | None = None,
     reserve: str | None = None,
     no_split: Sequence[str] = (),
     variant: str | None = None,
     revision: str | None = None,
     offline: bool = False,
+    nodes: int | None = None,
+    procs_per_node: int | None = None,
 ) -> Plan:
     """Plan SOURCE (default: the current folder) on the devices of ``max_memory``
     (``"0=8GB,1=8GB,cpu=32GB"``; default: the GPUs and RAM found on this machine).
 
     >>> plan = make_plan("sdxl/", max_memory="0=8GB,1=8GB", dtype="fp16")  # doctest: +SKIP
     >>> plan.save("plan.json")  # doctest: +SKIP
+
+    With ``nodes`` / ``procs_per_node`` (``--nodes``, ``--procs-per-node``) it plans over
+    that many torchrun ranks, ``max_memory`` being one rank's budget (:mod:`.ranks`).
     """
+    over_ranks = nodes is not None or procs_per_node is not None
+    strategy = strategy or (RANKS_STRATEGY if over_ranks else DEFAULT_STRATEGY)
     if strategy not in STRATEGIES:
         raise UsageError(
             f"unknown --strategy {strategy!r}; expected one of: {', '.join(STRATEGIES)}"
         )
     target = parse_target_dtype(dtype) if isinstance(dtype, str) else dtype
-    budget = make_budget(max_memory, reserve)
     path = None if source is None else os.fspath(source)
+    if over_ranks or STRATEGIES[strategy].over_ranks:  # torchrun ranks: placement/ranks.py
+        request = RankRequest.parse(strategy, max_memory, reserve, nodes, procs_per_node)
+        ckpt = load_checkpoint(path, variant, revision=revision, offline=offline)
+        return plan_world(ckpt, request, target, no_split)
+    budget = make_budget(max_memory, reserve)
     ckpt = load_checkpoint(path, variant, revision=revision, offline=offline)
     splits = STRATEGIES[strategy].splits_blocks
     parts = [_part(c, target, no_split, with_units=splits) for c in ckpt.components]

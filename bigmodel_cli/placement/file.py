@@ -19,6 +19,7 @@ from bigmodel_cli.errors import BigmodelError
 from bigmodel_cli.formats.json import parse_json_object, write_json_atomically
 from bigmodel_cli.placement.items import SPLIT
 from bigmodel_cli.placement.strategies import DEFAULT_STRATEGY, STRATEGIES
+from bigmodel_cli.placement.world import WorldPlan, world_from_json
 from bigmodel_cli.sizes import DType, parse_dtype
 
 PLAN_VERSION = 1
@@ -60,6 +61,7 @@ class Plan:
     skipped: tuple[str, ...] = ()
     path: Path | None = None  # the file it was read from or saved to
     notes: tuple[str, ...] = ()  # for people (where the figures came from); not in the file
+    world: WorldPlan | None = None  # a plan over torchrun ranks (--nodes / --procs-per-node)
 
     @property
     def gpus(self) -> tuple[DevicePlan, ...]:
@@ -90,6 +92,9 @@ class Plan:
 
     def to_json(self) -> dict[str, Any]:
         """The plan file, schema version 1."""
+        return self._doc() | (self.world.to_json() if self.world is not None else {})
+
+    def _doc(self) -> dict[str, Any]:
         return {
             "version": PLAN_VERSION,
             "source": self.source,
@@ -214,6 +219,7 @@ def plan_from_json(doc: Mapping[str, Any], path: Path | None = None) -> Plan:
         block_bytes=_split_bytes(doc.get("split_bytes"), path),
         skipped=tuple(str(n) for n in doc.get("skipped") or ()),
         path=path,
+        world=world_from_json(doc, path),
     )
 
 

@@ -15,6 +15,7 @@ from bigmodel_cli.devices import is_gpu
 from bigmodel_cli.placement.auto import auto
 from bigmodel_cli.placement.balanced import balanced
 from bigmodel_cli.placement.items import Bin, Layout, Part, Placement, room_of, to_host
+from bigmodel_cli.placement.stages import pipeline
 
 
 def sequential(parts: Sequence[Part], bins: Sequence[Bin]) -> Layout:
@@ -37,6 +38,7 @@ class Strategy:
     help: str
     splits_blocks: bool  # needs the components' blocks (units) to place them
     reports_peak: bool  # components move to the execution GPU in turn: a peak, not a sum
+    over_ranks: bool = False  # places on torchrun ranks (--nodes/--procs-per-node), not devices
 
 
 STRATEGIES: dict[str, Strategy] = {
@@ -63,6 +65,16 @@ STRATEGIES: dict[str, Strategy] = {
             splits_blocks=False,
             reports_peak=True,
         ),
+        Strategy(
+            "pipeline",
+            pipeline,
+            "contiguous stages of blocks over torchrun ranks (the default with --nodes or "
+            "--procs-per-node)",
+            splits_blocks=True,
+            reports_peak=False,
+            over_ranks=True,
+        ),
     )
 }
 DEFAULT_STRATEGY = next(iter(STRATEGIES))
+RANKS_STRATEGY = next(s.name for s in STRATEGIES.values() if s.over_ranks)

@@ -12,6 +12,7 @@ from bigmodel_cli.placement.file import DevicePlan, Plan
 from bigmodel_cli.placement.items import SPLIT
 from bigmodel_cli.placement.strategies import STRATEGIES
 from bigmodel_cli.render import bar, print_json, stdout
+from bigmodel_cli.render.world import print_world_plan, world_summary
 from bigmodel_cli.sizes import format_size
 
 SHOWN_BLOCKS = 4
@@ -32,11 +33,14 @@ def _print_human(plan: Plan, output: str | None) -> None:
     console = stdout()
     dtype = plan.dtype or "checkpoint dtypes"
     console.print(f"[bold]{escape(plan.source)}[/]: {plan.strategy} plan at {dtype}")
-    for device in plan.devices:
+    if plan.world is not None:  # a plan over torchrun ranks: a row per rank
+        print_world_plan(console, plan)
+    for device in () if plan.world is not None else plan.devices:
         console.print()
         console.print(_device_line(plan, device), markup=False)
         console.print(_device_table(plan, device))
-    console.print(summary(plan))
+    if plan.world is None:
+        console.print(summary(plan))
     for note in plan.notes:
         console.print(note, markup=False)
     if output is not None:
@@ -103,6 +107,8 @@ def _split_bytes(plan: Plan, name: str, device: DevicePlan) -> int:
 
 def summary(plan: Plan) -> str:
     """One sentence: what was offloaded, and why."""
+    if plan.world is not None:
+        return world_summary(plan)
     if not plan.gpus:
         hosts = " and ".join(d.label for d in plan.devices if d.planned) or "cpu"
         why = (

@@ -242,6 +242,13 @@ def run_plan(
     """
     began = time.perf_counter()
     the_plan = as_plan(plan)
+    if the_plan.world is not None:  # a plan over ranks: run/distributed.py, under torchrun
+        w = the_plan.world.world
+        raise BigmodelError(
+            f"is a plan over {w.size} torchrun ranks; start it with torchrun --nnodes "
+            f"{w.nodes} --nproc-per-node {w.procs_per_node} ... -m bigmodel_cli run",
+            the_plan.path,
+        )
     wanted = parse_target_dtype(dtype) if isinstance(dtype, str) else dtype
     ckpt, target, notes = _prepare(source, the_plan, wanted, variant, offline)
     place = placements(ckpt, the_plan)

@@ -86,7 +86,7 @@ def _write(
 ) -> WriteResult:
     started = time.perf_counter()
     src = None if source is None else os.fspath(source)
-    ckpt = load_checkpoint(src, variant)
+    ckpt = load_checkpoint(src, variant, remote=False)  # the bytes, not a header mirror
     out = Path(output) if output is not None else default_output(src, ckpt, mode)
     check_output(ckpt, out)
     with AtomicFolder(out, force) as folder, shown(progress) as bar:

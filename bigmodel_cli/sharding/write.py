@@ -13,7 +13,7 @@ import errno
 import os
 import shutil
 import struct
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -179,37 +179,46 @@ def check_space(plan: WritePlan, folder: Path) -> None:
         )
 
 
-def execute(plan: WritePlan, root: Path, progress: Progress) -> int:
-    """Write every file of ``plan`` under ``root``; returns the bytes written."""
+def execute(
+    plan: WritePlan, root: Path, progress: Progress, only: Collection[str] | None = None
+) -> int:
+    """Write every file of ``plan`` under ``root`` (``only``: just these paths relative to
+    OUT, as one rank of a distributed ``shard`` does); returns the bytes written."""
     check_conversions(plan)
     sources = Sources()
     try:
-        return _execute(plan, root, sources, progress)
+        return _execute(plan, root, sources, progress, only)
     except OSError as exc:  # a folder that cannot be made, a mode that cannot be set
         raise BigmodelError(f"cannot write ({exc.strerror or exc})", plan.output) from None
     finally:
         sources.close()
 
 
-def _execute(plan: WritePlan, root: Path, sources: Sources, progress: Progress) -> int:
+def _execute(
+    plan: WritePlan, root: Path, sources: Sources, progress: Progress, only: Collection[str] | None
+) -> int:
+    def mine(rel: str) -> bool:
+        return only is None or rel in only
+
     for rel in plan.folders:
         (root / rel).mkdir(parents=True, exist_ok=True)
     copier = RangeCopier()
     written = 0
     verb = "sharding" if plan.mode == "shard" else "merging"
     for c in plan.components:
-        progress.start(c.nbytes, f"{verb} {c.name}")
+        progress.start(sum(f.nbytes for f in c.files if mine(c.path(f.name))), f"{verb} {c.name}")
         (root / c.folder).mkdir(parents=True, exist_ok=True)
-        for f in c.files:
+        for f in (f for f in c.files if mine(c.path(f.name))):
             written += _write_file(plan, c, f, root, sources, copier, progress)
         text = c.index_text()
-        if text is not None and c.index_name is not None:
+        if text is not None and c.index_name is not None and mine(c.path(c.index_name)):
             data = text.encode("utf-8")
             _new_file(root / c.path(c.index_name), plan.output / c.path(c.index_name), data)
             written += len(data)
-    if plan.copies:
-        progress.start(sum(os.stat(c.source).st_size for c in plan.copies), "copying files")
-    for copy in plan.copies:
+    copies = [copy for copy in plan.copies if mine(copy.target)]
+    if copies:
+        progress.start(sum(os.stat(c.source).st_size for c in copies), "copying files")
+    for copy in copies:
         written += _copy_file(plan, copy, root, copier, progress)
     return written
 
