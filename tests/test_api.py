@@ -96,3 +96,9 @@ def test_run_generate_refuses_a_plan_for_another_checkpoint(tmp_path: Path) -> N
     assert run_cli("plan", FIXTURES / "single.safetensors", "-o", plan).code == 0
     result = run_cli("run", PIPELINE, "--plan", plan, "--generate", "a cat")
     assert result.code == 2 and "re-run bigmodel plan" in result.stderr
+
+
+def test_load_refuses_a_plan_over_ranks(tmp_path: Path) -> None:
+    plan = bm.plan(PIPELINE, nodes=1, procs_per_node=2, max_memory="cpu=1GB")
+    with pytest.raises(bm.BigmodelError, match="torchrun ranks"):
+        bm.load(PIPELINE, plan)

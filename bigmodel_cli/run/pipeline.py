@@ -117,6 +117,12 @@ def load(source: str | os.PathLike[str] | None, plan: PlanLike) -> Any:
     >>> image = generate(pipe, "an astronaut riding a horse", steps=20)  # doctest: +SKIP
     """
     view = as_plan(plan)
+    if view.world is not None:
+        raise BigmodelError(
+            "is a plan over torchrun ranks; load() builds one process's model: make a plan "
+            "without --nodes / --procs-per-node",
+            view.path,
+        )
     folder = _checked_folder(source, view)
     off = _Offload()
     try:
