@@ -338,8 +338,8 @@ class _Handler(BaseHTTPRequestHandler):
                 chunk = f.read(min(CHUNK, length))
                 if not chunk:
                     break
+                hub.count(f"{repo}/{rel}", len(chunk))  # before the client can see it
                 self.wfile.write(chunk)
-                hub.count(f"{repo}/{rel}", len(chunk))
                 length -= len(chunk)
         if hub.fault == "drop" and hub.faulty(rel):
             self.wfile.flush()
