@@ -17,6 +17,7 @@ from typing import Annotated, Any
 import typer
 
 from bigmodel_cli import __version__
+from bigmodel_cli import plan_options as po
 from bigmodel_cli.errors import EXIT_BUG, EXIT_INTERRUPTED, BigmodelError
 from bigmodel_cli.placement.strategies import DEFAULT_STRATEGY, STRATEGIES
 from bigmodel_cli.sizes import DType, parse_size, parse_target_dtype
@@ -208,10 +209,20 @@ def plan(
     revision: RevisionOpt = None,
     offline: OfflineOpt = False,
     json: JsonOpt = False,
+    batch: po.Batch = None,
+    height: po.Height = None,
+    width: po.Width = None,
+    frames: po.Frames = None,
+    context: po.Context = None,
+    runtime: po.Runtime = False,
+    quantize: po.Quantize = None,
+    no_quantize: po.NoQuantize = None,
+    double_quant: po.DoubleQuant = False,
 ) -> None:
     """Decide which device holds what, from headers alone (a Hub repo's too: no download).
 
-    Example: `bigmodel plan sdxl/ --max-memory 0=8GB,1=8GB --dtype fp16 -o plan.json`
+    Example: `bigmodel plan sdxl/ --max-memory 0=8GB,1=8GB --dtype fp16 -o plan.json`;
+    with activations at the run's shape: `... --batch 2 --height 1024 --width 1024`
     """
     from bigmodel_cli.placement import make_plan
     from bigmodel_cli.render.plan import render_plan
@@ -226,6 +237,7 @@ def plan(
         variant=variant,
         revision=revision,
         offline=offline,
+        **po.run_shape(locals()),  # --batch ... --double-quant
     )
     if output is not None:
         result = result.save(output)

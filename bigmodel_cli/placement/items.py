@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from bigmodel_cli.devices import DeviceKey, is_gpu
 
 Room = dict[DeviceKey, int | None]  # what is left on each device; None: unlimited
+Peaks = dict[DeviceKey, int]  # the largest activations counted on each device so far
 SPLIT = "split"  # a component spread over several devices, a device per unit
 
 
@@ -22,6 +23,7 @@ class Unit:
 
     prefixes: tuple[str, ...]
     nbytes: int
+    kv: int = 0  # of nbytes, the KV cache of the layers in it (counted run time)
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,7 @@ class Part:
     name: str
     nbytes: int
     units: tuple[Unit, ...] = ()
+    activations: int = 0  # one forward pass's peak, on the device that runs it (counted)
 
 
 @dataclass(frozen=True)
@@ -89,3 +92,16 @@ def to_host(room: Room, hosts: Sequence[DeviceKey], nbytes: int) -> DeviceKey:
             return key
     take(room, hosts[-1], nbytes)
     return hosts[-1]
+
+
+def extra(peaks: Peaks, key: DeviceKey, activations: int) -> int:
+    """What running a part with ``activations`` on ``key`` adds there: components run in
+    turn, so a device needs room for the largest activations only, not their sum."""
+    return max(0, activations - peaks.get(key, 0))
+
+
+def charge(room: Room, peaks: Peaks, key: DeviceKey, part: Part) -> None:
+    """Put ``part`` whole on ``key``: its bytes, and its activations where they are the
+    largest there."""
+    take(room, key, part.nbytes + extra(peaks, key, part.activations))
+    peaks[key] = max(peaks.get(key, 0), part.activations)

@@ -37,6 +37,8 @@ def _print_human(plan: Plan, output: str | None) -> None:
         console.print(_device_line(plan, device), markup=False)
         console.print(_device_table(plan, device))
     console.print(summary(plan))
+    for line in runtime_lines(plan):
+        console.print(line, markup=False)
     for note in plan.notes:
         console.print(note, markup=False)
     if output is not None:
@@ -50,13 +52,19 @@ def _device_line(plan: Plan, device: DevicePlan) -> str:
     room = "unlimited" if capacity is None else format_size(capacity)
     reserve = f" (reserve {format_size(device.reserve)} held back)" if device.reserve else ""
     fill = f"{bar(used, capacity)}  " if capacity is not None else ""
-    return f"{device.label}  {fill}{format_size(used)} of {room}{reserve}"
+    split = ""
+    if plan.runtime.counted:
+        weights = device.planned - device.runtime
+        split = f" (weights {format_size(weights)}, run time {format_size(device.runtime)})"
+    return f"{device.label}  {fill}{format_size(used)} of {room}{split}{reserve}"
 
 
 def _peak_here(plan: Plan, device: DevicePlan) -> int:
     """Sequential offload: the largest component, while it runs on the execution GPU."""
     if not STRATEGIES[plan.strategy].reports_peak or device.key != plan.execution_device:
         return 0
+    if plan.peak_gpu is not None:  # the largest component with its run time, if counted
+        return max(plan.peak_gpu - device.reserve, 0)
     return max(plan.components.values(), default=0)
 
 
@@ -74,6 +82,8 @@ def _device_table(plan: Plan, device: DevicePlan) -> Table:
         )
     if device.held:
         table.add_row("", "held for offloaded blocks", format_size(device.held))
+    if device.runtime:
+        table.add_row("", "run time: KV cache, largest activations", format_size(device.runtime))
     if not table.row_count:
         table.add_row("-", "nothing planned here", "")
     return table
@@ -116,6 +126,29 @@ def summary(plan: Plan) -> str:
         tail = f" ({', '.join(split)} split over several GPUs)" if split else ""
         return f"Nothing offloaded: every component is on a GPU{tail}."
     return "; ".join(_offload_reason(plan, name) for name in plan.offloaded) + "."
+
+
+def runtime_lines(plan: Plan) -> list[str]:
+    """What the run's shape added, and which components have no estimate and why."""
+    run = plan.runtime
+    if not run.counted:
+        return []
+    side = f", {run.height}x{run.width} px" if run.height and run.width else ""
+    frames = f", {run.frames} frames" if run.frames else ""
+    context = f", {run.context} tokens" if run.context else ""
+    lines = [f"Counted run time: batch {run.batch}{side}{frames}{context}."]
+    for name, needs in plan.needs.items():
+        parts = []
+        if needs.activations is not None:
+            parts.append(f"activations {format_size(needs.activations)}")
+        if needs.kv_cache is not None:
+            parts.append(f"KV cache {format_size(needs.kv_cache)}")
+        lines.append(f"  {name}: " + (", ".join(parts) or "-") + _note(needs.note))
+    return lines
+
+
+def _note(note: str | None) -> str:
+    return f" ({note})" if note else ""
 
 
 def _sequential_sentence(plan: Plan) -> str:
