@@ -18,7 +18,7 @@ from bigmodel_cli.devices import Budget, Device, DeviceKey, is_gpu, make_budget
 from bigmodel_cli.errors import UsageError
 from bigmodel_cli.formats.json import read_json_file
 from bigmodel_cli.placement.file import DevicePlan, Plan, plan_from_json, read_plan
-from bigmodel_cli.placement.items import Bin, Layout, Part, Placement
+from bigmodel_cli.placement.items import Bin, Layout, Part, Placement, widest_gpu
 from bigmodel_cli.placement.order import forward_order
 from bigmodel_cli.placement.runplan import plan_counted
 from bigmodel_cli.placement.strategies import DEFAULT_STRATEGY, STRATEGIES
@@ -84,17 +84,20 @@ def make_plan(
     bins = [Bin(d.key, d.capacity) for d in budget.devices]
     if shape.counted or shape.quantize:
         return plan_counted(ckpt, budget, strategy, target, shape, no_split, bins, _describe)
-    parts = [_part(c, target, no_split, with_units=splits) for c in ckpt.components]
+    limit = widest_gpu(bins)
+    parts = [_part(c, target, no_split, splits, limit) for c in ckpt.components]
     layout = STRATEGIES[strategy].place(parts, bins)
     return _describe(ckpt, budget, strategy, target, parts, layout)
 
 
-def _part(c: Component, dtype: DType | None, no_split: Sequence[str], with_units: bool) -> Part:
+def _part(
+    c: Component, dtype: DType | None, no_split: Sequence[str], with_units: bool, limit: int | None
+) -> Part:
     sizes = [(t.name, bytes_at(DTYPES[t.dtype], t.numel, dtype)) for t in c.tensors]
     total = sum(n for _, n in sizes)
     if not with_units or c.name in no_split:
         return Part(c.name, total)
-    units = build_units(sizes, read_json_file(c.folder / "config.json"), no_split)
+    units = build_units(sizes, read_json_file(c.folder / "config.json"), no_split, limit)
     return Part(c.name, total, forward_order(units))
 
 

@@ -1,9 +1,9 @@
 """``auto``: components that fit a GPU go whole; the others are split at block level
 over the room left (:func:`split`); the rest goes to ``cpu``, then ``disk``, and room for
-the largest offloaded block is held on the GPU that runs it. Among splits that leave
-equally few bytes off the GPUs, the one with the fewest device changes along the forward
-order (:mod:`.hops`) wins. A component's activations (counted run time) are held on
-every GPU that runs part of it."""
+the largest module of the offloaded blocks is held on the GPU that runs them. Among
+splits that leave equally few bytes off the GPUs, the one with the fewest device changes
+along the forward order (:mod:`.hops`) wins. A component's activations (counted run
+time) are held on every GPU that runs part of it."""
 
 from __future__ import annotations
 
@@ -105,15 +105,16 @@ def split(
     rest to the hosts.
 
     Offloaded units run on the lowest GPU the component uses (accelerate's main device),
-    which keeps room free for the largest of them. Every such runner and every hold worth
-    trying (none, or the size of a unit) is tried with two fills: forward order
+    which keeps room free for the largest module among them (accelerate's hooks move an
+    offloaded block's weights one module at a time). Every such runner and every hold
+    worth trying (none, or what a unit moves) is tried with two fills: forward order
     (contiguous, as accelerate fills) and largest first (tighter). Fewest bytes off the
     GPUs first; among those, the fill with the fewest device changes once untangled
     (:func:`~bigmodel_cli.placement.hops.untangle`), then the smaller hold, forward order.
     Each GPU that runs part of it keeps room for its activations.
     """
     peaks = {} if peaks is None else peaks
-    holds = sorted({0, *(u.nbytes for u in part.units)})
+    holds = sorted({0, *(u.moved for u in part.units)})
     acts = {g.key: extra(peaks, g.key, part.activations) for g in gpus}
     usable = {**room, **{k: (room[k] or 0) - a for k, a in acts.items()}}
     trials = [
@@ -179,7 +180,7 @@ class _Trial:
 
     @property
     def need(self) -> int:
-        return max((u.nbytes for u in self.off), default=0)
+        return max((u.moved for u in self.off), default=0)
 
     @property
     def off_bytes(self) -> int:

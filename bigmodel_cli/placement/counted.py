@@ -12,7 +12,7 @@ activations among those it runs, not their sum.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from bigmodel_cli.devices import DeviceKey, is_gpu
 from bigmodel_cli.placement.items import Layout, Part, Placement, Unit
@@ -35,6 +35,7 @@ def counted_part(
     no_split: Sequence[str],
     with_units: bool,
     counted: bool,
+    limit: int | None = None,
 ) -> Part:
     """The planner's part for a component: weights (+ KV cache when ``counted``), its
     units in forward order (the class's when it was built), its activations."""
@@ -43,7 +44,7 @@ def counted_part(
     nbytes = runtime.weight_bytes + kv_total
     if not with_units or runtime.name in no_split:
         return Part(runtime.name, nbytes, activations=activations)
-    units = build_units(list(runtime.weights), config, no_split)
+    units = build_units(list(runtime.weights), config, no_split, limit)
     if counted and runtime.kv is not None:
         units = _with_kv(units, runtime.kv.layers, runtime.kv.per_layer)
     return Part(runtime.name, nbytes, forward_order(units, runtime.order), activations)
@@ -55,7 +56,7 @@ def _with_kv(units: Sequence[Unit], layers: Sequence[str], per_layer: int) -> tu
     found = []
     for u in units:
         kv = per_layer * sum(1 for p in u.prefixes if p in wanted)
-        found.append(Unit(u.prefixes, u.nbytes + kv, kv) if kv else u)
+        found.append(replace(u, nbytes=u.nbytes + kv, kv=kv) if kv else u)
     return tuple(found)
 
 

@@ -4,8 +4,9 @@ Every change of device between two consecutive blocks of the forward order moves
 hidden states from one GPU to another, on every step. An offloaded block runs on the
 GPU that runs the component's offloaded blocks (its runner), so it changes nothing
 there. :func:`untangle` improves a placement by swapping blocks between GPUs (or moving
-one where there is room, or trading a block on a GPU for an offloaded one of the same
-size) while that removes changes, never putting more bytes off the GPUs.
+one, or a run of consecutive ones, where there is room, or trading a block on a GPU for
+an offloaded one of the same size) while that removes changes, never putting more bytes
+off the GPUs.
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ def untangle(
         edges = [e for e in range(n - 1) if state.runs[e] != state.runs[e + 1]]
         for i in sorted({p for e in edges for p in (e, e + 1)}):
             improved |= _improve(state, i, gpus, n)
+        improved = improved or _move_a_run(state, gpus)
 
 
 def _improve(state: _State, i: int, gpus: list[DeviceKey], n: int) -> bool:
@@ -105,6 +107,27 @@ def _improve(state: _State, i: int, gpus: list[DeviceKey], n: int) -> bool:
             continue
         if not (is_gpu(here) and is_gpu(there)) and unit.nbytes != other.nbytes:
             continue  # trading with an offloaded block: same bytes off the GPUs
+        if not (is_gpu(here) and is_gpu(there)) and unit.moved != other.moved:
+            continue  # ... and the same room held for it
         if state.attempt([(i, there), (j, here)]):
             return True
+    return False
+
+
+def _move_a_run(state: _State, gpus: list[DeviceKey]) -> bool:
+    """Move one run of consecutive blocks held on the same GPU to another GPU with room,
+    when that removes changes (``norm_out, proj_out`` to the GPU that ran the block
+    before them, say)."""
+    n = len(state.units)
+    start = 0
+    while start < n:
+        key = state.where[state.units[start]]
+        end = start + 1
+        while end < n and state.where[state.units[end]] == key:
+            end += 1
+        if is_gpu(key):
+            for other in gpus:
+                if other != key and state.attempt([(i, other) for i in range(start, end)]):
+                    return True
+        start = end
     return False

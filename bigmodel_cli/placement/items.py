@@ -8,7 +8,7 @@ one :class:`Placement` per part. Nothing here reads a file: a plan is data.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from bigmodel_cli.devices import DeviceKey, is_gpu
 
@@ -24,6 +24,14 @@ class Unit:
     prefixes: tuple[str, ...]
     nbytes: int
     kv: int = 0  # of nbytes, the KV cache of the layers in it (counted run time)
+    # bytes of its largest module's own tensors (derived: not part of its identity)
+    largest_module: int | None = field(default=None, compare=False)
+
+    @property
+    def moved(self) -> int:
+        """What running it offloaded needs on the GPU at once: accelerate's hooks bring an
+        offloaded block's weights over one module (its own tensors) at a time."""
+        return self.nbytes - self.kv if self.largest_module is None else self.largest_module
 
 
 @dataclass(frozen=True)
@@ -56,7 +64,7 @@ class Placement:
     device: DeviceKey
     units: tuple[tuple[Unit, DeviceKey], ...] = ()
     execution_device: int | None = None  # the GPU that runs its offloaded units
-    held: int = 0  # bytes kept free there for the largest offloaded unit
+    held: int = 0  # bytes kept free there for the largest module of the offloaded units
 
 
 @dataclass(frozen=True)
@@ -69,6 +77,11 @@ class Layout:
 
 
 # ---------------------------------------------------------------- room on devices
+
+
+def widest_gpu(bins: Sequence[Bin]) -> int | None:
+    """The largest GPU capacity (a block larger than this fits no GPU whole)."""
+    return max((b.capacity or 0 for b in bins if b.is_gpu), default=None)
 
 
 def room_of(bins: Sequence[Bin]) -> Room:

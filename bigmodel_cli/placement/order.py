@@ -5,7 +5,8 @@ its modules were registered, which is the order of its forward pass for the mode
 diffusers and transformers. Otherwise from the names: inputs first (embeddings,
 ``conv_in``, ``x_embedder``), then the numbered block lists (``down_blocks`` before
 ``mid_block`` before ``up_blocks``, ``transformer_blocks`` before
-``single_transformer_blocks``, encoder before decoder), each in numeric order, then the
+``single_transformer_blocks``, encoder before decoder), each in numeric order (inside a
+block, ``resnets`` and ``attentions`` alternate and the samplers come last), then the
 outputs (``norm_out``, ``conv_out``, ``proj_out``, ``lm_head``).
 """
 
@@ -27,6 +28,8 @@ _OUTPUT = re.compile(
 )
 # the stage of a block list by its name, for lists that run one after another
 _STAGES = (("down", 0), ("encoder", 0), ("mid", 1), ("up", 2), ("decoder", 2), ("single", 3))
+# inside a block: resnets and attentions alternate by index; the samplers come last
+_INNER = (("resnets", 0), ("attentions", 1), ("downsamplers", 9), ("upsamplers", 9))
 
 
 def _list_stage(name: str) -> int:
@@ -35,16 +38,30 @@ def _list_stage(name: str) -> int:
     return found[0] if found else 1
 
 
-def name_key(block: str) -> tuple[object, ...]:
-    """Sort key of a block (a dotted prefix) in the forward order guessed from names."""
-    parts = block.split(".")
+def _inner_rank(name: str) -> int:
+    return next((rank for word, rank in _INNER if name == word), 2)
+
+
+def _key(parts: list[str], top: bool) -> tuple[tuple[object, ...], ...]:
     numbered = next((i for i, p in enumerate(parts) if p.isdigit()), None)
     if numbered is None:
-        if _OUTPUT.search(block):
-            return (2, 0, natural_key(block))
-        return (0 if _INPUT.search(block) else 1, 1, natural_key(block))
-    owner = ".".join(parts[:numbered])
-    return (1, _list_stage(owner), natural_key(block))
+        text = ".".join(parts)
+        if _OUTPUT.search(text):
+            return ((2, 0, natural_key(text)),)
+        return ((0 if _INPUT.search(text) else 1, 1, natural_key(text)),)
+    owner, index = ".".join(parts[:numbered]), int(parts[numbered])
+    if top:  # lists run one after another: down_blocks, mid_block, up_blocks
+        head: tuple[object, ...] = (1, _list_stage(owner), natural_key(owner), index)
+    else:  # inside a block: resnets.0, attentions.0, resnets.1, ..., downsamplers.0
+        rank = _inner_rank(owner)
+        head = (1, rank // 9, index, rank, natural_key(owner))
+    rest = parts[numbered + 1 :]
+    return (head, *(_key(rest, False) if rest else ()))
+
+
+def name_key(block: str) -> tuple[tuple[object, ...], ...]:
+    """Sort key of a block (a dotted prefix) in the forward order guessed from names."""
+    return _key(block.split("."), True)
 
 
 def forward_order(units: Sequence[Unit], modules: Sequence[str] | None = None) -> tuple[Unit, ...]:
@@ -54,7 +71,7 @@ def forward_order(units: Sequence[Unit], modules: Sequence[str] | None = None) -
         index = {name: i for i, name in enumerate(modules)}
         last = len(index)
 
-        def place(prefix: str) -> tuple[int, tuple[object, ...]]:
+        def place(prefix: str) -> tuple[int, tuple[tuple[object, ...], ...]]:
             return (index.get(prefix, last), name_key(prefix))
 
         return tuple(sorted(units, key=lambda u: min(place(p) for p in u.prefixes)))

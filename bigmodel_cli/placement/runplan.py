@@ -11,7 +11,7 @@ from bigmodel_cli.devices import Budget
 from bigmodel_cli.formats.json import read_json_file
 from bigmodel_cli.placement.counted import DeviceUse, counted_part, device_use
 from bigmodel_cli.placement.file import Plan
-from bigmodel_cli.placement.items import Bin, Layout, Part
+from bigmodel_cli.placement.items import Bin, Layout, Part, widest_gpu
 from bigmodel_cli.placement.needs import Needs
 from bigmodel_cli.placement.strategies import STRATEGIES
 from bigmodel_cli.runtime.estimate import Estimate, estimate
@@ -41,6 +41,7 @@ def plan_counted(
             no_split,
             splits,
             shape.counted,
+            widest_gpu(bins),
         )
         for c in ckpt.components
     ]

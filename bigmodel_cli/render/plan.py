@@ -167,7 +167,7 @@ def _runner_clause(plan: Plan) -> str:
         return ""
     return (
         f"; they run on {device_label(plan.execution_device)}, which keeps "
-        f"{format_size(plan.held_for_offload)} free for the largest of them"
+        f"{format_size(plan.held_for_offload)} free for their largest module"
     )
 
 

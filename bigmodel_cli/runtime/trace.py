@@ -4,8 +4,10 @@ tensors (``FakeTensorMode``: shapes and dtypes, no memory), and called once on f
 while torch's ``MemTracker`` (``torch.distributed._tools.mem_tracker``) counts the bytes
 of live tensors. The activations are the peak less the weights.
 
-Building the model also tells the planner the order of its modules (the forward order
-for ``auto``) and which weights belong to linear layers (what ``--quantize`` replaces).
+Building the model also tells the planner which weights belong to linear layers (what
+``--quantize`` replaces), and tracing it the order in which its modules run (the forward
+order for ``auto``: registration order is not it, a UNet registers ``up_blocks`` before
+``mid_block``).
 torch and the libraries are imported here only, on first use.
 """
 
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from bigmodel_cli.runtime.calls import forward, make_inputs
@@ -25,8 +27,9 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Built:
-    """What building a component on the meta device tells: its modules in registration
-    order, the weights of its linear layers, and the modules the quantizers keep."""
+    """What building a component on the meta device tells: its modules (in the order they
+    ran when traced, else registered), the weights of its linear layers, and the modules
+    the quantizers keep."""
 
     order: tuple[str, ...]
     linears: frozenset[str]
@@ -82,19 +85,35 @@ def describe(model: Any) -> Built:
     )
 
 
-def activations(model: Any, kind: str, shapes: Mapping[str, Shape], dtype: torch.dtype) -> int:
+def activations(
+    model: Any, kind: str, shapes: Mapping[str, Shape], dtype: torch.dtype
+) -> tuple[int, tuple[str, ...]]:
     """Peak bytes of live tensors beyond the weights during one forward pass of ``model``
-    (built on meta) fed ``shapes``, traced on fake tensors."""
+    (built on meta) fed ``shapes``, traced on fake tensors; and its modules in the order
+    they first ran."""
     from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.nn.modules.module import register_module_forward_pre_hook
+
+    names = {id(mod): name for name, mod in model.named_modules() if name}
+    ran: dict[str, None] = {}
+
+    def seen(module: Any, args: Any) -> None:
+        name = names.get(id(module))
+        if name is not None:
+            ran.setdefault(name)
 
     with FakeTensorMode(allow_non_fake_inputs=True):
         fake = model.to_empty(device="cpu")
         tracker = _tracker()
         tracker.track_external(fake)
-        with tracker:
-            forward(kind, fake, make_inputs(shapes, dtype))
+        hook = register_module_forward_pre_hook(seen)
+        try:
+            with tracker:
+                forward(kind, fake, make_inputs(shapes, dtype))
+        finally:
+            hook.remove()
         peak = tracker.get_tracker_snapshot("peak")
-    return max((_beyond_weights(snap) for snap in peak.values()), default=0)
+    return max((_beyond_weights(snap) for snap in peak.values()), default=0), tuple(ran)
 
 
 def _beyond_weights(snapshot: Mapping[Any, int]) -> int:
@@ -126,4 +145,6 @@ def trace(
     kind = kind_of(m)
     if shapes is None or kind is None:
         return built, None
-    return built, activations(model, kind, shapes, dtype)
+    peak, ran = activations(model, kind, shapes, dtype)
+    order = ran + tuple(name for name in built.order if name not in set(ran))
+    return replace(built, order=order), peak
