@@ -117,3 +117,37 @@ def test_run_forward_reports_the_measured_peak_beside_the_estimate(tmp_path: Pat
     for name in ("unet", "vae", "text_encoder"):
         entry = forward_doc[name]
         _check(entry["estimate"], entry["peak"])
+
+
+@pytest.mark.parametrize("component", ["unet", "text_encoder"])
+def test_the_live_byte_count_is_torch_memtrackers_to_the_byte(component: str) -> None:
+    """The planner counts live tensors with a lean dispatch mode; torch's MemTracker,
+    which also snapshots every module, gives the same peak."""
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    from bigmodel_cli.runtime.estimate import model_of
+    from bigmodel_cli.runtime.inputs import kind_of
+    from bigmodel_cli.runtime.trace import activations, build
+
+    plan = make_plan(PIPELINE, max_memory="cpu=1GB", batch=2, height=64, width=64)
+    shapes = plan.needs[component].inputs
+    assert shapes is not None
+    from bigmodel_cli.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(PIPELINE)
+    m = model_of(ckpt, next(c for c in ckpt.components if c.name == component))
+    kind = kind_of(m)
+    assert kind is not None
+    ours, _ = activations(build(m, torch.float32), kind, shapes, torch.float32)
+    model = build(m, torch.float32)
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        fake = model.to_empty(device="cpu")
+        tracker = MemTracker()
+        tracker.track_external(fake)
+        with tracker:
+            forward(kind, fake, make_inputs(shapes, torch.float32))
+        (peak,) = tracker.get_tracker_snapshot("peak").values()
+    weights = sum(n for key, n in peak.items() if str(key).endswith(("PARAM", "BUFFER")))
+    assert ours == plan.needs[component].activations == peak["Total"] - weights
