@@ -20,7 +20,8 @@ from bigmodel_cli.runtime.shape import RunShape
 Shape = tuple[int, ...]
 LONG = frozenset({"input_ids"})  # token ids; every other input is floating
 FLOAT32 = frozenset({"timestep", "guidance"})  # floating inputs kept at float32
-DEFAULT_SAMPLE = 128  # latent side of Flux-style transformers without sample_size (diffusers)
+# the latent side of a denoiser whose config has no sample_size, as its pipeline defaults
+DEFAULT_SAMPLE = {"unet": 64, "unet3d": 64, "flux": 128}
 DEFAULT_FRAMES = 16
 MAX_DEFAULT_CONTEXT = 4096  # a causal LM's default context: its positions, at most this
 T5_TOKENS = 512  # Flux's max_sequence_length
@@ -87,7 +88,7 @@ def resolve(shape: RunShape, models: Mapping[str, Model], pipeline: str | None) 
     side = None
     for name, kind in kinds.items():
         if kind in ("unet", "unet3d", "flux"):
-            latent = _side(models[name].config.get("sample_size")) or DEFAULT_SAMPLE
+            latent = _side(models[name].config.get("sample_size")) or DEFAULT_SAMPLE[kind]
             side = latent * scale
             break
     else:
