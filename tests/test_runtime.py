@@ -160,7 +160,7 @@ def test_require_fit_fails_with_activations_and_passes_at_a_smaller_shape() -> N
     budget = ["--max-memory", "0=4.5MB", "--require-fit"]  # 4.05 MB of weights fit
     assert run_cli("plan", PIPELINE, *budget).code == 0
     big = run_cli("plan", PIPELINE, *budget, "--height", "256", "--width", "256")
-    assert_one_line_error(big, 3, "does not fit")
+    assert_one_line_error(big, 3, "does not fit", "unet", "with its run time")
     assert run_cli("plan", PIPELINE, *budget, "--height", "16", "--width", "16").code == 0
 
 

@@ -187,8 +187,12 @@ def _offload_reason(plan: Plan, name: str) -> str:
             f"and go to {' and '.join(map(str, hosts))}" + _runner_clause(plan)
         )
     where = plan.device_map[name]
+    needs = plan.needs.get(name)
+    run = (needs.activations or 0) + (needs.kv_cache or 0) if needs is not None else 0
     if plan.components[name] > widest:
         why = f"it is larger than any GPU ({format_size(widest)})"
+    elif plan.components[name] + run > widest:
+        why = f"with its run time ({format_size(run)}) it is larger than any GPU"
     else:
         free = max(((d.capacity or 0) - d.planned - d.held for d in plan.gpus), default=0)
         why = f"the GPUs have {format_size(max(free, 0))} left at most once larger parts are placed"

@@ -25,6 +25,7 @@ from bigmodel_cli.run.peak import measure_peak
 from bigmodel_cli.runtime.calls import forward, make_inputs
 from bigmodel_cli.runtime.estimate import model_of
 from bigmodel_cli.runtime.inputs import kind_of
+from bigmodel_cli.runtime.trace import quiet
 from bigmodel_cli.sizes import DType
 
 if TYPE_CHECKING:
@@ -63,7 +64,8 @@ def input_device(device_map: dict[str, DeviceKey]) -> str:
 
 def _library(name: str, component: str, class_name: str) -> Any:
     try:
-        module = importlib.import_module(name)
+        with quiet():  # the libraries' import-time warnings are not this run's
+            module = importlib.import_module(name)
     except ImportError:
         raise BigmodelError(
             f"--forward needs the {name} library to build {component} ({class_name}); "

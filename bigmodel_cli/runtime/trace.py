@@ -15,7 +15,10 @@ torch and the libraries are imported here only, on first use.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping, Sequence
+import logging
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -41,9 +44,31 @@ class LibraryMissing(Exception):
     """The component's library is not installed: no estimate."""
 
 
+# loggers that talk on import (bitsandbytes' CPU kernels, torchao through torch's pytree
+# registry, diffusers on torchao): the plan says what matters in its own words
+QUIET = ("torch", "bitsandbytes", "torchao", "diffusers", "transformers")
+
+
+@contextmanager
+def quiet() -> Iterator[None]:
+    """Third-party warnings and log lines held back (stderr stays the plan's own)."""
+    loggers = [logging.getLogger(name) for name in QUIET]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
 def library(name: str) -> Any:
     try:
-        module = importlib.import_module(name)
+        with quiet():
+            module = importlib.import_module(name)
     except ImportError:
         raise LibraryMissing(name) from None
     module.utils.logging.set_verbosity_error()
@@ -183,11 +208,12 @@ def trace(
     m: Model, dtype: torch.dtype, shapes: Mapping[str, Shape] | None
 ) -> tuple[Built, int | None]:
     """Build ``m`` on meta; its description and, when ``shapes`` are known, its activations."""
-    model = build(m, dtype)
-    built = describe(model)
-    kind = kind_of(m)
-    if shapes is None or kind is None:
-        return built, None
-    peak, ran = activations(model, kind, shapes, dtype)
+    with quiet():
+        model = build(m, dtype)
+        built = describe(model)
+        kind = kind_of(m)
+        if shapes is None or kind is None:
+            return built, None
+        peak, ran = activations(model, kind, shapes, dtype)
     order = ran + tuple(name for name in built.order if name not in set(ran))
     return replace(built, order=order), peak
