@@ -151,3 +151,21 @@ def test_the_live_byte_count_is_torch_memtrackers_to_the_byte(component: str) ->
         (peak,) = tracker.get_tracker_snapshot("peak").values()
     weights = sum(n for key, n in peak.items() if str(key).endswith(("PARAM", "BUFFER")))
     assert ours == plan.needs[component].activations == peak["Total"] - weights
+
+
+def test_the_forward_order_is_the_order_modules_run_not_their_registration() -> None:
+    """A UNet registers up_blocks before mid_block; traced, mid_block runs first."""
+    import torch
+
+    from bigmodel_cli.checkpoint import load_checkpoint
+    from bigmodel_cli.runtime.estimate import model_of
+    from bigmodel_cli.runtime.trace import build, trace
+
+    ckpt = load_checkpoint(PIPELINE)
+    m = model_of(ckpt, next(c for c in ckpt.components if c.name == "unet"))
+    registered = [name for name, _ in build(m, torch.float32).named_modules()]
+    assert registered.index("up_blocks") < registered.index("mid_block")
+    shapes = make_plan(PIPELINE, max_memory="cpu=1GB", runtime=True).needs["unet"].inputs
+    built, _ = trace(m, torch.float32, shapes)
+    assert built.order.index("mid_block") < built.order.index("up_blocks")
+    assert built.order.index("conv_out") > built.order.index("up_blocks.1")

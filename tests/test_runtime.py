@@ -16,7 +16,7 @@ from bigmodel_cli.errors import UsageError
 from bigmodel_cli.placement import make_plan
 from bigmodel_cli.placement.balanced import balanced
 from bigmodel_cli.placement.file import plan_from_json, read_plan
-from bigmodel_cli.placement.items import Bin, Part
+from bigmodel_cli.placement.items import Bin, Part, charge
 from bigmodel_cli.placement.strategies import sequential
 from bigmodel_cli.runtime.inputs import Model, Resolved, input_shapes
 from bigmodel_cli.runtime.kv import kv_bytes_per_layer
@@ -148,6 +148,23 @@ def test_balanced_counts_the_largest_activations_per_gpu_not_their_sum() -> None
     assert placed == {"a": 0, "b": 0}  # 4 + 2 + max(3, 2) = 9: they run in turn
     placed = {p.name: p.device for p in balanced(parts, [Bin(0, 8), Bin("cpu", None)]).placements}
     assert placed["a"] == 0 and placed["b"] == "cpu"
+
+
+def test_the_exact_search_also_counts_the_largest_activations_not_their_sum() -> None:
+    """diffusers' snake leaves a part off here; the search finds the one assignment that
+    fits, which exists only because activations do not add up."""
+    parts = [Part("a", 6, activations=2), Part("b", 2, activations=1)]
+    parts += [Part("c", 1, activations=2), Part("d", 1, activations=0)]
+    layout = balanced(parts, [Bin(0, 10), Bin(1, 4), Bin("cpu", None)])
+    assert all(isinstance(p.device, int) for p in layout.placements)
+
+
+def test_a_device_is_charged_for_the_largest_activations_it_runs() -> None:
+    room: dict[Any, int | None] = {0: 9}
+    peaks: dict[Any, int] = {}
+    charge(room, peaks, 0, Part("a", 4, activations=3))
+    charge(room, peaks, 0, Part("b", 2, activations=2))
+    assert room == {0: 0} and peaks == {0: 3}  # 4 + 2 weights, max(3, 2) activations
 
 
 def test_sequential_peak_counts_the_activations_of_the_component_moved() -> None:
