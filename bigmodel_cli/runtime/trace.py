@@ -96,12 +96,10 @@ def describe(model: Any) -> Built:
     import torch
 
     linear_types: tuple[type, ...] = (torch.nn.Linear,)
-    try:
+    if type(model).__module__.startswith("transformers."):
         from transformers.pytorch_utils import Conv1D  # GPT-2's linear layers
 
         linear_types += (Conv1D,)
-    except ImportError:
-        pass
     modules = list(model.named_modules())
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     return Built(
