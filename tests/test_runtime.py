@@ -20,7 +20,7 @@ from bigmodel_cli.placement.items import Bin, Part, charge
 from bigmodel_cli.placement.strategies import sequential
 from bigmodel_cli.runtime.inputs import Model, Resolved, input_shapes
 from bigmodel_cli.runtime.kv import kv_bytes_per_layer
-from bigmodel_cli.runtime.shape import parse_quantize
+from bigmodel_cli.runtime.shape import RunShape, parse_quantize
 from tests.helpers.checkpoints import llama_config
 from tests.helpers.cli import FIXTURES, assert_one_line_error, run_cli
 from tests.helpers.plans import hand_plan
@@ -91,6 +91,25 @@ def test_flux_style_inputs_are_packed_and_not_doubled() -> None:
     assert shapes["hidden_states"] == (2, 4 * 2, 16)  # latent 8x4, packed 2x2
     assert shapes["encoder_hidden_states"] == (2, 24, 32)
     assert shapes["img_ids"] == (8, 3) and shapes["guidance"] == (2,)
+
+
+def test_frames_feed_a_video_unet_and_its_vae_decodes_each_frame() -> None:
+    unet_cfg = {"in_channels": 4, "cross_attention_dim": 64, "sample_size": 32}
+    vae_cfg = {"latent_channels": 4, "block_out_channels": [8, 8, 8, 8]}
+    models = {
+        "unet": Model("unet", "diffusers", "UNet3DConditionModel", unet_cfg),
+        "vae": Model("vae", "diffusers", "AutoencoderKL", vae_cfg),
+    }
+    from bigmodel_cli.runtime.inputs import resolve
+
+    run = resolve(RunShape(True, batch=1, frames=8), models, "TextToVideoSDPipeline")
+    assert (run.height, run.frames, run.guidance) == (256, 8, True)
+    assert input_shapes(models["unet"], run, models, None) == {
+        "sample": (2, 4, 8, 32, 32),
+        "timestep": (2,),
+        "encoder_hidden_states": (2, 77, 64),
+    }
+    assert input_shapes(models["vae"], run, models, None) == {"latent": (8, 4, 32, 32)}
 
 
 # ---------------------------------------------------------------- KV cache
