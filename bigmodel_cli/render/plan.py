@@ -76,7 +76,7 @@ def _device_table(plan: Plan, device: DevicePlan) -> Table:
     for name, what, nbytes in _rows(plan, device):
         table.add_row(name, what, format_size(nbytes))
     if _peak_here(plan, device):
-        largest = max(plan.components, key=lambda n: plan.components[n])
+        largest = max(plan.components, key=lambda n: plan.components[n] + _run_time(plan, n))
         table.add_row(
             largest, "largest, while it runs (peak)", format_size(_peak_here(plan, device))
         )
@@ -151,13 +151,19 @@ def _note(note: str | None) -> str:
     return f" ({note})" if note else ""
 
 
+def _run_time(plan: Plan, name: str) -> int:
+    needs = plan.needs.get(name)
+    return (needs.activations or 0) + (needs.kv_cache or 0) if needs is not None else 0
+
+
 def _sequential_sentence(plan: Plan) -> str:
-    largest = max(plan.components, key=lambda n: plan.components[n])
+    largest = max(plan.components, key=lambda n: plan.components[n] + _run_time(plan, n))
     gpu = device_label(plan.execution_device) if plan.execution_device is not None else "GPU"
     verdict = "fits" if plan.peak_fits else "does not fit"
+    what = f"{largest} with its run time" if plan.runtime.counted else largest
     return (
         f"Sequential offload: every component stays on cpu and moves to {gpu} in turn; "
-        f"the peak, {format_size(plan.peak_gpu or 0)} ({largest} plus the reserve), "
+        f"the peak, {format_size(plan.peak_gpu or 0)} ({what} plus the reserve), "
         f"{verdict} there."
     )
 
@@ -187,8 +193,7 @@ def _offload_reason(plan: Plan, name: str) -> str:
             f"and go to {' and '.join(map(str, hosts))}" + _runner_clause(plan)
         )
     where = plan.device_map[name]
-    needs = plan.needs.get(name)
-    run = (needs.activations or 0) + (needs.kv_cache or 0) if needs is not None else 0
+    run = _run_time(plan, name)
     if plan.components[name] > widest:
         why = f"it is larger than any GPU ({format_size(widest)})"
     elif plan.components[name] + run > widest:
