@@ -8,6 +8,12 @@ Target: `bigmodel plan --json DIR --max-memory 0=2GB,1=2GB --dtype fp16 --strate
 takes at most 0.2x the whole-process time of the anchor, a child python that builds the
 UNet with `init_empty_weights` + `from_config` and calls accelerate's
 `infer_auto_device_map` with the same budget; and it does not import torch.
+
+With the run's shape (`--height 512 --width 512`: each component traced on fake tensors
+with its own library), the plan is compared with accelerate doing the same for the whole
+pipeline: the UNet, the VAE and the CLIP text encoder built on the meta device with
+diffusers and transformers and each mapped by `infer_auto_device_map`. Target: at most
+1.0x that anchor.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ from common import (  # noqa: E402
 )
 
 TARGET = 0.2
+TARGET_RUNTIME = 1.0
+SHAPE = ["--height", "512", "--width", "512"]
 REPEATS = 5
 BUDGET = "0=2GB,1=2GB"
 ANCHOR = """
@@ -46,6 +54,26 @@ device_map = infer_auto_device_map(
     dtype=torch.float16,
 )
 print(json.dumps({k: str(v) for k, v in device_map.items()}))
+"""
+ANCHOR_PIPELINE = """
+import sys
+import torch
+from accelerate import infer_auto_device_map, init_empty_weights
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel
+
+root = sys.argv[1]
+with init_empty_weights():
+    models = [
+        UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(root + "/unet")),
+        AutoencoderKL.from_config(AutoencoderKL.load_config(root + "/vae")),
+        CLIPTextModel(CLIPTextConfig.from_pretrained(root + "/text_encoder")),
+    ]
+for model in models:
+    infer_auto_device_map(
+        model, max_memory={0: "2GB", 1: "2GB"}, dtype=torch.float16,
+        no_split_module_classes=model._no_split_modules,
+    )
 """
 # Run in a child so that the parent never imports torch, diffusers or transformers.
 BUILD = """
@@ -118,16 +146,26 @@ def main() -> int:
         anchor = median_of([sys.executable, "-c", ANCHOR, str(root / "unet")], REPEATS)
         ours = median_of([BIGMODEL, *plan_args], REPEATS)
         split = median_of([BIGMODEL, *plan_args[:4], "0=1GB,1=1GB", *plan_args[5:]], REPEATS)
+        pipeline = median_of([sys.executable, "-c", ANCHOR_PIPELINE, str(root)], REPEATS)
+        shaped = median_of([BIGMODEL, *plan_args, *SHAPE], REPEATS)
         torch_imported = imports_torch(plan_args)
     print(table_header(f"plan (SD-1.5-sized pipeline, {size / 1e9:.2f} GB, median of {REPEATS})"))
     print(row("accelerate meta UNet + infer_auto_device_map", anchor))
     print(row(f"bigmodel plan --strategy auto {BUDGET}", ours, anchor))
     print(row("bigmodel plan --strategy auto 0=1GB,1=1GB (split)", split, anchor))
+    print(row("accelerate meta pipeline: 3 models + 3 maps", pipeline))
+    print(row(f"bigmodel plan --strategy auto {BUDGET} {' '.join(SHAPE)}", shaped, pipeline))
     ratio = ours.seconds / anchor.seconds
     print(f"\ntorch imported by plan --max-memory: {torch_imported}")
     ok = ratio <= TARGET and not torch_imported
     print(f"target plan <= {TARGET}x and no torch import: {'PASS' if ok else 'FAIL'}")
-    return 0 if ok else 1
+    shaped_ratio = shaped.seconds / pipeline.seconds
+    shaped_ok = shaped_ratio <= TARGET_RUNTIME
+    print(
+        f"target plan with the run's shape <= {TARGET_RUNTIME}x accelerate's pipeline: "
+        f"{'PASS' if shaped_ok else 'FAIL'} ({shaped_ratio:.2f}x)"
+    )
+    return 0 if ok and shaped_ok else 1
 
 
 if __name__ == "__main__":

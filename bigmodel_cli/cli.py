@@ -18,6 +18,17 @@ import typer
 
 from bigmodel_cli import __version__
 from bigmodel_cli import cli_ranks as ranks
+from bigmodel_cli import cli_runtime as po
+from bigmodel_cli.cli_options import (
+    DTypeOpt,
+    ForceOpt,
+    JsonOpt,
+    OfflineOpt,
+    OutputOpt,
+    RevisionOpt,
+    SourceArg,
+    VariantOpt,
+)
 from bigmodel_cli.errors import EXIT_BUG, EXIT_INTERRUPTED, BigmodelError
 from bigmodel_cli.placement.strategies import DEFAULT_STRATEGY, STRATEGIES
 from bigmodel_cli.sizes import DType, parse_size, parse_target_dtype
@@ -36,42 +47,6 @@ _state = {"debug": False}
 # ``--strategy`` values from the registry (an Enum, so that shell completion offers them)
 Strategy = Enum("Strategy", {name: name for name in STRATEGIES}, type=str)  # type: ignore[misc]
 STRATEGY_HELP = "; ".join(f"{s.name}: {s.help}" for s in STRATEGIES.values()) + "."
-
-SourceArg = Annotated[
-    str | None,
-    typer.Argument(
-        help="A .safetensors/.bin file, a model or pipeline folder, or a Hugging Face repo id "
-        "(org/name: the cache, else the Hub's headers). Default: the current folder.",
-        show_default=False,
-    ),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
-DTypeOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--dtype", help="Target dtype (fp32, fp16, bf16, fp8 ...); floating tensors only."
-    ),
-]
-VariantOpt = Annotated[
-    str | None, typer.Option("--variant", help="Diffusers weight variant, e.g. fp16.")
-]
-ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an existing OUT.")]
-RevisionOpt = Annotated[
-    str | None,
-    typer.Option("--revision", help="Hub repo ids: a branch, tag or commit (default: main)."),
-]
-OfflineOpt = Annotated[
-    bool,
-    typer.Option(
-        "--offline", help="Never ask the Hub (as HF_HUB_OFFLINE=1): use what is cached here."
-    ),
-]
-OutputOpt = Annotated[
-    str | None,
-    typer.Option(
-        "-o", "--output", help="Output folder. Default: beside SOURCE, SOURCE-sharded / -merged."
-    ),
-]
 
 
 def _dtype(text: str | None) -> DType | None:
@@ -215,10 +190,20 @@ def plan(
     nodes: ranks.NodesOpt = None,
     procs_per_node: ranks.ProcsOpt = None,
     json: JsonOpt = False,
+    batch: po.Batch = None,
+    height: po.Height = None,
+    width: po.Width = None,
+    frames: po.Frames = None,
+    context: po.Context = None,
+    runtime: po.Runtime = False,
+    quantize: po.Quantize = None,
+    no_quantize: po.NoQuantize = None,
+    double_quant: po.DoubleQuant = False,
 ) -> None:
     """Decide which device holds what, from headers alone (a Hub repo's too: no download).
 
-    Example: `bigmodel plan sdxl/ --max-memory 0=8GB,1=8GB --dtype fp16 -o plan.json`
+    Example: `bigmodel plan sdxl/ --max-memory 0=8GB,1=8GB --dtype fp16 -o plan.json`;
+    with activations at the run's shape: `... --batch 2 --height 1024 --width 1024`
     """
     from bigmodel_cli.placement import make_plan
     from bigmodel_cli.render.plan import render_plan
@@ -235,6 +220,7 @@ def plan(
         offline=offline,
         nodes=nodes,
         procs_per_node=procs_per_node,
+        **po.run_shape(locals()),  # --batch ... --double-quant
     )
     if output is not None:
         result = result.save(output)

@@ -101,6 +101,11 @@ def test_a_new_cycle_would_be_found() -> None:
         ("run", "render"),
         ("sharding", "run"),
         ("render", "cli"),
+        ("formats", "runtime"),
+        ("checkpoint", "runtime"),
+        ("runtime", "placement"),
+        ("runtime", "run"),
+        ("runtime", "render"),
     ],
 )
 def test_imports_point_one_way(lower: str, upper: str) -> None:

@@ -42,13 +42,23 @@ def test_json_document_shape() -> None:
     assert doc["device_map"] == {"text_encoder": 1, "unet": "split", "vae": 0}
     assert list(doc["component_maps"]) == ["unet"]
     assert doc["offloaded"] == ["unet"] and doc["fits"] is False
-    assert doc["components"] == {c.name: {"bytes": c.nbytes} for c in ckpt.components}
+    weights_only = {"activations": None, "kv_cache": None, "inputs": None}
+    assert doc["components"] == {
+        c.name: {"bytes": c.nbytes, **weights_only} for c in ckpt.components
+    }
+    assert doc["runtime"] == {
+        "counted": False,
+        "batch": 1,
+        **dict.fromkeys(("height", "width", "frames", "context")),
+        "quantize": {},
+    }
     assert doc["execution_device"] == 0 and doc["peak_gpu"] is None
     assert doc["held_for_offload"] == doc["devices"]["0"]["held"] > 0
     planned = sum(d["planned"] for d in doc["devices"].values())
     assert planned == sum(c.nbytes for c in ckpt.components)
     for key, entry in doc["devices"].items():
         assert key == "cpu" or entry["planned"] + entry["held"] <= entry["capacity"]
+        assert entry["weights"] == entry["planned"] and entry["runtime"] == 0
 
 
 def test_split_map_covers_every_tensor_once_with_module_prefixes() -> None:

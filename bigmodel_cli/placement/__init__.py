@@ -2,8 +2,10 @@
 (:mod:`.items`, :mod:`.units`), run a strategy from the registry (:mod:`.strategies`), and
 describe the result as a :class:`~.file.Plan` (:mod:`.file` writes and reads it).
 
-No model class is built and neither diffusers nor transformers is imported; torch is
-imported only to detect GPUs when ``--max-memory`` is not given.
+Weights-only plans build no model class and import neither diffusers nor transformers;
+torch is imported only to detect GPUs when ``--max-memory`` is not given. With the run's
+shape (``batch``, ``height`` ... or ``runtime=True``), activations and KV caches are
+estimated (:mod:`bigmodel_cli.runtime`) and counted (:mod:`.counted`).
 """
 
 from __future__ import annotations
@@ -16,10 +18,13 @@ from bigmodel_cli.devices import Budget, Device, DeviceKey, is_gpu, make_budget
 from bigmodel_cli.errors import UsageError
 from bigmodel_cli.formats.json import read_json_file
 from bigmodel_cli.placement.file import DevicePlan, Plan, plan_from_json, read_plan
-from bigmodel_cli.placement.items import Bin, Layout, Part, Placement
+from bigmodel_cli.placement.items import Bin, Layout, Part, Placement, widest_gpu
+from bigmodel_cli.placement.order import forward_order
 from bigmodel_cli.placement.ranks import RankRequest, plan_world
+from bigmodel_cli.placement.runplan import plan_counted
 from bigmodel_cli.placement.strategies import DEFAULT_STRATEGY, RANKS_STRATEGY, STRATEGIES
 from bigmodel_cli.placement.units import build_units
+from bigmodel_cli.runtime.shape import RunShape, parse_quantize
 from bigmodel_cli.sizes import DTYPES, DType, bytes_at, parse_target_dtype
 
 __all__ = ["STRATEGIES", "DevicePlan", "Plan", "make_plan", "plan_from_json", "read_plan"]
@@ -38,6 +43,15 @@ def make_plan(
     offline: bool = False,
     nodes: int | None = None,
     procs_per_node: int | None = None,
+    runtime: bool = False,
+    batch: int | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    frames: int | None = None,
+    context: int | None = None,
+    quantize: str | None = None,
+    no_quantize: Sequence[str] = (),
+    double_quant: bool = False,
 ) -> Plan:
     """Plan SOURCE (default: the current folder) on the devices of ``max_memory``
     (``"0=8GB,1=8GB,cpu=32GB"``; default: the GPUs and RAM found on this machine).
@@ -47,6 +61,10 @@ def make_plan(
 
     With ``nodes`` / ``procs_per_node`` (``--nodes``, ``--procs-per-node``) it plans over
     that many torchrun ranks, ``max_memory`` being one rank's budget (:mod:`.ranks`).
+
+    The run's shape (``batch``, ``height``, ``width``, ``frames``, ``context``, or
+    ``runtime=True`` for the defaults) makes the plan count activations and KV caches;
+    ``quantize`` (``"nf4"`` or ``"unet=int8,..."``) sizes linear weights as quantized.
     """
     over_ranks = nodes is not None or procs_per_node is not None
     strategy = strategy or (RANKS_STRATEGY if over_ranks else DEFAULT_STRATEGY)
@@ -56,27 +74,48 @@ def make_plan(
         )
     target = parse_target_dtype(dtype) if isinstance(dtype, str) else dtype
     path = None if source is None else os.fspath(source)
+    shaped = runtime or any(v is not None for v in (batch, height, width, frames, context))
     if over_ranks or STRATEGIES[strategy].over_ranks:  # torchrun ranks: placement/ranks.py
+        if shaped or quantize:
+            raise UsageError(
+                "run-shape flags and --quantize are not counted over torchrun ranks yet; "
+                "plan the ranks by weights (each rank's 'runtime' is 0)"
+            )
         request = RankRequest.parse(strategy, max_memory, reserve, nodes, procs_per_node)
         ckpt = load_checkpoint(path, variant, revision=revision, offline=offline)
         return plan_world(ckpt, request, target, no_split)
     budget = make_budget(max_memory, reserve)
     ckpt = load_checkpoint(path, variant, revision=revision, offline=offline)
     splits = STRATEGIES[strategy].splits_blocks
-    parts = [_part(c, target, no_split, with_units=splits) for c in ckpt.components]
+    shape = RunShape(
+        shaped,
+        1 if batch is None else batch,
+        height,
+        width,
+        frames,
+        context,
+        parse_quantize(quantize, [c.name for c in ckpt.components]),
+        tuple(no_quantize),
+        double_quant,
+    )
     bins = [Bin(d.key, d.capacity) for d in budget.devices]
+    if shape.counted or shape.quantize:
+        return plan_counted(ckpt, budget, strategy, target, shape, no_split, bins, _describe)
+    limit = widest_gpu(bins)
+    parts = [_part(c, target, no_split, splits, limit) for c in ckpt.components]
     layout = STRATEGIES[strategy].place(parts, bins)
     return _describe(ckpt, budget, strategy, target, parts, layout)
 
 
-def _part(c: Component, dtype: DType | None, no_split: Sequence[str], with_units: bool) -> Part:
+def _part(
+    c: Component, dtype: DType | None, no_split: Sequence[str], with_units: bool, limit: int | None
+) -> Part:
     sizes = [(t.name, bytes_at(DTYPES[t.dtype], t.numel, dtype)) for t in c.tensors]
     total = sum(n for _, n in sizes)
     if not with_units or c.name in no_split:
         return Part(c.name, total)
-    return Part(
-        c.name, total, build_units(sizes, read_json_file(c.folder / "config.json"), no_split)
-    )
+    units = build_units(sizes, read_json_file(c.folder / "config.json"), no_split, limit)
+    return Part(c.name, total, forward_order(units))
 
 
 def _describe(

@@ -7,7 +7,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from bigmodel_cli.devices import DeviceKey
-from bigmodel_cli.placement.items import Bin, Layout, Part, Placement, room_of, take, to_host
+from bigmodel_cli.placement.items import (
+    Bin,
+    Layout,
+    Part,
+    Peaks,
+    Placement,
+    charge,
+    extra,
+    room_of,
+    to_host,
+)
 
 SEARCH_LIMIT = 200_000  # nodes of the exact search before the best found so far is kept
 
@@ -25,14 +35,15 @@ def snake(parts: Sequence[Part], gpus: Sequence[Bin]) -> dict[str, DeviceKey]:
     """diffusers' pass: GPUs in the cycle 0,1,..,n-1,n-1,..,0; a component that does not fit
     the current GPU is left off (diffusers sends it to cpu) without advancing the cycle."""
     cycle = [*gpus, *reversed(gpus)]
-    room = {g.key: g.capacity or 0 for g in gpus}
+    room: dict[DeviceKey, int | None] = {g.key: g.capacity or 0 for g in gpus}
+    peaks: Peaks = {}
     placed: dict[str, DeviceKey] = {}
     turn = 0
     for part in parts if cycle else ():
         key = cycle[turn % len(cycle)].key
-        if part.nbytes <= room[key]:
+        if part.nbytes + extra(peaks, key, part.activations) <= (room[key] or 0):
             placed[part.name] = key
-            room[key] -= part.nbytes
+            charge(room, peaks, key, part)
             turn += 1
     return placed
 
@@ -40,13 +51,14 @@ def snake(parts: Sequence[Part], gpus: Sequence[Bin]) -> dict[str, DeviceKey]:
 def balanced(parts: Sequence[Part], bins: Sequence[Bin]) -> Layout:
     """Whole components to devices; every component appears exactly once."""
     room = room_of(bins)
+    peaks: Peaks = {}
     on_gpu = gpu_assignment(parts, bins)
     for part in parts:
         if part.name in on_gpu:
-            take(room, on_gpu[part.name], part.nbytes)
+            charge(room, peaks, on_gpu[part.name], part)
     hosts = [b.key for b in bins if not b.is_gpu]
     off = sorted((p for p in parts if p.name not in on_gpu), key=lambda p: p.nbytes, reverse=True)
-    devices = on_gpu | {p.name: to_host(room, hosts, p.nbytes) for p in off}
+    devices = on_gpu | {p.name: to_host(room, hosts, p.nbytes + p.activations) for p in off}
     return Layout(tuple(Placement(p.name, devices[p.name]) for p in parts))
 
 
@@ -70,12 +82,14 @@ class _Search:
 
     def __init__(self, order: list[Part], gpus: list[Bin], prefer: dict[str, DeviceKey]) -> None:
         self.sizes = [p.nbytes for p in order]
+        self.acts = [p.activations for p in order]
         self.names = [p.name for p in order]
         self.caps = [g.capacity or 0 for g in gpus]
         self.keys = [g.key for g in gpus]
         index = {g.key: i for i, g in enumerate(gpus)}
         self.prefer = [index.get(prefer[n]) if n in prefer else None for n in self.names]
-        self.used = [0] * len(gpus)
+        self.used = [0] * len(gpus)  # bytes, and the largest activations (peak) on each GPU
+        self.peak = [0] * len(gpus)
         self.choice = [-1] * len(order)  # GPU index, or -1: off the GPUs
         self.after = [sum(self.sizes[i:]) for i in range(len(order) + 1)]
         self.nodes = 0
@@ -88,13 +102,15 @@ class _Search:
 
     def _score(self, choice: list[int]) -> tuple[int, float]:
         used = [0] * len(self.caps)
+        peak = [0] * len(self.caps)
         off = 0
-        for size, j in zip(self.sizes, choice, strict=True):
+        for size, act, j in zip(self.sizes, self.acts, choice, strict=True):
             if j < 0:
                 off += size
             else:
                 used[j] += size
-        return off, (self._fill(used) if off else 0.0)
+                peak[j] = max(peak[j], act)
+        return off, (self._fill([u + p for u, p in zip(used, peak, strict=True)]) if off else 0.0)
 
     def _fill(self, used: list[int]) -> float:
         ratios = [
@@ -105,11 +121,12 @@ class _Search:
 
     def _bound(self, i: int, off: int) -> tuple[int, float]:
         """The best score any completion of the first ``i`` choices can reach."""
-        room = [c - u for c, u in zip(self.caps, self.used, strict=True)]
+        filled = [u + p for u, p in zip(self.used, self.peak, strict=True)]
+        room = [c - f for c, f in zip(self.caps, filled, strict=True)]
         widest = max(room, default=0)
         unfit = sum(s for s in self.sizes[i:] if s > widest)
         least_off = off + max(unfit, self.after[i] - sum(room), 0)
-        return least_off, (self._fill(self.used) if least_off else 0.0)
+        return least_off, (self._fill(filled) if least_off else 0.0)
 
     def _visit(self, i: int, off: int) -> bool:
         """Explore from component ``i``; True stops the search (optimum found or limit hit)."""
@@ -124,12 +141,15 @@ class _Search:
             return off == 0
         for j in self._choices(i):
             size = self.sizes[i]
+            peak = self.peak[j] if j >= 0 else 0
             if j >= 0:
                 self.used[j] += size
+                self.peak[j] = max(peak, self.acts[i])
             self.choice[i] = j
             stop = self._visit(i + 1, off + (size if j < 0 else 0))
             if j >= 0:
                 self.used[j] -= size
+                self.peak[j] = peak
             if stop:
                 return True
         return False
@@ -140,11 +160,12 @@ class _Search:
         order = ([first] if first is not None else []) + [
             j for j in range(len(self.caps)) if j != first
         ]
-        seen: set[tuple[int, int]] = set()
+        seen: set[tuple[int, int, int]] = set()
         found = []
         for j in order:
-            state = (self.caps[j], self.used[j])
-            if state not in seen and self.used[j] + self.sizes[i] <= self.caps[j]:
+            state = (self.caps[j], self.used[j], self.peak[j])
+            need = self.sizes[i] + max(0, self.acts[i] - self.peak[j])
+            if state not in seen and self.used[j] + self.peak[j] + need <= self.caps[j]:
                 seen.add(state)
                 found.append(j)
         return [*found, -1]

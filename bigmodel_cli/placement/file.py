@@ -18,8 +18,10 @@ from bigmodel_cli.devices import Device, DeviceKey, is_gpu, key_text, parse_devi
 from bigmodel_cli.errors import BigmodelError
 from bigmodel_cli.formats.json import parse_json_object, write_json_atomically
 from bigmodel_cli.placement.items import SPLIT
+from bigmodel_cli.placement.needs import Needs, needs_from_json, run_from_json, run_json
 from bigmodel_cli.placement.strategies import DEFAULT_STRATEGY, STRATEGIES
 from bigmodel_cli.placement.world import WorldPlan, world_from_json
+from bigmodel_cli.runtime.shape import RunShape
 from bigmodel_cli.sizes import DType, parse_dtype
 
 PLAN_VERSION = 1
@@ -35,6 +37,8 @@ class DevicePlan(Device):
 
     planned: int = 0
     held: int = 0  # kept free for offloaded blocks run here (auto)
+    weights: int | None = None  # of planned, weights (None: all of it, an older plan)
+    runtime: int = 0  # KV cache and activations counted here (runtime.counted)
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,8 @@ class Plan:
     path: Path | None = None  # the file it was read from or saved to
     notes: tuple[str, ...] = ()  # for people (where the figures came from); not in the file
     world: WorldPlan | None = None  # a plan over torchrun ranks (--nodes / --procs-per-node)
+    runtime: RunShape = field(default_factory=RunShape)  # the run's shape (plan --batch ...)
+    needs: Mapping[str, Needs] = field(default_factory=dict)  # activations, KV cache, inputs
 
     @property
     def gpus(self) -> tuple[DevicePlan, ...]:
@@ -109,6 +115,8 @@ class Plan:
                     "budget": d.budget,
                     "reserve": d.reserve,
                     "held": d.held,
+                    "weights": d.planned if d.weights is None else d.weights,
+                    "runtime": d.runtime,
                 }
                 for d in self.devices
             },
@@ -117,7 +125,11 @@ class Plan:
             "offloaded": list(self.offloaded),
             "fits": self.fits,
             "peak_fits": self.peak_fits,
-            "components": {name: {"bytes": n} for name, n in self.components.items()},
+            "components": {
+                name: {"bytes": n, **self.needs.get(name, Needs()).to_json()}
+                for name, n in self.components.items()
+            },
+            "runtime": run_json(self.runtime),
             "execution_device": self.execution_device,
             "peak_gpu": self.peak_gpu,
             "held_for_offload": self.held_for_offload,
@@ -220,6 +232,8 @@ def plan_from_json(doc: Mapping[str, Any], path: Path | None = None) -> Plan:
         skipped=tuple(str(n) for n in doc.get("skipped") or ()),
         path=path,
         world=world_from_json(doc, path),
+        runtime=run_from_json(doc.get("runtime"), path),
+        needs=_needs(doc.get("components"), path),
     )
 
 
@@ -272,7 +286,7 @@ def _devices(raw: Any, path: Path | None) -> tuple[DevicePlan, ...]:
             )
         budget = entry.get("budget", capacity)
         reserve = entry.get("reserve", 0)
-        held = entry.get("held", 0)
+        held, weights, runtime = (entry.get(k, 0) for k in ("held", "weights", "runtime"))
         devices.append(
             DevicePlan(
                 device_key(key, path),
@@ -280,6 +294,8 @@ def _devices(raw: Any, path: Path | None) -> tuple[DevicePlan, ...]:
                 reserve if _count(reserve) else 0,
                 planned,
                 held if _count(held) else 0,
+                weights if _count(weights) and "weights" in entry else None,
+                runtime if _count(runtime) else 0,
             )
         )
     return tuple(devices)
@@ -318,6 +334,12 @@ def _components(raw: Any, path: Path | None) -> dict[str, int]:
             raise BigmodelError(f"plan component {name!r} needs an integer 'bytes'", path)
         sizes[name] = nbytes
     return sizes
+
+
+def _needs(raw: Any, path: Path | None) -> dict[str, Needs]:
+    entries = raw.items() if isinstance(raw, dict) else ()
+    found = {n: needs_from_json(n, e, path) for n, e in entries if isinstance(e, dict)}
+    return {n: needs for n, needs in found.items() if needs is not None}
 
 
 def _split_bytes(raw: Any, path: Path | None) -> dict[str, dict[DeviceKey, int]]:

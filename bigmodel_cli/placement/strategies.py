@@ -25,7 +25,8 @@ def sequential(parts: Sequence[Part], bins: Sequence[Bin]) -> Layout:
     by_size = sorted(parts, key=lambda p: p.nbytes, reverse=True)
     devices = {p.name: to_host(room, hosts, p.nbytes) for p in by_size}
     runner = next((b.key for b in bins if is_gpu(b.key)), None)
-    peak = max((p.nbytes for p in parts), default=0) if runner is not None else None
+    largest = max((p.nbytes + p.activations for p in parts), default=0)
+    peak = largest if runner is not None else None
     return Layout(tuple(Placement(p.name, devices[p.name]) for p in parts), runner, peak)
 
 

@@ -11,7 +11,10 @@ the modules around them (``conv_in``, ``model.embed_tokens``, ``lm_head``), as
 - tied tensors share a device: transformers checkpoints saved with
   ``tie_word_embeddings`` hold no ``lm_head.weight``, yet ``from_pretrained(device_map=...)``
   needs ``lm_head`` on the device of the embedding it shares; T5's ``encoder.embed_tokens``
-  is ``shared``. Such blocks form one :class:`Unit`.
+  is ``shared``. Such blocks form one :class:`Unit`;
+- a block larger than ``limit`` (the widest GPU) fits no GPU whole, so it is split into
+  the blocks inside it (``down_blocks.2`` into ``down_blocks.2.attentions.0``, ...), as
+  accelerate descends into a module that does not fit, until each fits or is one module.
 """
 
 from __future__ import annotations
@@ -72,26 +75,65 @@ def build_units(
     tensors: Sequence[tuple[str, int]],
     config: Mapping[str, object] | None = None,
     no_split: Sequence[str] = (),
+    limit: int | None = None,
 ) -> tuple[Unit, ...]:
-    """Group ``(tensor name, bytes)`` into units in natural block order."""
+    """Group ``(tensor name, bytes)`` into units in natural block order; blocks larger than
+    ``limit`` are split into the blocks inside them."""
     ties = tied_names([n for n, _ in tensors], config)
     sizes = dict(tensors)
     names = list(sizes) + [tied for tied, _ in ties if tied not in sizes]
     blocks = {n: coarsen(b, no_split) for n, b in group_blocks(names).items()}
+    if limit is not None:
+        blocks = refine(blocks, sizes, limit, no_split)
     leader = {b: b for b in blocks.values()}
     for tied, source in ties:
         _join(leader, blocks[tied], blocks[source])
     members: dict[str, list[str]] = {}
     totals: dict[str, int] = {}
+    modules: dict[str, dict[str, int]] = {}  # root -> module -> bytes of its own tensors
     for name, block in blocks.items():
         root = _find(leader, block)
         if block not in members.setdefault(root, []):
             members[root].append(block)
         totals[root] = totals.get(root, 0) + sizes.get(name, 0)
+        module = modules.setdefault(root, {})
+        owner = name.rpartition(".")[0]
+        module[owner] = module.get(owner, 0) + sizes.get(name, 0)
     units = [
-        Unit(tuple(sorted(group, key=natural_key)), totals[root]) for root, group in members.items()
+        Unit(
+            tuple(sorted(group, key=natural_key)),
+            totals[root],
+            largest_module=max(modules[root].values(), default=0),
+        )
+        for root, group in members.items()
     ]
     return tuple(sorted(units, key=lambda u: natural_key(u.prefixes[0])))
+
+
+def refine(
+    blocks: Mapping[str, str], sizes: Mapping[str, int], limit: int, no_split: Sequence[str]
+) -> dict[str, str]:
+    """Tensor -> block, with every block over ``limit`` split into the blocks inside it
+    (repeatedly), unless --no-split names it or it holds tensors of its own."""
+    found = dict(blocks)
+    while True:
+        totals: dict[str, int] = {}
+        members: dict[str, list[str]] = {}
+        for name, block in found.items():
+            totals[block] = totals.get(block, 0) + sizes.get(name, 0)
+            members.setdefault(block, []).append(name)
+        changed = False
+        for block, total in totals.items():
+            inner = [n[len(block) + 1 :] for n in members[block]]
+            if total <= limit or any(block == p or block.startswith(p + ".") for p in no_split):
+                continue
+            if any("." not in rest for rest in inner):
+                continue  # a module with tensors of its own: not split further
+            for name, sub in zip(members[block], group_blocks(inner).values(), strict=True):
+                found[name] = f"{block}.{sub}"
+            changed = True
+        if not changed:
+            return found
 
 
 def _find(leader: dict[str, str], block: str) -> str:

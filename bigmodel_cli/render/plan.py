@@ -41,6 +41,8 @@ def _print_human(plan: Plan, output: str | None) -> None:
         console.print(_device_table(plan, device))
     if plan.world is None:
         console.print(summary(plan))
+    for line in runtime_lines(plan):
+        console.print(line, markup=False)
     for note in plan.notes:
         console.print(note, markup=False)
     if output is not None:
@@ -54,13 +56,19 @@ def _device_line(plan: Plan, device: DevicePlan) -> str:
     room = "unlimited" if capacity is None else format_size(capacity)
     reserve = f" (reserve {format_size(device.reserve)} held back)" if device.reserve else ""
     fill = f"{bar(used, capacity)}  " if capacity is not None else ""
-    return f"{device.label}  {fill}{format_size(used)} of {room}{reserve}"
+    split = ""
+    if plan.runtime.counted:
+        weights = device.planned - device.runtime
+        split = f" (weights {format_size(weights)}, run time {format_size(device.runtime)})"
+    return f"{device.label}  {fill}{format_size(used)} of {room}{split}{reserve}"
 
 
 def _peak_here(plan: Plan, device: DevicePlan) -> int:
     """Sequential offload: the largest component, while it runs on the execution GPU."""
     if not STRATEGIES[plan.strategy].reports_peak or device.key != plan.execution_device:
         return 0
+    if plan.peak_gpu is not None:  # the largest component with its run time, if counted
+        return max(plan.peak_gpu - device.reserve, 0)
     return max(plan.components.values(), default=0)
 
 
@@ -72,12 +80,14 @@ def _device_table(plan: Plan, device: DevicePlan) -> Table:
     for name, what, nbytes in _rows(plan, device):
         table.add_row(name, what, format_size(nbytes))
     if _peak_here(plan, device):
-        largest = max(plan.components, key=lambda n: plan.components[n])
+        largest = max(plan.components, key=lambda n: plan.components[n] + _run_time(plan, n))
         table.add_row(
             largest, "largest, while it runs (peak)", format_size(_peak_here(plan, device))
         )
     if device.held:
         table.add_row("", "held for offloaded blocks", format_size(device.held))
+    if device.runtime:
+        table.add_row("", "run time: KV cache, largest activations", format_size(device.runtime))
     if not table.row_count:
         table.add_row("-", "nothing planned here", "")
     return table
@@ -124,13 +134,42 @@ def summary(plan: Plan) -> str:
     return "; ".join(_offload_reason(plan, name) for name in plan.offloaded) + "."
 
 
+def runtime_lines(plan: Plan) -> list[str]:
+    """What the run's shape added, and which components have no estimate and why."""
+    run = plan.runtime
+    if not run.counted:
+        return []
+    side = f", {run.height}x{run.width} px" if run.height and run.width else ""
+    frames = f", {run.frames} frames" if run.frames else ""
+    context = f", {run.context} tokens" if run.context else ""
+    lines = [f"Counted run time: batch {run.batch}{side}{frames}{context}."]
+    for name, needs in plan.needs.items():
+        parts = []
+        if needs.activations is not None:
+            parts.append(f"activations {format_size(needs.activations)}")
+        if needs.kv_cache is not None:
+            parts.append(f"KV cache {format_size(needs.kv_cache)}")
+        lines.append(f"  {name}: " + (", ".join(parts) or "-") + _note(needs.note))
+    return lines
+
+
+def _note(note: str | None) -> str:
+    return f" ({note})" if note else ""
+
+
+def _run_time(plan: Plan, name: str) -> int:
+    needs = plan.needs.get(name)
+    return (needs.activations or 0) + (needs.kv_cache or 0) if needs is not None else 0
+
+
 def _sequential_sentence(plan: Plan) -> str:
-    largest = max(plan.components, key=lambda n: plan.components[n])
+    largest = max(plan.components, key=lambda n: plan.components[n] + _run_time(plan, n))
     gpu = device_label(plan.execution_device) if plan.execution_device is not None else "GPU"
     verdict = "fits" if plan.peak_fits else "does not fit"
+    what = f"{largest} with its run time" if plan.runtime.counted else largest
     return (
         f"Sequential offload: every component stays on cpu and moves to {gpu} in turn; "
-        f"the peak, {format_size(plan.peak_gpu or 0)} ({largest} plus the reserve), "
+        f"the peak, {format_size(plan.peak_gpu or 0)} ({what} plus the reserve), "
         f"{verdict} there."
     )
 
@@ -140,7 +179,7 @@ def _runner_clause(plan: Plan) -> str:
         return ""
     return (
         f"; they run on {device_label(plan.execution_device)}, which keeps "
-        f"{format_size(plan.held_for_offload)} free for the largest of them"
+        f"{format_size(plan.held_for_offload)} free for their largest module"
     )
 
 
@@ -160,8 +199,11 @@ def _offload_reason(plan: Plan, name: str) -> str:
             f"and go to {' and '.join(map(str, hosts))}" + _runner_clause(plan)
         )
     where = plan.device_map[name]
+    run = _run_time(plan, name)
     if plan.components[name] > widest:
         why = f"it is larger than any GPU ({format_size(widest)})"
+    elif plan.components[name] + run > widest:
+        why = f"with its run time ({format_size(run)}) it is larger than any GPU"
     else:
         free = max(((d.capacity or 0) - d.planned - d.held for d in plan.gpus), default=0)
         why = f"the GPUs have {format_size(max(free, 0))} left at most once larger parts are placed"

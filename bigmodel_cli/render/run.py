@@ -55,6 +55,8 @@ def run_doc(r: RunReport) -> dict[str, Any]:
                 "output_shape": None if f.output_shape is None else list(f.output_shape),
                 "seconds": round(f.seconds, 6),
                 "skipped": f.skipped,
+                "peak": f.peak,
+                "estimate": f.estimate,
             }
             for f in r.forward
         },
@@ -103,12 +105,14 @@ def render_run(report: RunReport, as_json: bool) -> None:
 
     if report.forward:
         fwd = Table(title="forward pass", title_justify="left")
-        for col in ("component", "class", "output shape", "time"):
-            fwd.add_column(col, justify="right" if col == "time" else "left")
+        for col in ("component", "class", "output shape", "peak", "plan's estimate", "time"):
+            fwd.add_column(col, justify="left" if col in ("component", "class") else "right")
         for f in report.forward:
             shape = f"({', '.join(map(str, f.output_shape))})" if f.output_shape else "-"
             time = f"{f.seconds:.3f} s" if f.skipped is None else f"skipped: {f.skipped}"
-            fwd.add_row(f.component, f.class_name or "-", shape, time)
+            fwd.add_row(
+                f.component, f.class_name or "-", shape, _opt(f.peak), _opt(f.estimate), time
+            )
         console.print(fwd)
 
     tensors = sum(c.tensors for c in report.components)

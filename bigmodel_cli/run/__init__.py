@@ -146,7 +146,9 @@ def _device_runs(plan: Plan, acc: Loaded) -> tuple[DeviceRun, ...]:
             allocated = int(torch.cuda.memory_allocated(dev))
             peak = int(torch.cuda.max_memory_allocated(dev))
         device = plan.device(dev)
-        planned = device.planned if device is not None else 0
+        planned = 0  # what is loaded here is weights: a plan's run time is not loaded
+        if device is not None:
+            planned = device.planned if device.weights is None else device.weights
         runs.append(DeviceRun(dev, planned, loaded, allocated, peak, acc.seconds.get(dev, 0.0)))
     return tuple(runs)
 

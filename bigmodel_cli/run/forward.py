@@ -20,8 +20,12 @@ from typing import TYPE_CHECKING, Any
 from bigmodel_cli.checkpoint import Checkpoint, Component
 from bigmodel_cli.devices import DeviceKey, is_gpu, torch_device
 from bigmodel_cli.errors import BigmodelError
-from bigmodel_cli.formats.json import read_json_file
 from bigmodel_cli.placement.file import Plan
+from bigmodel_cli.run.peak import measure_peak
+from bigmodel_cli.runtime.calls import forward, make_inputs
+from bigmodel_cli.runtime.estimate import model_of
+from bigmodel_cli.runtime.inputs import kind_of
+from bigmodel_cli.runtime.trace import quiet
 from bigmodel_cli.sizes import DType
 
 if TYPE_CHECKING:
@@ -42,22 +46,14 @@ class ForwardResult:
     output_shape: tuple[int, ...] | None
     seconds: float
     skipped: str | None = None
+    peak: int | None = None  # bytes the pass allocated above its weights (measured)
+    estimate: int | None = None  # the plan's activations for it (at the plan's inputs)
 
 
 def model_class(ckpt: Checkpoint, c: Component) -> tuple[str, str] | None:
     """(library, class) from the pipeline's model_index.json entry, else config.json."""
-    if c.library is not None:
-        return c.library
-    if ckpt.kind == "file":
-        return None
-    config = read_json_file(c.folder / "config.json") or {}
-    name = config.get("_class_name")
-    if isinstance(name, str):
-        return ("diffusers", name)
-    archs = config.get("architectures")
-    if isinstance(archs, list) and archs and isinstance(archs[0], str):
-        return ("transformers", archs[0])
-    return None
+    m = model_of(ckpt, c)
+    return (m.library, m.class_name) if m.library and m.class_name else None
 
 
 def input_device(device_map: dict[str, DeviceKey]) -> str:
@@ -68,7 +64,8 @@ def input_device(device_map: dict[str, DeviceKey]) -> str:
 
 def _library(name: str, component: str, class_name: str) -> Any:
     try:
-        module = importlib.import_module(name)
+        with quiet():  # the libraries' import-time warnings are not this run's
+            module = importlib.import_module(name)
     except ImportError:
         raise BigmodelError(
             f"--forward needs the {name} library to build {component} ({class_name}); "
@@ -161,12 +158,12 @@ def _sync() -> None:
 
 
 def _forward_one(
+    ckpt: Checkpoint,
     c: Component,
     library: str,
     class_name: str,
     plan: Plan,
     dtype: DType | None,
-    variant: str | None,
 ) -> ForwardResult:
     import torch
 
@@ -180,8 +177,8 @@ def _forward_one(
     kwargs: dict[str, Any] = {"device_map": device_map}
     if dtype is not None:
         kwargs[_dtype_kwarg(library, module)] = getattr(torch, dtype.name)
-    if variant is not None:
-        kwargs["variant"] = variant
+    if ckpt.variant is not None:
+        kwargs["variant"] = ckpt.variant
     offload = (
         Path(tempfile.mkdtemp(prefix="bigmodel-offload-"))
         if "disk" in device_map.values()
@@ -189,12 +186,21 @@ def _forward_one(
     )
     if offload is not None:
         kwargs["offload_folder"] = str(offload)
+    needs = plan.needs.get(c.name)
+    shapes = needs.inputs if needs is not None else None
+    kind = kind_of(model_of(ckpt, c))
     try:
         model = cls.from_pretrained(str(c.folder), **kwargs).eval()
         _sync()
         start = time.perf_counter()
-        with torch.no_grad():
-            out = _call(library, class_name, model, input_device(device_map))
+        device = input_device(device_map)
+        if shapes and kind is not None:  # the plan's inputs: its estimate, measured
+            fed = make_inputs(shapes, model.dtype, device)
+            out, peak = measure_peak(lambda: forward(kind, model, fed), _gpus(device_map))
+        else:
+            with torch.no_grad():
+                out = _call(library, class_name, model, device)
+            peak = None
         _sync()
         seconds = time.perf_counter() - start
     except BigmodelError:
@@ -209,7 +215,14 @@ def _forward_one(
         return ForwardResult(
             c.name, library, class_name, None, 0.0, f"no dummy inputs known for {class_name}"
         )
-    return ForwardResult(c.name, library, class_name, tuple(out.shape), seconds)
+    estimate = needs.activations if needs is not None else None
+    return ForwardResult(
+        c.name, library, class_name, tuple(out.shape), seconds, None, peak, estimate
+    )
+
+
+def _gpus(device_map: dict[str, DeviceKey]) -> list[int]:
+    return sorted({d for d in device_map.values() if is_gpu(d)})
 
 
 def run_forward(ckpt: Checkpoint, plan: Plan, dtype: DType | None) -> tuple[ForwardResult, ...]:
@@ -230,7 +243,7 @@ def run_forward(ckpt: Checkpoint, plan: Plan, dtype: DType | None) -> tuple[Forw
             why = f"{library} is not a library --forward knows ({', '.join(LIBRARIES)})"
             results.append(ForwardResult(c.name, library, class_name, None, 0.0, why))
             continue
-        results.append(_forward_one(c, library, class_name, plan, dtype, ckpt.variant))
+        results.append(_forward_one(ckpt, c, library, class_name, plan, dtype))
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

@@ -1,0 +1,102 @@
+"""Plans that count the run: the planner's items from a run-time estimate
+(:mod:`bigmodel_cli.runtime.estimate`), and what the layout puts on each device.
+
+A part's bytes are its weights (after ``--dtype`` and ``--quantize``) plus its KV cache,
+each layer's share in the unit of that layer; its activations are counted on the devices
+that execute it: the device of a whole component, every GPU holding blocks of a split one
+and the GPU that runs its offloaded blocks, the execution GPU under ``sequential``. The
+components of a pipeline run in turn, so a device needs room for the largest
+activations among those it runs, not their sum.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+
+from bigmodel_cli.devices import DeviceKey, is_gpu
+from bigmodel_cli.placement.items import Layout, Part, Placement, Unit
+from bigmodel_cli.placement.order import forward_order
+from bigmodel_cli.placement.units import build_units
+from bigmodel_cli.runtime.estimate import ComponentRuntime, Estimate
+
+
+@dataclass(frozen=True)
+class DeviceUse:
+    """What a layout puts on one device: weights, and run time (KV cache, activations)."""
+
+    weights: int = 0
+    runtime: int = 0
+
+
+def counted_part(
+    runtime: ComponentRuntime,
+    config: Mapping[str, object] | None,
+    no_split: Sequence[str],
+    with_units: bool,
+    counted: bool,
+    limit: int | None = None,
+) -> Part:
+    """The planner's part for a component: weights (+ KV cache when ``counted``), its
+    units in forward order (the class's when it was built), its activations."""
+    kv_total = runtime.kv.total if counted and runtime.kv else 0
+    activations = (runtime.activations or 0) if counted else 0
+    nbytes = runtime.weight_bytes + kv_total
+    if not with_units or runtime.name in no_split:
+        return Part(runtime.name, nbytes, activations=activations)
+    units = build_units(list(runtime.weights), config, no_split, limit)
+    if counted and runtime.kv is not None:
+        units = _with_kv(units, runtime.kv.layers, runtime.kv.per_layer)
+    return Part(runtime.name, nbytes, forward_order(units, runtime.order), activations)
+
+
+def _with_kv(units: Sequence[Unit], layers: Sequence[str], per_layer: int) -> tuple[Unit, ...]:
+    """Each unit with the KV cache of the layers it holds."""
+    wanted = set(layers)
+    found = []
+    for u in units:
+        kv = per_layer * sum(1 for p in u.prefixes if p in wanted)
+        found.append(replace(u, nbytes=u.nbytes + kv, kv=kv) if kv else u)
+    return tuple(found)
+
+
+def execution_devices(p: Placement, runner: DeviceKey | None, peak_style: bool) -> set[DeviceKey]:
+    """Where a component's forward pass runs (``peak_style``: moved to ``runner`` in turn)."""
+    if peak_style and runner is not None:
+        return {runner}
+    if not p.units:
+        return {p.device}
+    gpus: set[DeviceKey] = {d for _, d in p.units if is_gpu(d)}
+    if p.execution_device is not None:
+        gpus.add(p.execution_device)
+    return gpus or {next(d for _, d in p.units)}
+
+
+def device_use(
+    layout: Layout, parts: Sequence[Part], estimate: Estimate, peak_style: bool
+) -> dict[DeviceKey, DeviceUse]:
+    """Weights and run-time bytes per device under ``layout``."""
+    by_name = {p.name: p for p in parts}
+    weights: dict[DeviceKey, int] = {}
+    kv: dict[DeviceKey, int] = {}
+    acts: dict[DeviceKey, int] = {}
+    counted = estimate.shape.counted
+    for placement in layout.placements:
+        part = by_name[placement.name]
+        comp = estimate.components[placement.name]
+        if placement.units:
+            for unit, key in placement.units:
+                weights[key] = weights.get(key, 0) + unit.nbytes - unit.kv
+                kv[key] = kv.get(key, 0) + unit.kv
+        else:
+            weights[placement.device] = weights.get(placement.device, 0) + comp.weight_bytes
+            kv[placement.device] = kv.get(placement.device, 0) + part.nbytes - comp.weight_bytes
+        if not counted or peak_style:  # sequential: its peak_gpu counts them
+            continue
+        for key in execution_devices(placement, layout.execution_device, peak_style):
+            acts[key] = max(acts.get(key, 0), part.activations)
+    keys = set(weights) | set(kv) | set(acts)
+    return {
+        k: DeviceUse(weights.get(k, 0), kv.get(k, 0) + acts.get(k, 0) if counted else 0)
+        for k in keys
+    }

@@ -1,0 +1,171 @@
+"""What each component needs at run time: weights after ``--dtype`` and ``--quantize``, one
+forward pass's activations at the run's shape, and a causal LM's KV cache.
+
+Weights and the KV cache come from headers and configs (pure); activations are traced
+with the component's library (:mod:`.trace`), which is imported only when the run's shape
+is counted. A component whose library is missing, or whose class this does not know how
+to feed, gets no estimate and a note saying so and how to get one.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from bigmodel_cli.checkpoint import Checkpoint, Component
+from bigmodel_cli.formats.json import read_json_file
+from bigmodel_cli.runtime.inputs import Model, Resolved, Shape, input_shapes, resolve
+from bigmodel_cli.runtime.kv import KVCache, kv_cache
+from bigmodel_cli.runtime.quantize import HEADS, Tensor, weight_sizes
+from bigmodel_cli.runtime.shape import RunShape
+from bigmodel_cli.sizes import DTYPES, DType
+
+LIBRARIES = ("diffusers", "transformers")
+
+
+@dataclass(frozen=True)
+class ComponentRuntime:
+    """One component at run time. ``weights``: bytes per tensor as planned."""
+
+    name: str
+    weights: tuple[tuple[str, int], ...]
+    activations: int | None = None
+    kv: KVCache | None = None
+    inputs: Mapping[str, Shape] | None = None
+    order: tuple[str, ...] | None = None  # its modules in the class's order (forward order)
+    method: str | None = None  # --quantize
+    note: str | None = None  # why there is no activation estimate
+
+    @property
+    def weight_bytes(self) -> int:
+        return sum(n for _, n in self.weights)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    shape: RunShape
+    resolved: Resolved | None
+    components: Mapping[str, ComponentRuntime] = field(default_factory=dict)
+
+
+def model_of(ckpt: Checkpoint, c: Component) -> Model:
+    """The component's library, class and config (``model_index.json``, else ``config.json``)."""
+    config = (read_json_file(c.folder / "config.json") if ckpt.kind != "file" else None) or {}
+    library: str | None = c.library[0] if c.library else None
+    class_name: str | None = c.library[1] if c.library else None
+    named = config.get("_class_name")
+    if class_name is None and isinstance(named, str):
+        library, class_name = "diffusers", named
+    archs = config.get("architectures")
+    if class_name is None and isinstance(archs, list) and archs and isinstance(archs[0], str):
+        library, class_name = "transformers", archs[0]
+    return Model(c.name, library, class_name, config)
+
+
+def compute_dtype(c: Component, target: DType | None) -> DType:
+    """What the component computes in: ``--dtype``, else its most common floating dtype."""
+    if target is not None:
+        return target
+    widths: Counter[str] = Counter()
+    for t in c.tensors:
+        if DTYPES[t.dtype].floating:
+            widths[t.dtype] += t.nbytes
+    return DTYPES[widths.most_common(1)[0][0]] if widths else DTYPES["F32"]
+
+
+def estimate(ckpt: Checkpoint, shape: RunShape, target: DType | None) -> Estimate:
+    """Every component's :class:`ComponentRuntime` at ``shape``."""
+    models = {c.name: model_of(ckpt, c) for c in ckpt.components}
+    pipeline = _pipeline_class(ckpt)
+    resolved = resolve(shape, models, pipeline) if shape.counted else None
+    found = {}
+    for c in ckpt.components:
+        m = models[c.name]
+        found[c.name] = _component(c, m, shape, resolved, models, target)
+    return Estimate(shape, resolved, found)
+
+
+def _pipeline_class(ckpt: Checkpoint) -> str | None:
+    if ckpt.kind != "pipeline":
+        return None
+    index = read_json_file(ckpt.root / "model_index.json") or {}
+    name = index.get("_class_name")
+    return name if isinstance(name, str) else None
+
+
+@dataclass(frozen=True)
+class _Traced:
+    """What building (and tracing) a component told."""
+
+    linears: frozenset[str] | None = None  # None: judge linear layers from the names
+    keep: frozenset[str] = HEADS
+    order: tuple[str, ...] | None = None
+    activations: int | None = None
+    inputs: Mapping[str, Shape] | None = None
+    note: str | None = None
+
+
+def _component(
+    c: Component,
+    m: Model,
+    shape: RunShape,
+    run: Resolved | None,
+    models: Mapping[str, Model],
+    target: DType | None,
+) -> ComponentRuntime:
+    method = shape.method(c.name)
+    dtype = compute_dtype(c, target)
+    tensors = [Tensor(t.name, t.dtype, t.shape) for t in c.tensors]
+    traced = _traced(m, run, models, dtype) if run is not None else _Traced()
+    weights = weight_sizes(
+        tensors,
+        target,
+        method,
+        linears=traced.linears,
+        skip=traced.keep | HEADS,
+        no_quantize=shape.no_quantize,
+        double_quant=shape.double_quant,
+    )
+    kv = None
+    if run is not None:
+        context = run.context or 1
+        kv = kv_cache(m.config, [t.name for t in tensors], context, run.batch, dtype.bits // 8)
+    return ComponentRuntime(
+        c.name,
+        tuple(weights),
+        traced.activations,
+        kv,
+        traced.inputs,
+        traced.order,
+        method,
+        traced.note,
+    )
+
+
+def _traced(m: Model, run: Resolved, models: Mapping[str, Model], dtype: DType) -> _Traced:
+    """Build (and trace) ``m``; without its library or class, a note saying so."""
+    from bigmodel_cli.runtime.trace import LibraryMissing, trace
+
+    shapes = input_shapes(m, run, models, run.context)
+    if m.library is None or m.class_name is None:
+        return _Traced(inputs=shapes, note="no model class named in its config")
+    if m.library not in LIBRARIES:
+        note = f"{m.library} is not a library bigmodel traces ({', '.join(LIBRARIES)})"
+        return _Traced(inputs=shapes, note=note)
+    try:
+        import torch
+
+        built, activations = trace(m, getattr(torch, dtype.name), shapes)
+    except LibraryMissing:
+        how = f"pip install 'bigmodel-cli[{m.library}]'"
+        note = f"{m.library} is not installed: no activation estimate ({how} for one)"
+        return _Traced(inputs=shapes, note=note)
+    except Exception as exc:  # a library's refusal, as one line
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        note = f"{m.class_name} could not be traced ({reason}): no activation estimate"
+        return _Traced(inputs=shapes, note=note)
+    if shapes is None:
+        note = f"no input shapes known for {m.class_name}: no activation estimate"
+        return _Traced(built.linears, built.keep, built.order, note=note)
+    return _Traced(built.linears, built.keep, built.order, activations, shapes)

@@ -1,0 +1,70 @@
+"""The run's shape: ``--batch``, ``--height``/``--width``, ``--frames``, ``--context``, and how
+weights are quantized (``--quantize``, ``--no-quantize``, ``--double-quant``). Pure data."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from bigmodel_cli.errors import UsageError
+
+METHODS = ("int8", "nf4", "fp4", "fp8")
+
+
+@dataclass(frozen=True)
+class RunShape:
+    """What one run of the model looks like. ``counted``: activations and KV cache are
+    estimated and counted by the planner (a run-shape flag or ``--runtime`` was given)."""
+
+    counted: bool = False
+    batch: int = 1
+    height: int | None = None
+    width: int | None = None
+    frames: int | None = None
+    context: int | None = None
+    quantize: Mapping[str, str] = field(default_factory=dict)  # component -> METHOD
+    no_quantize: tuple[str, ...] = ()  # tensor-name prefixes kept at --dtype
+    double_quant: bool = False
+
+    def __post_init__(self) -> None:
+        sizes = {"--batch": self.batch, "--height": self.height, "--width": self.width}
+        sizes |= {"--frames": self.frames, "--context": self.context}
+        for flag, value in sizes.items():
+            if value is not None and value < 1:
+                raise UsageError(f"invalid {flag} {value}: expected a positive whole number")
+
+    def method(self, component: str) -> str | None:
+        return self.quantize.get(component)
+
+
+def parse_quantize(text: str | None, components: Sequence[str]) -> dict[str, str]:
+    """``"nf4"`` -> every component; ``"unet=int8,text_encoder=nf4"`` -> those two."""
+    if text is None or not text.strip():
+        return {}
+    entries = [e.strip() for e in text.split(",") if e.strip()]
+    if len(entries) == 1 and "=" not in entries[0]:
+        return dict.fromkeys(components, _method(entries[0], text))
+    found: dict[str, str] = {}
+    for entry in entries:
+        name, sep, method = (p.strip() for p in entry.partition("="))
+        if not sep:
+            raise UsageError(
+                f"invalid --quantize {text!r}: give one METHOD or COMPONENT=METHOD,... "
+                f"(METHOD one of {', '.join(METHODS)})"
+            )
+        if name not in components:
+            raise UsageError(
+                f"invalid --quantize {text!r}: no component {name!r} "
+                f"(components: {', '.join(components)})"
+            )
+        found[name] = _method(method, text)
+    return found
+
+
+def _method(method: str, text: str) -> str:
+    if method.lower() not in METHODS:
+        raise UsageError(
+            f"invalid --quantize {text!r}: unknown method {method!r} "
+            f"(expected one of {', '.join(METHODS)})"
+        )
+    return method.lower()
