@@ -39,3 +39,10 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
     monkeypatch.setattr(c, "HF_HUB_DOWNLOAD_TIMEOUT", 2)
     return tmp_path / "hf"
+
+
+@pytest.fixture(autouse=True)
+def _own_trace_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test keeps its activation traces apart (never in the user's cache), so a test
+    that expects a trace gets one, not an earlier test's result."""
+    monkeypatch.setenv("BIGMODEL_TRACES", str(tmp_path / "traces"))

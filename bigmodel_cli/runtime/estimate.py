@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from bigmodel_cli.checkpoint import Checkpoint, Component
 from bigmodel_cli.formats.json import read_json_file
@@ -19,6 +20,7 @@ from bigmodel_cli.runtime.inputs import Model, Resolved, Shape, input_shapes, re
 from bigmodel_cli.runtime.kv import KVCache, kv_cache
 from bigmodel_cli.runtime.quantize import HEADS, Tensor, weight_sizes
 from bigmodel_cli.runtime.shape import RunShape
+from bigmodel_cli.runtime.trace_cache import load_trace, save_trace, trace_key
 from bigmodel_cli.sizes import DTYPES, DType
 
 LIBRARIES = ("diffusers", "transformers")
@@ -144,15 +146,50 @@ def _component(
 
 
 def _traced(m: Model, run: Resolved, models: Mapping[str, Model], dtype: DType) -> _Traced:
-    """Build (and trace) ``m``; without its library or class, a note saying so."""
-    from bigmodel_cli.runtime.trace import LibraryMissing, trace
-
+    """Build (and trace) ``m``, or read what an earlier run found (:mod:`.trace_cache`);
+    without its library or class, a note saying so."""
     shapes = input_shapes(m, run, models, run.context)
     if m.library is None or m.class_name is None:
         return _Traced(inputs=shapes, note="no model class named in its config")
     if m.library not in LIBRARIES:
         note = f"{m.library} is not a library bigmodel traces ({', '.join(LIBRARIES)})"
         return _Traced(inputs=shapes, note=note)
+    key = trace_key(m.library, m.class_name, m.config, dtype.name, shapes)
+    kept = load_trace(key)
+    if kept is not None:
+        return _from_doc(kept)
+    found = _build_and_trace(m, dtype, shapes)
+    if found.note is None or found.note.startswith("no input shapes"):  # not the machine's
+        save_trace(key, _to_doc(found))
+    return found
+
+
+def _to_doc(t: _Traced) -> dict[str, Any]:
+    return {
+        "linears": None if t.linears is None else sorted(t.linears),
+        "keep": sorted(t.keep),
+        "order": None if t.order is None else list(t.order),
+        "activations": t.activations,
+        "inputs": None if t.inputs is None else {k: list(v) for k, v in t.inputs.items()},
+        "note": t.note,
+    }
+
+
+def _from_doc(doc: Mapping[str, Any]) -> _Traced:
+    inputs = doc.get("inputs")
+    return _Traced(
+        None if doc.get("linears") is None else frozenset(doc["linears"]),
+        frozenset(doc.get("keep") or HEADS),
+        None if doc.get("order") is None else tuple(doc["order"]),
+        doc.get("activations"),
+        None if inputs is None else {k: tuple(v) for k, v in inputs.items()},
+        doc.get("note"),
+    )
+
+
+def _build_and_trace(m: Model, dtype: DType, shapes: Mapping[str, Shape] | None) -> _Traced:
+    from bigmodel_cli.runtime.trace import LibraryMissing, trace
+
     try:
         import torch
 
