@@ -39,7 +39,7 @@ MAX_JSON_BYTES = 10_000_000
 MAX_INDEX_BYTES = 100_000_000
 SKIPPED_JSON = frozenset({"tokenizer.json", "vocab.json"})
 SMALL_PATTERNS = ("*.json", "*.txt", "*.model", "*.tiktoken", "tokenizer*/*", "scheduler/*")
-_SHA = re.compile(r"^[0-9a-f]{40}$")
+COMMIT = re.compile(r"^[0-9a-f]{40}$")  # a commit sha, as the Hub names revisions
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -71,7 +71,7 @@ def mirror(
     files: dict[str, int] | None = None
     if offline:
         commit = _offline_commit(repo_id, revision, root)
-    elif _SHA.match(revision) or _has_mirrors(root):
+    elif COMMIT.match(revision) or _has_mirrors(root):
         commit = _resolve(repo_id, revision)  # one light request: the mirror may be here
     else:
         commit, files = _list_files(repo_id, revision)  # nothing here: resolve and list at once
@@ -87,7 +87,7 @@ def mirror(
     if files is None:
         files = _list_files(repo_id, commit)[1]
     headers, nbytes = _build(repo_id, commit, files, variant, folder, name)
-    if not _SHA.match(revision):
+    if not COMMIT.match(revision):
         _write_ref(root, revision, commit)
     return Mirror(repo_id, commit, folder / name, headers, nbytes, False)
 
@@ -121,7 +121,7 @@ def _ref_file(base: Path, revision: str) -> Path:
 
 def _offline_commit(repo_id: str, revision: str, root: Path) -> str:
     """``revision`` -> commit from this mirror's refs or the Hugging Face cache's refs."""
-    if _SHA.match(revision):
+    if COMMIT.match(revision):
         return revision
     hf_repo = Path(constants.HF_HUB_CACHE) / ("models--" + repo_id.replace("/", "--"))
     for ref in (_ref_file(root, revision), hf_repo / "refs" / revision):
@@ -129,7 +129,7 @@ def _offline_commit(repo_id: str, revision: str, root: Path) -> str:
             commit = ref.read_text().strip()
         except OSError:
             continue
-        if _SHA.match(commit):
+        if COMMIT.match(commit):
             return commit
     raise BigmodelError(
         f"offline, and revision {revision!r} is neither in the Hugging Face cache "
@@ -153,11 +153,11 @@ def _write_ref(root: Path, revision: str, commit: str) -> None:
 
 def _resolve(repo_id: str, revision: str) -> str:
     """The commit ``revision`` points to: one light request (none for a sha)."""
-    if _SHA.match(revision):
+    if COMMIT.match(revision):
         return revision
     with hub_errors(repo_id, revision):
         info = HfApi().model_info(repo_id, revision=revision, expand=["sha"], timeout=timeout())
-    if not info.sha or not _SHA.match(info.sha):
+    if not info.sha or not COMMIT.match(info.sha):
         raise BigmodelError(f"the Hub gave no commit for revision {revision!r}", repo_id)
     return info.sha
 
@@ -173,7 +173,7 @@ def _list_files(repo_id: str, revision: str) -> tuple[str, dict[str, int]]:
         info = HfApi().model_info(
             repo_id, revision=revision, files_metadata=True, timeout=timeout()
         )
-    if not info.sha or not _SHA.match(info.sha):
+    if not info.sha or not COMMIT.match(info.sha):
         raise BigmodelError(f"the Hub gave no commit for revision {revision!r}", repo_id)
     files: dict[str, int] = {}
     for s in info.siblings or []:

@@ -18,7 +18,6 @@ from bigmodel_cli.checkpoint.discover import Checkpoint, HubSource, read_path
 from bigmodel_cli.errors import BigmodelError
 
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-_SHA = re.compile(r"^[0-9a-f]{40}$")
 
 
 def is_repo_id(source: str | os.PathLike[str] | None) -> bool:
@@ -92,9 +91,9 @@ def fetch_for_plan(repo_id: str, commit: str, variant: str | None) -> Path:
     """Download the files a plan of ``repo_id`` at ``commit`` uses (the weights the reader
     takes, not other variants or ``.bin`` twins, plus the small files) into the Hugging
     Face cache, with its progress bars; the snapshot folder."""
-    from bigmodel_cli.checkpoint.hub import download_plan_files, mirror
+    from bigmodel_cli.checkpoint.hub import COMMIT, download_plan_files, mirror
 
-    if not _SHA.match(commit):
+    if not COMMIT.match(commit):
         raise BigmodelError(f"the plan names no commit of {repo_id}; re-run bigmodel plan")
     found = mirror(repo_id, revision=commit, variant=variant)
     ckpt = read_path(found.path, repo_id.rsplit("/", 1)[1], variant)

@@ -91,6 +91,12 @@ class Plan:
             keys.add(self.execution_device)
         return keys
 
+    def commit_for(self, source: str | None) -> str | None:
+        """The commit the plan was made at when ``source`` is the repo id it names
+        (``source`` ``org/name``, plan source ``org/name@<commit>``), else None."""
+        repo, _, commit = self.source.partition("@")
+        return commit if source == repo and commit else None
+
     def module_map(self, component: str) -> dict[str, DeviceKey]:
         """One component's placement in accelerate's ``device_map`` format."""
         where = self.device_map[component]

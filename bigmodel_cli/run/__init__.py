@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from bigmodel_cli.checkpoint import Checkpoint, fingerprint, is_repo_id, load_checkpoint
+from bigmodel_cli.checkpoint import Checkpoint, is_repo_id, load_checkpoint
 from bigmodel_cli.checkpoint.discover import read_path
 from bigmodel_cli.checkpoint.resolve import fetch_for_plan
 from bigmodel_cli.devices import (
@@ -29,13 +29,18 @@ from bigmodel_cli.errors import BigmodelError, FitError
 from bigmodel_cli.placement.file import Plan, PlanLike, as_plan
 from bigmodel_cli.progress import Progress, shown
 from bigmodel_cli.run.load import Loaded, load_tensors, verify_tensors
-from bigmodel_cli.run.place import Placements, load_bytes, missing_devices, placements, shortfalls
+from bigmodel_cli.run.place import (
+    Placements,
+    check_source,
+    load_bytes,
+    missing_devices,
+    placements,
+    shortfalls,
+)
 from bigmodel_cli.sizes import DType, parse_target_dtype
 
 if TYPE_CHECKING:
     from bigmodel_cli.run.forward import ForwardResult
-
-CHANGED = "checkpoint changed since the plan was made; re-run bigmodel plan"
 
 
 @dataclass(frozen=True)
@@ -184,16 +189,13 @@ def _checkpoint(
     """The checkpoint to load: a local path, or a repo id's downloaded files (the ones
     the plan uses are fetched first when they are not all in the cache)."""
     path = None if source is None else os.fspath(source)
-    repo, _, commit = plan.source.partition("@")
-    revision = commit if path == repo and commit else None
-    if not is_repo_id(path) or revision is None:
-        return load_checkpoint(path, variant, revision=revision, remote=False)
+    commit = plan.commit_for(path)
     try:
-        return load_checkpoint(path, variant, revision=revision, remote=False)
+        return load_checkpoint(path, variant, revision=commit, remote=False)
     except BigmodelError:
-        if offline:
+        if offline or commit is None or path is None or not is_repo_id(path):
             raise
-    return read_path(fetch_for_plan(repo, commit, variant), repo.rsplit("/", 1)[1], variant)
+    return read_path(fetch_for_plan(path, commit, variant), path.rsplit("/", 1)[1], variant)
 
 
 def _prepare(
@@ -212,14 +214,7 @@ def _prepare(
             "its planned bytes are not what this run loads"
         )
     ckpt = _checkpoint(source, plan, variant or plan.variant, offline)
-    if fingerprint(ckpt) != plan.fingerprint:
-        if ckpt.repo is None and os.path.realpath(plan.source) != os.path.realpath(ckpt.source):
-            raise BigmodelError(
-                f"the plan was made for {plan.source}, a different checkpoint; "
-                "run bigmodel plan on this one",
-                ckpt.source,
-            )
-        raise BigmodelError(CHANGED, ckpt.source)
+    check_source(ckpt, plan)
     return ckpt, target, notes
 
 

@@ -16,14 +16,15 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from bigmodel_cli.checkpoint import Checkpoint, fingerprint, is_repo_id, load_checkpoint
+from bigmodel_cli.checkpoint import Checkpoint, is_repo_id, load_checkpoint
 from bigmodel_cli.errors import BigmodelError
 from bigmodel_cli.placement.file import Plan, PlanLike, as_plan
 from bigmodel_cli.placement.world import RankPlan, World
 from bigmodel_cli.progress import NullProgress, Progress, shown
-from bigmodel_cli.run import CHANGED, _prepare, _warn
+from bigmodel_cli.run import _prepare, _warn
 from bigmodel_cli.run.hub_ranges import is_remote, read_hub
 from bigmodel_cli.run.load import Loaded, verify_tensors
+from bigmodel_cli.run.place import check_source
 from bigmodel_cli.run.ranges import Read, Share, rank_share, read_share
 from bigmodel_cli.sizes import DType, parse_target_dtype
 from bigmodel_cli.torchrun import READERS, Group, RankEnv
@@ -128,8 +129,8 @@ def _from_the_hub(
     """SOURCE as the plan's repo id at its commit: from the cache, else from the Hub's headers
     (each rank then fetches only its ranges); None for a local path."""
     path = None if source is None else os.fspath(source)
-    repo, _, commit = plan.source.partition("@")
-    if not is_repo_id(path) or path != repo or not commit:
+    commit = plan.commit_for(path)
+    if commit is None or path is None or not is_repo_id(path):
         return None
     try:
         return load_checkpoint(path, variant, revision=commit, remote=False)
@@ -155,8 +156,7 @@ def _prepare_rank(
     if ckpt is None:  # a path, or a repo id in the cache: run's own checks
         ckpt, target, notes = _prepare(source, the_plan, dtype, variant, offline)
     else:
-        if fingerprint(ckpt) != the_plan.fingerprint:
-            raise BigmodelError(CHANGED, ckpt.origin)
+        check_source(ckpt, the_plan)
         target, notes = dtype or the_plan.target, []
     if is_remote(ckpt) and (reader != READERS[0] or verify):
         raise BigmodelError(

@@ -22,11 +22,12 @@ from bigmodel_cli.devices import DeviceKey, is_gpu, torch_device
 from bigmodel_cli.errors import BigmodelError
 from bigmodel_cli.placement.file import Plan
 from bigmodel_cli.run.peak import measure_peak
+from bigmodel_cli.run.pipeline import dtype_kwarg
 from bigmodel_cli.runtime.calls import forward, make_inputs
 from bigmodel_cli.runtime.estimate import model_of
 from bigmodel_cli.runtime.inputs import kind_of
 from bigmodel_cli.runtime.trace import quiet
-from bigmodel_cli.sizes import DType
+from bigmodel_cli.sizes import DType, torch_dtype
 
 if TYPE_CHECKING:
     import torch
@@ -74,13 +75,6 @@ def _library(name: str, component: str, class_name: str) -> Any:
     module.utils.logging.set_verbosity_error()
     module.utils.logging.disable_progress_bar()
     return module
-
-
-def _dtype_kwarg(library: str, module: Any) -> str:
-    if library == "diffusers":
-        return "torch_dtype"
-    major, minor = (int(p) for p in module.__version__.split(".")[:2])
-    return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
 
 
 def _side(config: Any, blocks: int, scale: int = 1) -> int:
@@ -176,7 +170,7 @@ def _forward_one(
     device_map = plan.module_map(c.name)
     kwargs: dict[str, Any] = {"device_map": device_map}
     if dtype is not None:
-        kwargs[_dtype_kwarg(library, module)] = getattr(torch, dtype.name)
+        kwargs[dtype_kwarg(module)] = torch_dtype(dtype.code)
     if ckpt.variant is not None:
         kwargs["variant"] = ckpt.variant
     offload = (

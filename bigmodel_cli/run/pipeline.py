@@ -21,11 +21,12 @@ import weakref
 from pathlib import Path
 from typing import Any
 
-from bigmodel_cli.checkpoint import fingerprint, load_checkpoint
+from bigmodel_cli.checkpoint import load_checkpoint
 from bigmodel_cli.devices import DeviceKey, is_gpu, torch_device
 from bigmodel_cli.errors import BigmodelError
 from bigmodel_cli.placement.file import SPLIT, Plan, PlanLike, as_plan
 from bigmodel_cli.placement.strategies import STRATEGIES
+from bigmodel_cli.run.place import check_source
 
 LIBRARIES = ("diffusers", "transformers")
 
@@ -49,7 +50,7 @@ def _torch_dtype(plan: Plan) -> Any:
     return None if plan.target is None else torch_dtype(plan.target.code)
 
 
-def _dtype_kwarg(module: Any) -> str:
+def dtype_kwarg(module: Any) -> str:
     """transformers >= 4.56 calls it ``dtype``; diffusers and older ones ``torch_dtype``."""
     if module.__name__ != "transformers":
         return "torch_dtype"
@@ -92,7 +93,7 @@ def _build(
         if "disk" in device_map.values():
             kwargs["offload_folder"] = off.folder(folder.name)
     if plan.target is not None:
-        kwargs[_dtype_kwarg(module)] = _torch_dtype(plan)
+        kwargs[dtype_kwarg(module)] = _torch_dtype(plan)
     if plan.variant is not None:
         kwargs["variant"] = plan.variant
     return cls.from_pretrained(str(folder), **kwargs)
@@ -143,14 +144,8 @@ def _checked_folder(source: str | os.PathLike[str] | None, plan: Plan) -> Path:
     """The folder of ``source``, whose headers must still be the ones the plan was made
     from (as ``bigmodel run`` checks)."""
     path = None if source is None else os.fspath(source)
-    repo, _, commit = plan.source.partition("@")
-    revision = commit if path == repo and commit else None
-    ckpt = load_checkpoint(path, plan.variant, revision=revision, remote=False)
-    if fingerprint(ckpt) != plan.fingerprint:
-        raise BigmodelError(
-            "checkpoint differs from the one the plan was made from; re-run bigmodel plan",
-            ckpt.source,
-        )
+    ckpt = load_checkpoint(path, plan.variant, revision=plan.commit_for(path), remote=False)
+    check_source(ckpt, plan)
     return ckpt.root
 
 

@@ -1,14 +1,16 @@
 """What ``bigmodel run`` decides before anything moves (pure functions, no torch).
 
-Which device each tensor goes to (accelerate's longest-prefix rule for split
-components), how many bytes each device receives, and what this machine lacks.
+Whether the checkpoint is still the one the plan was made from, which device each tensor
+goes to (accelerate's longest-prefix rule for split components), how many bytes each
+device receives, and what this machine lacks.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 
-from bigmodel_cli.checkpoint import Checkpoint
+from bigmodel_cli.checkpoint import Checkpoint, fingerprint
 from bigmodel_cli.devices import DeviceKey, is_gpu, torch_device
 from bigmodel_cli.errors import BigmodelError
 from bigmodel_cli.placement.file import Plan
@@ -16,6 +18,7 @@ from bigmodel_cli.placement.items import SPLIT
 from bigmodel_cli.sizes import DTYPES, DType, bytes_at, format_size
 
 Placements = dict[str, dict[str, DeviceKey]]  # component -> tensor -> device
+CHANGED = "checkpoint changed since the plan was made; re-run bigmodel plan"
 
 
 def module_device(name: str, module_map: Mapping[str, DeviceKey]) -> DeviceKey | None:
@@ -73,3 +76,17 @@ def shortfalls(need: Mapping[DeviceKey, int], free: Mapping[DeviceKey, int | Non
         for dev, n in sorted(need.items(), key=lambda item: str(item[0]))
         if free.get(dev) is not None and n > (free[dev] or 0)
     ]
+
+
+def check_source(ckpt: Checkpoint, plan: Plan) -> None:
+    """Refuse ``ckpt`` when its headers are not the ones ``plan`` was made from: another
+    checkpoint, or this one changed since."""
+    if fingerprint(ckpt) == plan.fingerprint:
+        return
+    if ckpt.repo is None and os.path.realpath(plan.source) != os.path.realpath(ckpt.source):
+        raise BigmodelError(
+            f"the plan was made for {plan.source}, a different checkpoint; "
+            "re-run bigmodel plan on this one",
+            ckpt.source,
+        )
+    raise BigmodelError(CHANGED, ckpt.origin)

@@ -21,7 +21,7 @@ from bigmodel_cli.runtime.kv import KVCache, kv_cache
 from bigmodel_cli.runtime.quantize import HEADS, Tensor, weight_sizes
 from bigmodel_cli.runtime.shape import RunShape
 from bigmodel_cli.runtime.trace_cache import load_trace, save_trace, trace_key
-from bigmodel_cli.sizes import DTYPES, DType
+from bigmodel_cli.sizes import DTYPES, DType, torch_dtype
 
 LIBRARIES = ("diffusers", "transformers")
 
@@ -191,9 +191,7 @@ def _build_and_trace(m: Model, dtype: DType, shapes: Mapping[str, Shape] | None)
     from bigmodel_cli.runtime.trace import LibraryMissing, trace
 
     try:
-        import torch
-
-        built, activations = trace(m, getattr(torch, dtype.name), shapes)
+        built, activations = trace(m, torch_dtype(dtype.code), shapes)
     except LibraryMissing:
         how = f"pip install 'bigmodel-cli[{m.library}]'"
         note = f"{m.library} is not installed: no activation estimate ({how} for one)"
