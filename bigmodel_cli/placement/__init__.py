@@ -20,8 +20,6 @@ from bigmodel_cli.formats.json import read_json_file
 from bigmodel_cli.placement.file import DevicePlan, Plan, plan_from_json, read_plan
 from bigmodel_cli.placement.items import Bin, Layout, Part, Placement, widest_gpu
 from bigmodel_cli.placement.order import forward_order
-from bigmodel_cli.placement.ranks import RankRequest, plan_world
-from bigmodel_cli.placement.runplan import plan_counted
 from bigmodel_cli.placement.strategies import DEFAULT_STRATEGY, RANKS_STRATEGY, STRATEGIES
 from bigmodel_cli.placement.units import build_units
 from bigmodel_cli.runtime.shape import RunShape, parse_quantize
@@ -81,6 +79,8 @@ def make_plan(
                 "run-shape flags and --quantize are not counted over torchrun ranks yet; "
                 "plan the ranks by weights (each rank's 'runtime' is 0)"
             )
+        from bigmodel_cli.placement.ranks import RankRequest, plan_world
+
         request = RankRequest.parse(strategy, max_memory, reserve, nodes, procs_per_node)
         ckpt = load_checkpoint(path, variant, revision=revision, offline=offline)
         return plan_world(ckpt, request, target, no_split)
@@ -100,6 +100,8 @@ def make_plan(
     )
     bins = [Bin(d.key, d.capacity) for d in budget.devices]
     if shape.counted or shape.quantize:
+        from bigmodel_cli.placement.runplan import plan_counted  # the estimator, when asked
+
         return plan_counted(ckpt, budget, strategy, target, shape, no_split, bins, _describe)
     limit = widest_gpu(bins)
     parts = [_part(c, target, no_split, splits, limit) for c in ckpt.components]

@@ -11,7 +11,18 @@ imported there only); :mod:`.calls` is that pass, shared with ``run --forward``;
 
 from __future__ import annotations
 
-from bigmodel_cli.runtime.estimate import ComponentRuntime, Estimate, estimate
+import importlib
+from typing import Any
+
 from bigmodel_cli.runtime.shape import METHODS, RunShape, parse_quantize
 
 __all__ = ["METHODS", "ComponentRuntime", "Estimate", "RunShape", "estimate", "parse_quantize"]
+_LAZY = ("ComponentRuntime", "Estimate", "estimate")  # :mod:`.estimate`, on first use
+
+
+def __getattr__(name: str) -> Any:
+    """The estimate's names, imported on first use: the CLI's start-up (which reads
+    :mod:`.shape` through the plan file) does not pay for the estimator."""
+    if name not in _LAZY:
+        raise AttributeError(f"module 'bigmodel_cli.runtime' has no attribute {name!r}")
+    return getattr(importlib.import_module("bigmodel_cli.runtime.estimate"), name)

@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 from collections.abc import Mapping
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +37,8 @@ def _folder() -> Path:
 
 
 def _version(package: str) -> str:
+    from importlib import metadata  # 15 ms: not at every start-up
+
     try:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
