@@ -8,6 +8,7 @@ exit status; anything else is a bug (exit 1, the traceback only with ``--debug``
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import traceback
@@ -32,6 +33,7 @@ from bigmodel_cli.cli_options import (
 from bigmodel_cli.errors import EXIT_BUG, EXIT_INTERRUPTED, BigmodelError
 from bigmodel_cli.placement.strategies import DEFAULT_STRATEGY, STRATEGIES
 from bigmodel_cli.sizes import DType, parse_size, parse_target_dtype
+from bigmodel_cli.torchrun import launched
 
 app = typer.Typer(
     name="bigmodel",
@@ -372,4 +374,9 @@ def _other(command: Any, error: Exception) -> int:
 
 def main() -> None:
     signal.signal(signal.SIGTERM, _on_sigterm)
-    sys.exit(run_main())
+    code = run_main()
+    if launched():  # a torchrun rank: its process group is already destroyed, its output
+        sys.stdout.flush()  # written; torch's C++ threads can abort() a finished rank in
+        sys.stderr.flush()  # the interpreter's teardown (SIGABRT, "terminate called
+        os._exit(code)  # without an active exception"), so it is skipped
+    sys.exit(code)
