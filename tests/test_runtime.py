@@ -5,6 +5,7 @@ counts them."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -245,21 +246,31 @@ def test_plan_without_run_shape_flags_never_imports_torch() -> None:
         assert "torch imported: False" in proc.stderr
 
 
+@pytest.mark.parametrize("where", ["here", "worker"])
 def test_without_the_library_there_is_no_estimate_and_the_output_says_how_to_get_one(
-    monkeypatch: pytest.MonkeyPatch,
+    where: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import importlib
+    if where == "here":
+        import importlib
 
-    from bigmodel_cli.runtime import trace
+        from bigmodel_cli.runtime import trace
 
-    real = importlib.import_module
+        real = importlib.import_module
 
-    def no_diffusers(name: str, *args: Any) -> Any:
-        if name.split(".")[0] == "diffusers":
-            raise ImportError(name)
-        return real(name, *args)
+        def no_diffusers(name: str, *args: Any) -> Any:
+            if name.split(".")[0] == "diffusers":
+                raise ImportError(name)
+            return real(name, *args)
 
-    monkeypatch.setattr(trace.importlib, "import_module", no_diffusers)
+        monkeypatch.setenv("BIGMODEL_TRACE_WORKERS", "0")
+        monkeypatch.setattr(trace.importlib, "import_module", no_diffusers)
+    else:  # a worker process finds a diffusers that will not import
+        shadow = tmp_path / "shadow" / "diffusers"
+        shadow.mkdir(parents=True)
+        (shadow / "__init__.py").write_text("raise ImportError('no diffusers here')\n")
+        path = os.environ.get("PYTHONPATH")
+        monkeypatch.setenv("PYTHONPATH", str(shadow.parent) + (os.pathsep + path if path else ""))
+        monkeypatch.setenv("BIGMODEL_TRACE_WORKERS", "2")
     result = run_cli("plan", PIPELINE, "--max-memory", "0=1GB", "--runtime")
     assert result.code == 0, result.stderr
     text = " ".join(result.stdout.split())

@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from bigmodel_cli.checkpoint import Checkpoint, Component
 from bigmodel_cli.formats.json import read_json_file
@@ -21,7 +20,8 @@ from bigmodel_cli.runtime.kv import KVCache, kv_cache
 from bigmodel_cli.runtime.quantize import HEADS, Tensor, weight_sizes
 from bigmodel_cli.runtime.shape import RunShape
 from bigmodel_cli.runtime.trace_cache import load_trace, save_trace, trace_key
-from bigmodel_cli.sizes import DTYPES, DType, torch_dtype
+from bigmodel_cli.runtime.tracing import Job, Traced, from_doc, to_doc, trace_all
+from bigmodel_cli.sizes import DTYPES, DType
 
 LIBRARIES = ("diffusers", "transformers")
 
@@ -81,10 +81,10 @@ def estimate(ckpt: Checkpoint, shape: RunShape, target: DType | None) -> Estimat
     models = {c.name: model_of(ckpt, c) for c in ckpt.components}
     pipeline = _pipeline_class(ckpt)
     resolved = resolve(shape, models, pipeline) if shape.counted else None
+    traced = _traced(ckpt, models, resolved, target) if resolved is not None else {}
     found = {}
     for c in ckpt.components:
-        m = models[c.name]
-        found[c.name] = _component(c, m, shape, resolved, models, target)
+        found[c.name] = _component(c, models[c.name], shape, resolved, traced.get(c.name), target)
     return Estimate(shape, resolved, found)
 
 
@@ -96,30 +96,18 @@ def _pipeline_class(ckpt: Checkpoint) -> str | None:
     return name if isinstance(name, str) else None
 
 
-@dataclass(frozen=True)
-class _Traced:
-    """What building (and tracing) a component told."""
-
-    linears: frozenset[str] | None = None  # None: judge linear layers from the names
-    keep: frozenset[str] = HEADS
-    order: tuple[str, ...] | None = None
-    activations: int | None = None
-    inputs: Mapping[str, Shape] | None = None
-    note: str | None = None
-
-
 def _component(
     c: Component,
     m: Model,
     shape: RunShape,
     run: Resolved | None,
-    models: Mapping[str, Model],
+    traced: Traced | None,
     target: DType | None,
 ) -> ComponentRuntime:
     method = shape.method(c.name)
     dtype = compute_dtype(c, target)
     tensors = [Tensor(t.name, t.dtype, t.shape) for t in c.tensors]
-    traced = _traced(m, run, models, dtype) if run is not None else _Traced()
+    traced = traced or Traced()
     weights = weight_sizes(
         tensors,
         target,
@@ -145,62 +133,34 @@ def _component(
     )
 
 
-def _traced(m: Model, run: Resolved, models: Mapping[str, Model], dtype: DType) -> _Traced:
-    """Build (and trace) ``m``, or read what an earlier run found (:mod:`.trace_cache`);
-    without its library or class, a note saying so."""
-    shapes = input_shapes(m, run, models, run.context)
-    if m.library is None or m.class_name is None:
-        return _Traced(inputs=shapes, note="no model class named in its config")
-    if m.library not in LIBRARIES:
-        note = f"{m.library} is not a library bigmodel traces ({', '.join(LIBRARIES)})"
-        return _Traced(inputs=shapes, note=note)
-    key = trace_key(m.library, m.class_name, m.config, dtype.name, shapes)
-    kept = load_trace(key)
-    if kept is not None:
-        return _from_doc(kept)
-    found = _build_and_trace(m, dtype, shapes)
-    if found.note is None or found.note.startswith("no input shapes"):  # not the machine's
-        save_trace(key, _to_doc(found))
+def _traced(
+    ckpt: Checkpoint, models: Mapping[str, Model], run: Resolved, target: DType | None
+) -> dict[str, Traced]:
+    """Each component built (and traced), or what an earlier run found
+    (:mod:`.trace_cache`); without its library or class, a note saying so. The traces
+    not kept run together (:func:`.tracing.trace_all`)."""
+    found: dict[str, Traced] = {}
+    todo: dict[str, tuple[str, Job]] = {}
+    for c in ckpt.components:
+        m = models[c.name]
+        shapes = input_shapes(m, run, models, run.context)
+        if m.library is None or m.class_name is None:
+            found[c.name] = Traced(inputs=shapes, note="no model class named in its config")
+            continue
+        if m.library not in LIBRARIES:
+            note = f"{m.library} is not a library bigmodel traces ({', '.join(LIBRARIES)})"
+            found[c.name] = Traced(inputs=shapes, note=note)
+            continue
+        dtype = compute_dtype(c, target)
+        key = trace_key(m.library, m.class_name, m.config, dtype.name, shapes)
+        kept = load_trace(key)
+        if kept is not None:
+            found[c.name] = from_doc(kept)
+        else:
+            todo[c.name] = (key, Job(m, dtype, shapes, sum(t.nbytes for t in c.tensors)))
+    jobs = [job for _, job in todo.values()]
+    for (name, (key, _)), t in zip(todo.items(), trace_all(jobs), strict=True):
+        if t.note is None or t.note.startswith("no input shapes"):  # not the machine's
+            save_trace(key, to_doc(t))
+        found[name] = t
     return found
-
-
-def _to_doc(t: _Traced) -> dict[str, Any]:
-    return {
-        "linears": None if t.linears is None else sorted(t.linears),
-        "keep": sorted(t.keep),
-        "order": None if t.order is None else list(t.order),
-        "activations": t.activations,
-        "inputs": None if t.inputs is None else {k: list(v) for k, v in t.inputs.items()},
-        "note": t.note,
-    }
-
-
-def _from_doc(doc: Mapping[str, Any]) -> _Traced:
-    inputs = doc.get("inputs")
-    return _Traced(
-        None if doc.get("linears") is None else frozenset(doc["linears"]),
-        frozenset(doc.get("keep") or HEADS),
-        None if doc.get("order") is None else tuple(doc["order"]),
-        doc.get("activations"),
-        None if inputs is None else {k: tuple(v) for k, v in inputs.items()},
-        doc.get("note"),
-    )
-
-
-def _build_and_trace(m: Model, dtype: DType, shapes: Mapping[str, Shape] | None) -> _Traced:
-    from bigmodel_cli.runtime.trace import LibraryMissing, trace
-
-    try:
-        built, activations = trace(m, torch_dtype(dtype.code), shapes)
-    except LibraryMissing:
-        how = f"pip install 'bigmodel-cli[{m.library}]'"
-        note = f"{m.library} is not installed: no activation estimate ({how} for one)"
-        return _Traced(inputs=shapes, note=note)
-    except Exception as exc:  # a library's refusal, as one line
-        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        note = f"{m.class_name} could not be traced ({reason}): no activation estimate"
-        return _Traced(inputs=shapes, note=note)
-    if shapes is None:
-        note = f"no input shapes known for {m.class_name}: no activation estimate"
-        return _Traced(built.linears, built.keep, built.order, note=note)
-    return _Traced(built.linears, built.keep, built.order, activations, shapes)

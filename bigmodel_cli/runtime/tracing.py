@@ -1,0 +1,218 @@
+"""Tracing several components at once, where it is cheapest.
+
+Most of a cold trace is importing torch and the component's library. So:
+
+- in this process, when its library is imported here already (a notebook that holds
+  diffusers, the tests): nothing more to pay;
+- else in worker processes (``python -m bigmodel_cli.runtime.tracing``), one per CPU at
+  most, the components dealt out largest first. They import in parallel, and with the
+  quantization backends hidden (``bitsandbytes``, ``torchao``: a second of import that
+  builds nothing on the meta device; the quantized bytes come from :mod:`.quantize`),
+  which a user's own process must keep.
+
+What a trace found travels as the JSON document the trace cache keeps (:func:`to_doc`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bigmodel_cli.runtime.inputs import Model, Shape
+from bigmodel_cli.runtime.quantize import HEADS
+from bigmodel_cli.sizes import DTYPES, DType, torch_dtype
+
+HIDDEN = ("bitsandbytes", "torchao")  # never imported by a worker
+
+
+@dataclass(frozen=True)
+class Traced:
+    """What building (and tracing) a component told."""
+
+    linears: frozenset[str] | None = None  # None: judge linear layers from the names
+    keep: frozenset[str] = HEADS
+    order: tuple[str, ...] | None = None
+    activations: int | None = None
+    inputs: Mapping[str, Shape] | None = None
+    note: str | None = None
+
+
+@dataclass(frozen=True)
+class Job:
+    """One component to trace: its model, compute dtype, input shapes and weight bytes
+    (how the jobs are dealt out)."""
+
+    model: Model
+    dtype: DType
+    shapes: Mapping[str, Shape] | None
+    size: int = 0
+
+
+def to_doc(t: Traced) -> dict[str, Any]:
+    return {
+        "linears": None if t.linears is None else sorted(t.linears),
+        "keep": sorted(t.keep),
+        "order": None if t.order is None else list(t.order),
+        "activations": t.activations,
+        "inputs": None if t.inputs is None else {k: list(v) for k, v in t.inputs.items()},
+        "note": t.note,
+    }
+
+
+def from_doc(doc: Mapping[str, Any]) -> Traced:
+    inputs = doc.get("inputs")
+    return Traced(
+        None if doc.get("linears") is None else frozenset(doc["linears"]),
+        HEADS if doc.get("keep") is None else frozenset(doc["keep"]),
+        None if doc.get("order") is None else tuple(doc["order"]),
+        doc.get("activations"),
+        None if inputs is None else {k: tuple(v) for k, v in inputs.items()},
+        doc.get("note"),
+    )
+
+
+def build_and_trace(job: Job) -> Traced:
+    """Trace ``job`` in this process; a missing library or a refusal becomes a note."""
+    from bigmodel_cli.runtime.trace import LibraryMissing, trace
+
+    m, shapes = job.model, job.shapes
+    try:
+        built, activations = trace(m, torch_dtype(job.dtype.code), shapes)
+    except LibraryMissing:
+        how = f"pip install 'bigmodel-cli[{m.library}]'"
+        note = f"{m.library} is not installed: no activation estimate ({how} for one)"
+        return Traced(inputs=shapes, note=note)
+    except Exception as exc:  # a library's refusal, as one line
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        note = f"{m.class_name} could not be traced ({reason}): no activation estimate"
+        return Traced(inputs=shapes, note=note)
+    if shapes is None:
+        note = f"no input shapes known for {m.class_name}: no activation estimate"
+        return Traced(built.linears, built.keep, built.order, note=note)
+    return Traced(built.linears, built.keep, built.order, activations, shapes)
+
+
+def trace_all(jobs: Sequence[Job]) -> list[Traced]:
+    """Every job traced, in order: here when their libraries are imported already, else
+    dealt out to worker processes (:func:`workers`)."""
+    count = workers(jobs)
+    if not jobs or count == 0:
+        return [build_and_trace(job) for job in jobs]
+    found: dict[int, Traced] = {}
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        threads = []
+        for group in deal(jobs, count):
+            proc = _start_worker()
+            procs.append(proc)
+            thread = threading.Thread(target=_talk, args=(proc, jobs, group, found))
+            thread.start()
+            threads.append(thread)
+        for thread in threads:
+            thread.join()
+    finally:
+        for proc in procs:  # interrupted: no worker outlives the plan
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return [found[i] for i in range(len(jobs))]
+
+
+def workers(jobs: Sequence[Job]) -> int:
+    """How many worker processes trace ``jobs``: ``$BIGMODEL_TRACE_WORKERS`` where set (0:
+    none, trace here), else none when every job's library is imported here already, else
+    one per CPU this process may use."""
+    wanted = os.environ.get("BIGMODEL_TRACE_WORKERS", "").strip()
+    if wanted.isdigit():
+        return int(wanted)
+    if all(job.model.library in sys.modules for job in jobs):
+        return 0
+    return _cpus()
+
+
+def deal(jobs: Sequence[Job], workers: int) -> list[list[int]]:
+    """Job indexes per worker: largest first, each to the least loaded (no empty groups)."""
+    groups: list[list[int]] = [[] for _ in range(max(1, min(workers, len(jobs))))]
+    loads = [0] * len(groups)
+    for i in sorted(range(len(jobs)), key=lambda i: -jobs[i].size):
+        least = loads.index(min(loads))
+        groups[least].append(i)
+        loads[least] += jobs[i].size
+    return groups
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _start_worker() -> subprocess.Popen[bytes]:
+    root = str(Path(__file__).resolve().parents[2])  # the folder holding bigmodel_cli
+    path = os.environ.get("PYTHONPATH")
+    env = dict(os.environ, PYTHONPATH=root + (os.pathsep + path if path else ""))
+    cmd = [sys.executable, "-m", "bigmodel_cli.runtime.tracing"]
+    pipe = subprocess.PIPE
+    return subprocess.Popen(cmd, stdin=pipe, stdout=pipe, stderr=pipe, env=env)
+
+
+def _talk(
+    proc: subprocess.Popen[bytes], jobs: Sequence[Job], group: list[int], found: dict[int, Traced]
+) -> None:
+    """Send a worker its jobs and read what it found; a worker that fails leaves a note
+    on each of its jobs."""
+    request = [_job_doc(jobs[i]) for i in group]
+    out, err = proc.communicate(json.dumps(request).encode())
+    try:
+        docs = json.loads(out) if proc.returncode == 0 else None
+    except ValueError:
+        docs = None
+    if not isinstance(docs, list) or len(docs) != len(group):
+        lines = err.decode(errors="replace").strip().splitlines()
+        why = f"worker exited with {proc.returncode}" + (f": {lines[-1][:200]}" if lines else "")
+        docs = [_failed(jobs[i], why) for i in group]
+    for i, doc in zip(group, docs, strict=True):
+        found[i] = from_doc(doc)
+
+
+def _failed(job: Job, why: str) -> dict[str, Any]:
+    note = f"{job.model.class_name} could not be traced ({why}): no activation estimate"
+    return to_doc(Traced(inputs=job.shapes, note=note))
+
+
+def _job_doc(job: Job) -> dict[str, Any]:
+    m = job.model
+    shapes = None if job.shapes is None else {k: list(v) for k, v in job.shapes.items()}
+    model = {"name": m.name, "library": m.library, "class": m.class_name, "config": m.config}
+    return {"model": model, "dtype": job.dtype.code, "shapes": shapes}
+
+
+def _job_of(doc: Mapping[str, Any]) -> Job:
+    m = doc["model"]
+    shapes = doc["shapes"]
+    return Job(
+        Model(m["name"], m["library"], m["class"], m["config"]),
+        DTYPES[doc["dtype"]],
+        None if shapes is None else {k: tuple(v) for k, v in shapes.items()},
+    )
+
+
+def main() -> None:
+    """The worker: jobs as JSON on stdin, what each trace found as JSON on stdout."""
+    for name in HIDDEN:
+        sys.modules.setdefault(name, None)  # type: ignore[arg-type]  # import -> ImportError
+    jobs = [_job_of(doc) for doc in json.load(sys.stdin)]
+    docs = [to_doc(build_and_trace(job)) for job in jobs]
+    sys.stdout.write(json.dumps(docs))
+
+
+if __name__ == "__main__":
+    main()
