@@ -104,7 +104,7 @@ def test_a_failed_worker_leaves_a_note_on_each_of_its_jobs(
     monkeypatch.setenv("BIGMODEL_TRACE_WORKERS", "2")
     found = tracing.trace_all(_jobs())
     assert all(t.activations is None for t in found)
-    assert all(
-        t.note and "worker exited with 1: worker: out of memory" in t.note for t in found
-    ), [t.note for t in found]
+    assert all(t.note and "worker exited with 1: worker: out of memory" in t.note for t in found), [
+        t.note for t in found
+    ]
     assert all(t.inputs for t in found)  # the shapes it would have assumed, still said
