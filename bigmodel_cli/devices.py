@@ -212,5 +212,6 @@ def reset_gpu_peaks(keys: Iterable[DeviceKey]) -> None:
     if gpus:
         import torch
 
+        torch.cuda.init()  # before any allocation the allocator refuses ("Invalid device argument")
         for key in gpus:
             torch.cuda.reset_peak_memory_stats(key)

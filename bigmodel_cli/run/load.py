@@ -4,7 +4,8 @@ The executor half of ``bigmodel run`` (:mod:`.place` decides, :mod:`bigmodel_cli
 reports).
 Every tensor is read one at a time, in file order:
 
-- a GPU: ``safe_open(file, device="cuda:N")``, straight from the file to device memory;
+- a GPU: the file's tensors for it through two pinned staging buffers (:mod:`.staged`:
+  reads overlap the copies; 2.4x ``safe_open(file, device="cuda:N")`` on an H200);
 - ``cpu``: a copy-on-write mapping of the file (as ``safe_open``'s mmap backend gives
   tensors), its pages read in now, shared with the page cache: nothing is copied. A
   tensor whose dtype changes is cast into its own memory. With ``--copy``,
@@ -37,6 +38,7 @@ from bigmodel_cli.devices import DeviceKey, is_gpu, torch_device
 from bigmodel_cli.errors import BigmodelError, FitError
 from bigmodel_cli.formats import TensorInfo, format_of
 from bigmodel_cli.progress import Progress
+from bigmodel_cli.run.staged import Stager
 from bigmodel_cli.sizes import DTYPES, DType, torch_dtype
 
 if TYPE_CHECKING:
@@ -70,6 +72,19 @@ class _Job:
     acc: Loaded
     progress: Progress
     copy: bool  # cpu tensors into private memory, not mapped
+    stagers: dict[DeviceKey, Stager] = field(default_factory=dict)  # per GPU, made on use
+
+    def to_gpu(self, dev: DeviceKey, file: Path, infos: list[TensorInfo]) -> list[torch.Tensor]:
+        """``infos`` of ``file`` onto GPU ``dev`` through its :class:`~.staged.Stager`."""
+        if dev not in self.stagers:
+            self.stagers[dev] = Stager(torch_device(dev))
+        began = time.perf_counter()
+        try:
+            tensors = self.stagers[dev].load(file, infos, self.progress.advance)
+        except OSError as exc:
+            raise BigmodelError(f"cannot load ({exc.strerror or exc})", file) from None
+        self.acc.time(dev, time.perf_counter() - began)
+        return tensors
 
 
 def cast_dtype(code: str, target: DType | None) -> torch.dtype:
@@ -186,9 +201,6 @@ def _opened(
         return _mapped(file)
     if dev == "cpu" and not copy:
         return _mapped(file, on_dev)
-    if is_gpu(dev):
-        handle = stack.enter_context(safe_open(file, framework="pt", device=torch_device(dev)))
-        return lambda info: handle.get_tensor(info.name)
     try:
         cpu = stack.enter_context(safe_open(file, framework="pt", device="cpu", backend="pread"))
     except TypeError:  # safetensors before 0.8 has no backend; its cpu tensors are mapped
@@ -223,20 +235,27 @@ def _load_raw(c: Component, place: dict[str, DeviceKey], job: _Job) -> None:
     spill = _Spill()
     for file, infos in _by_file(c.tensors):
         used = {place[t.name] for t in infos}
+        on = {dev: [t for t in infos if place[t.name] == dev] for dev in sorted(used, key=str)}
+        staged: dict[str, torch.Tensor] = {}  # GPU tensors: the whole file's at once
+        for gpu in filter(is_gpu, on):
+            loaded = job.to_gpu(gpu, file, on[gpu])
+            staged.update(zip((t.name for t in on[gpu]), loaded, strict=True))
         with ExitStack() as stack:
             readers = {
-                dev: _opened(file, dev, stack, [t for t in infos if place[t.name] == dev], job.copy)
-                for dev in sorted(used, key=str)
+                dev: _opened(file, dev, stack, on[dev], job.copy) for dev in on if not is_gpu(dev)
             }
             for info in infos:
                 dev = place[info.name]
                 began = time.perf_counter()
-                try:
-                    tensor = readers[dev](info)
-                except (SafetensorError, OSError, ValueError) as exc:
-                    raise BigmodelError(f"cannot load ({exc})", file, info.name) from None
+                if info.name in staged:
+                    tensor = staged.pop(info.name)
+                else:
+                    try:
+                        tensor = readers[dev](info)
+                    except (SafetensorError, OSError, ValueError) as exc:
+                        raise BigmodelError(f"cannot load ({exc})", file, info.name) from None
+                    job.progress.advance(info.nbytes)
                 _keep(job.acc, spill, info, dev, cast(tensor, info.dtype, job.target), began)
-                job.progress.advance(info.nbytes)
         _finish_file(job.acc, spill, used)
 
 
@@ -287,13 +306,18 @@ def load_tensors(
 
     job = _Job(target, Loaded(), progress, copy)
     progress.start(sum(c.nbytes for c in ckpt.components), "loading")
-    for c in ckpt.components:
-        loader = _load_raw if _is_raw(c) else _load_opened
-        try:
-            loader(c, place[c.name], job)
-        except (torch.cuda.OutOfMemoryError, MemoryError) as exc:
-            reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-            raise FitError(f"out of memory while loading {c.name} ({reason})", c.folder) from None
+    try:
+        for c in ckpt.components:
+            loader = _load_raw if _is_raw(c) else _load_opened
+            try:
+                loader(c, place[c.name], job)
+            except (torch.cuda.OutOfMemoryError, MemoryError) as exc:
+                reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+                what = f"out of memory while loading {c.name} ({reason})"
+                raise FitError(what, c.folder) from None
+    finally:
+        for stager in job.stagers.values():
+            stager.close()
     return job.acc
 
 

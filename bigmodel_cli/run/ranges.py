@@ -31,6 +31,7 @@ from bigmodel_cli.formats import TensorInfo
 from bigmodel_cli.placement.world import RankPlan
 from bigmodel_cli.progress import Progress
 from bigmodel_cli.run.load import cast
+from bigmodel_cli.run.staged import open_for_reading
 from bigmodel_cli.sizes import DType, torch_dtype
 from bigmodel_cli.torchrun import READERS
 
@@ -169,7 +170,7 @@ def read_pread(share: Share, device: str, target: DType | None, progress: Progre
         staging = torch.empty(min(CHUNK, largest), dtype=torch.uint8).pin_memory()
     with ThreadPoolExecutor(read_threads()) as pool:
         for r in share.ranges:
-            fd = _open(r.file)
+            fd = open_for_reading(r.file)
             try:
                 if staging is None:
                     buf = torch.empty(r.length, dtype=torch.uint8)
@@ -190,13 +191,6 @@ def read_pread(share: Share, device: str, target: DType | None, progress: Progre
         torch.cuda.synchronize()
     out.seconds = time.perf_counter() - began
     return out
-
-
-def _open(path: Path) -> int:
-    try:
-        return os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-    except OSError as exc:
-        raise BigmodelError(f"cannot open ({exc.strerror})", path) from None
 
 
 def read_dcp(share: Share, device: str, target: DType | None, progress: Progress) -> Read:

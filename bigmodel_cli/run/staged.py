@@ -1,0 +1,159 @@
+"""Tensors of one file onto a GPU through two pinned staging buffers.
+
+``safe_open(device="cuda:N")`` pins a fresh host buffer for every tensor and copies it
+synchronously. Here the file is read in stretches of at most :data:`STAGE` bytes (the
+tensors of a file lie back to back) with ``preadv`` over a few threads into one of two
+pinned buffers, while the GPU copies the other one's bytes into their tensors
+(``non_blocking``, on a stream of its own); an event says when a buffer may be refilled.
+Each tensor is its own allocation, as with ``safe_open``.
+
+The same code runs with ``device="cpu"`` (plain buffers, copies that finish at once), so
+the tests check its bookkeeping without a GPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from bigmodel_cli.errors import BigmodelError
+from bigmodel_cli.formats import TensorInfo
+from bigmodel_cli.sizes import torch_dtype
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    import torch
+
+STAGE = 64 << 20  # bytes per staging buffer
+PIECE = 16 << 20  # bytes per read call (the threads share a stretch)
+
+
+def stretches(infos: Sequence[TensorInfo], limit: int) -> Iterator[tuple[int, int]]:
+    """Byte ranges ``[start, end)`` of the file covering ``infos`` (in file order), each at
+    most ``limit`` long, never spanning a gap between tensors that are not read."""
+    ordered = sorted((t for t in infos if t.nbytes), key=lambda t: t.start)
+    i = 0
+    while i < len(ordered):
+        start = end = ordered[i].start
+        while i < len(ordered) and ordered[i].start == end and end - start < limit:
+            end = ordered[i].end
+            i += 1
+        while start < end:  # a tensor larger than ``limit``: several stretches
+            yield start, min(end, start + limit)
+            start += limit
+
+
+class Stager:
+    """Two staging buffers (pinned on a GPU), a copy stream and the read threads, for a
+    whole load."""
+
+    def __init__(self, device: str, threads: int = 4, size: int = STAGE) -> None:
+        import torch
+
+        self.device = device
+        self.size = size
+        gpu = device.startswith("cuda")
+        self.buffers = [torch.empty(size, dtype=torch.uint8, pin_memory=gpu) for _ in range(2)]
+        self.stream = torch.cuda.Stream(device) if gpu else None
+        self.events: list[Any] = [None, None]
+        self.pool = ThreadPoolExecutor(threads)
+
+    def close(self) -> None:
+        self.pool.shutdown()
+
+    def load(
+        self, file: Path, infos: Sequence[TensorInfo], advance: Callable[[int], None]
+    ) -> list[torch.Tensor]:
+        """``infos`` of ``file`` as tensors on the device, in the order given."""
+        import torch
+
+        dev = self.device
+        out = {t.name: torch.empty(t.shape, dtype=torch_dtype(t.dtype), device=dev) for t in infos}
+        flat = {name: _bytes(t) for name, t in out.items()}
+        if self.stream is not None:  # the tensors' memory may still be in use on its stream
+            self.stream.wait_stream(torch.cuda.current_stream(self.device))
+        ordered = sorted((t for t in infos if t.nbytes), key=lambda t: t.start)
+        fd = open_for_reading(file)
+        try:
+            k = 0
+            for n, (start, end) in enumerate(stretches(ordered, self.size)):
+                slot = n % 2
+                self._wait(slot)
+                buf = self.buffers[slot]
+                self._read(fd, buf, start, end, file)
+                advance(end - start)
+                while k < len(ordered) and ordered[k].end <= start:
+                    k += 1
+                parts = [(t, flat[t.name]) for t in _within(ordered, k, start, end)]
+                self._copy(slot, parts, start)
+            for slot in range(2):
+                self._wait(slot)
+        finally:
+            os.close(fd)
+        return [out[t.name] for t in infos]
+
+    def _read(self, fd: int, buf: torch.Tensor, start: int, end: int, file: Path) -> None:
+        array: Any = buf.numpy()
+        view = memoryview(array)
+        pieces = range(0, end - start, PIECE)
+
+        def piece(at: int) -> None:
+            n = min(PIECE, end - start - at)
+            done = 0
+            while done < n:
+                got = os.preadv(fd, [view[at + done : at + n]], start + at + done)
+                if got <= 0:
+                    raise BigmodelError("file is shorter than its header says", file)
+                done += got
+
+        for _ in self.pool.map(piece, pieces):
+            pass
+
+    def _copy(self, slot: int, parts: list[tuple[TensorInfo, torch.Tensor]], start: int) -> None:
+        """Each tensor's bytes within the stretch from the buffer into the tensor."""
+        import torch
+
+        buf = self.buffers[slot]
+        end = start + self.size
+        on_stream = self.stream is not None
+        with torch.cuda.stream(self.stream) if on_stream else contextlib.nullcontext():
+            for info, dst in parts:
+                lo, hi = max(info.start, start), min(info.end, end)
+                src = buf[lo - start : hi - start]
+                dst[lo - info.start : hi - info.start].copy_(src, non_blocking=True)
+            if self.stream is not None:
+                event = torch.cuda.Event()
+                event.record(self.stream)
+                self.events[slot] = event
+
+    def _wait(self, slot: int) -> None:
+        event = self.events[slot]
+        if event is not None:
+            event.synchronize()
+            self.events[slot] = None
+
+
+def _within(ordered: Sequence[TensorInfo], k: int, start: int, end: int) -> Iterator[TensorInfo]:
+    while k < len(ordered) and ordered[k].start < end:
+        if ordered[k].end > start:
+            yield ordered[k]
+        k += 1
+
+
+def _bytes(tensor: torch.Tensor) -> torch.Tensor:
+    """A flat uint8 view of a contiguous tensor's bytes."""
+    import torch
+
+    return tensor.reshape(-1).view(torch.uint8)
+
+
+def open_for_reading(path: Path) -> int:
+    """A read-only descriptor of ``path``; failing, the one-line error naming it."""
+    try:
+        return os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise BigmodelError(f"cannot open ({exc.strerror})", path) from None

@@ -1,0 +1,99 @@
+"""The GPU loader's staging (two buffers, stretches of the file, parts of tensors copied
+across stretches), checked on cpu where it runs the same code; and the peak counters
+reset only once CUDA is initialised (a failure only a GPU showed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from bigmodel_cli.devices import reset_gpu_peaks
+from bigmodel_cli.formats import format_of
+from bigmodel_cli.formats.base import TensorInfo
+from bigmodel_cli.run.staged import Stager, stretches
+
+
+def _info(name: str, start: int, end: int) -> TensorInfo:
+    return TensorInfo(name, "U8", (end - start,), Path("f"), start, end)
+
+
+def test_stretches_cover_the_tensors_read_and_never_a_gap() -> None:
+    infos = [_info("a", 0, 10), _info("b", 10, 30), _info("d", 40, 45), _info("e", 45, 100)]
+    assert list(stretches(infos, 25)) == [(0, 25), (25, 30), (40, 65), (65, 90), (90, 100)]
+    assert list(stretches(infos, 1000)) == [(0, 30), (40, 100)]
+    assert list(stretches([_info("z", 7, 7)], 10)) == []  # nothing to read for empty tensors
+
+
+@pytest.fixture
+def checkpoint(tmp_path: Path) -> Path:
+    torch.manual_seed(0)
+    tensors = {
+        "big": torch.randn(300, 7),  # spans several 1 KiB stretches
+        "half": torch.randn(33).half(),
+        "bf": torch.randn(5, 5).bfloat16(),
+        "ints": torch.arange(17, dtype=torch.int64),
+        "flags": torch.tensor([True, False, True]),
+        "scalar": torch.tensor(2.5),
+        "empty": torch.empty(0, 4),
+        "f8": torch.randn(9).to(torch.float8_e4m3fn),
+    }
+    path = tmp_path / "model.safetensors"
+    save_file(tensors, path)
+    return path
+
+
+@pytest.mark.parametrize("subset", ["all", "some"])
+def test_staged_tensors_equal_safe_open_s(checkpoint: Path, subset: str) -> None:
+    fmt = format_of(checkpoint)
+    assert fmt is not None
+    infos = list(fmt.read(checkpoint).tensors)
+    if subset == "some":  # gaps between the tensors read, as when a file is split
+        infos = [t for t in infos if t.name in ("big", "ints", "f8", "empty")]
+    stager = Stager("cpu", threads=2, size=1024)
+    done: list[int] = []
+    try:
+        got = stager.load(checkpoint, infos, done.append)
+    finally:
+        stager.close()
+    assert sum(done) == sum(t.nbytes for t in infos)
+    assert max(done) <= 1024
+    with safe_open(checkpoint, framework="pt") as f:
+        for info, tensor in zip(infos, got, strict=True):
+            want = f.get_tensor(info.name)
+            assert tensor.dtype == want.dtype and tensor.shape == want.shape, info.name
+            same = tensor.reshape(-1).view(torch.uint8), want.reshape(-1).view(torch.uint8)
+            assert torch.equal(*same), info.name
+
+
+def test_a_short_file_is_one_error_naming_it(checkpoint: Path) -> None:
+    fmt = format_of(checkpoint)
+    assert fmt is not None
+    infos = list(fmt.read(checkpoint).tensors)
+    with checkpoint.open("r+b") as f:
+        f.truncate(checkpoint.stat().st_size - 100)
+    stager = Stager("cpu", threads=1, size=1024)
+    try:
+        with pytest.raises(Exception, match="shorter than its header") as err:
+            stager.load(checkpoint, infos, lambda n: None)
+    finally:
+        stager.close()
+    assert str(checkpoint) in str(getattr(err.value, "file", "")) or str(checkpoint) in str(
+        err.value
+    )
+
+
+def test_gpu_peaks_are_reset_only_after_cuda_is_initialised(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[object] = []
+    monkeypatch.setattr(torch.cuda, "init", lambda: calls.append("init"))
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", calls.append)
+    reset_gpu_peaks({"cpu", 0, 1, "disk"})
+    assert calls[0] == "init" and sorted(c for c in calls[1:] if isinstance(c, int)) == [0, 1]
+    calls.clear()
+    reset_gpu_peaks({"cpu", "disk"})
+    assert calls == []
