@@ -25,14 +25,13 @@ from bigmodel_cli.run.peak import measure_peak
 from bigmodel_cli.run.pipeline import dtype_kwarg
 from bigmodel_cli.runtime.calls import forward, make_inputs
 from bigmodel_cli.runtime.estimate import model_of
-from bigmodel_cli.runtime.inputs import kind_of
+from bigmodel_cli.runtime.inputs import LIBRARIES, kind_of
 from bigmodel_cli.runtime.trace import quiet
 from bigmodel_cli.sizes import DType, torch_dtype
 
 if TYPE_CHECKING:
     import torch
 
-LIBRARIES = ("diffusers", "transformers")
 SEQUENCE = 8  # tokens of dummy text input
 MAX_SIDE = 32  # largest dummy latent side, so a forward pass stays cheap
 

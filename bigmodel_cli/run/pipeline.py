@@ -27,9 +27,7 @@ from bigmodel_cli.errors import BigmodelError
 from bigmodel_cli.placement.file import SPLIT, Plan, PlanLike, as_plan
 from bigmodel_cli.placement.strategies import STRATEGIES
 from bigmodel_cli.run.place import check_source
-
-LIBRARIES = ("diffusers", "transformers")
-
+from bigmodel_cli.runtime.inputs import LIBRARIES
 
 # ---------------------------------------------------------------- libraries
 

@@ -15,15 +15,13 @@ from dataclasses import dataclass, field
 
 from bigmodel_cli.checkpoint import Checkpoint, Component
 from bigmodel_cli.formats.json import read_json_file
-from bigmodel_cli.runtime.inputs import Model, Resolved, Shape, input_shapes, resolve
+from bigmodel_cli.runtime.inputs import LIBRARIES, Model, Resolved, Shape, input_shapes, resolve
 from bigmodel_cli.runtime.kv import KVCache, kv_cache
 from bigmodel_cli.runtime.quantize import HEADS, Tensor, weight_sizes
 from bigmodel_cli.runtime.shape import RunShape
 from bigmodel_cli.runtime.trace_cache import load_trace, save_trace, trace_key
 from bigmodel_cli.runtime.tracing import Job, Traced, from_doc, to_doc, trace_all
 from bigmodel_cli.sizes import DTYPES, DType
-
-LIBRARIES = ("diffusers", "transformers")
 
 
 @dataclass(frozen=True)

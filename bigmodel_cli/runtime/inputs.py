@@ -18,6 +18,7 @@ from bigmodel_cli.runtime.kv import is_causal_lm, text_config
 from bigmodel_cli.runtime.shape import RunShape
 
 Shape = tuple[int, ...]
+LIBRARIES = ("diffusers", "transformers")  # what components are built, traced and run with
 LONG = frozenset({"input_ids"})  # token ids; every other input is floating
 FLOAT32 = frozenset({"timestep", "guidance"})  # floating inputs kept at float32
 # the latent side of a denoiser whose config has no sample_size, as its pipeline defaults

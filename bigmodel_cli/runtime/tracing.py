@@ -5,10 +5,13 @@ Most of a cold trace is importing torch and the component's library. So:
 - in this process, when its library is imported here already (a notebook that holds
   diffusers, the tests): nothing more to pay;
 - else in worker processes (``python -m bigmodel_cli.runtime.tracing``), one per CPU at
-  most, the components dealt out largest first. They import in parallel, and with the
-  quantization backends hidden (``bitsandbytes``, ``torchao``: a second of import that
-  builds nothing on the meta device; the quantized bytes come from :mod:`.quantize`),
-  which a user's own process must keep.
+  most, each given the components of one library where it can be (largest first when a
+  library's are shared out). They import in parallel, and hide what their components do
+  not build with: the quantization backends (``bitsandbytes``, ``torchao``: a second of
+  import that builds nothing on the meta device; the quantized bytes come from
+  :mod:`.quantize`) and the other library (diffusers imports transformers when it can: a
+  second more). A user's own process keeps all of them. A component that fails to trace
+  in a worker that hid a library is traced again in one that hid none.
 
 What a trace found travels as the JSON document the trace cache keeps (:func:`to_doc`).
 """
@@ -25,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bigmodel_cli.runtime.inputs import Model, Shape
+from bigmodel_cli.runtime.inputs import LIBRARIES, Model, Shape
 from bigmodel_cli.runtime.quantize import HEADS
 from bigmodel_cli.sizes import DTYPES, DType, torch_dtype
 
@@ -105,14 +108,26 @@ def trace_all(jobs: Sequence[Job]) -> list[Traced]:
     count = workers(jobs)
     if not jobs or count == 0:
         return [build_and_trace(job) for job in jobs]
+    groups = deal(jobs, count)
+    found = _in_workers(jobs, [(group, _hidden(jobs, group)) for group in groups])
+    again = [i for i in found if _failed_hiding(found[i], jobs, groups, i)]
+    if again:  # perhaps it needed what was hidden: once more, hiding only the quantizers
+        found |= _in_workers(jobs, [(again, list(HIDDEN))])
+    return [found[i] for i in range(len(jobs))]
+
+
+def _in_workers(
+    jobs: Sequence[Job], groups: list[tuple[list[int], list[str]]]
+) -> dict[int, Traced]:
+    """Each group of jobs traced by a worker of its own, all at once."""
     found: dict[int, Traced] = {}
     procs: list[subprocess.Popen[bytes]] = []
     try:
         threads = []
-        for group in deal(jobs, count):
+        for group, hide in groups:
             proc = _start_worker()
             procs.append(proc)
-            thread = threading.Thread(target=_talk, args=(proc, jobs, group, found))
+            thread = threading.Thread(target=_talk, args=(proc, jobs, group, hide, found))
             thread.start()
             threads.append(thread)
         for thread in threads:
@@ -122,7 +137,18 @@ def trace_all(jobs: Sequence[Job]) -> list[Traced]:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    return [found[i] for i in range(len(jobs))]
+    return found
+
+
+def _hidden(jobs: Sequence[Job], group: list[int]) -> list[str]:
+    used = {jobs[i].model.library for i in group}
+    return [*HIDDEN, *(lib for lib in LIBRARIES if lib not in used)]
+
+
+def _failed_hiding(t: Traced, jobs: Sequence[Job], groups: list[list[int]], i: int) -> bool:
+    group = next(g for g in groups if i in g)
+    hid_a_library = len(_hidden(jobs, group)) > len(HIDDEN)
+    return hid_a_library and t.note is not None and "could not be traced" in t.note
 
 
 def workers(jobs: Sequence[Job]) -> int:
@@ -138,14 +164,39 @@ def workers(jobs: Sequence[Job]) -> int:
 
 
 def deal(jobs: Sequence[Job], workers: int) -> list[list[int]]:
-    """Job indexes per worker: largest first, each to the least loaded (no empty groups)."""
-    groups: list[list[int]] = [[] for _ in range(max(1, min(workers, len(jobs))))]
-    loads = [0] * len(groups)
-    for i in sorted(range(len(jobs)), key=lambda i: -jobs[i].size):
+    """Job indexes per worker: the jobs of each library together (what a worker imports is
+    most of its time), a library's jobs shared out largest first to the least loaded when
+    workers are left over, the smallest groups merged when they are too few."""
+    by_library: dict[str | None, list[int]] = {}
+    for i, job in enumerate(jobs):
+        by_library.setdefault(job.model.library, []).append(i)
+    groups = list(by_library.values())
+    workers = max(1, workers)
+    while len(groups) > workers:
+        groups.sort(key=lambda g: _size(jobs, g))
+        groups = [groups[0] + groups[1], *groups[2:]]
+    spare = workers - len(groups)
+    split: list[list[int]] = []
+    for group in sorted(groups, key=lambda g: -_size(jobs, g)):
+        ways = min(len(group), 1 + spare)
+        spare -= ways - 1
+        split.extend(_share(jobs, group, ways))
+    return split
+
+
+def _share(jobs: Sequence[Job], group: list[int], ways: int) -> list[list[int]]:
+    """``group`` in ``ways`` parts: largest first, each to the least loaded."""
+    parts: list[list[int]] = [[] for _ in range(ways)]
+    loads = [0] * ways
+    for i in sorted(group, key=lambda i: -jobs[i].size):
         least = loads.index(min(loads))
-        groups[least].append(i)
+        parts[least].append(i)
         loads[least] += jobs[i].size
-    return groups
+    return parts
+
+
+def _size(jobs: Sequence[Job], group: list[int]) -> int:
+    return sum(jobs[i].size for i in group)
 
 
 def _cpus() -> int:
@@ -165,11 +216,15 @@ def _start_worker() -> subprocess.Popen[bytes]:
 
 
 def _talk(
-    proc: subprocess.Popen[bytes], jobs: Sequence[Job], group: list[int], found: dict[int, Traced]
+    proc: subprocess.Popen[bytes],
+    jobs: Sequence[Job],
+    group: list[int],
+    hide: list[str],
+    found: dict[int, Traced],
 ) -> None:
-    """Send a worker its jobs and read what it found; a worker that fails leaves a note
-    on each of its jobs."""
-    request = [_job_doc(jobs[i]) for i in group]
+    """Send a worker its jobs and what to hide, and read what it found; a worker that
+    fails leaves a note on each of its jobs."""
+    request = {"hide": hide, "jobs": [_job_doc(jobs[i]) for i in group]}
     out, err = proc.communicate(json.dumps(request).encode())
     try:
         docs = json.loads(out) if proc.returncode == 0 else None
@@ -206,10 +261,13 @@ def _job_of(doc: Mapping[str, Any]) -> Job:
 
 
 def main() -> None:
-    """The worker: jobs as JSON on stdin, what each trace found as JSON on stdout."""
-    for name in HIDDEN:
+    """The worker: ``{"hide": [MODULE...], "jobs": [...]}`` as JSON on stdin, what each
+    trace found as JSON on stdout. A hidden module is not importable here (nor found by
+    ``importlib.util.find_spec``, which the libraries ask)."""
+    request = json.load(sys.stdin)
+    for name in request["hide"]:
         sys.modules.setdefault(name, None)  # type: ignore[arg-type]  # import -> ImportError
-    jobs = [_job_of(doc) for doc in json.load(sys.stdin)]
+    jobs = [_job_of(doc) for doc in request["jobs"]]
     docs = [to_doc(build_and_trace(job)) for job in jobs]
     sys.stdout.write(json.dumps(docs))
 
