@@ -77,6 +77,9 @@ def test_workers_are_used_only_where_the_libraries_are_not_imported_yet(
     for name in ("diffusers", "transformers"):
         monkeypatch.delitem(sys.modules, name, raising=False)
     assert tracing.workers(jobs) == 3
+    monkeypatch.setattr(tracing, "_cpus", lambda: 64)
+    assert tracing.workers(jobs) == tracing.MOST_WORKERS  # each holds a few hundred MB
+    monkeypatch.setattr(tracing, "_cpus", lambda: 3)
     monkeypatch.setitem(sys.modules, "diffusers", sys)
     assert tracing.workers(jobs) == 3  # the text encoder still needs transformers
     monkeypatch.setitem(sys.modules, "transformers", sys)

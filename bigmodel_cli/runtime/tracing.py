@@ -33,6 +33,7 @@ from bigmodel_cli.runtime.quantize import HEADS
 from bigmodel_cli.sizes import DTYPES, DType, torch_dtype
 
 HIDDEN = ("bitsandbytes", "torchao")  # never imported by a worker
+MOST_WORKERS = 4
 
 
 @dataclass(frozen=True)
@@ -154,13 +155,14 @@ def _failed_hiding(t: Traced, jobs: Sequence[Job], groups: list[list[int]], i: i
 def workers(jobs: Sequence[Job]) -> int:
     """How many worker processes trace ``jobs``: ``$BIGMODEL_TRACE_WORKERS`` where set (0:
     none, trace here), else none when every job's library is imported here already, else
-    one per CPU this process may use."""
+    one per CPU this process may use, at most :data:`MOST_WORKERS` (each holds a few
+    hundred MB while it imports and traces)."""
     wanted = os.environ.get("BIGMODEL_TRACE_WORKERS", "").strip()
     if wanted.isdigit():
         return int(wanted)
     if all(job.model.library in sys.modules for job in jobs):
         return 0
-    return _cpus()
+    return min(_cpus(), MOST_WORKERS)
 
 
 def deal(jobs: Sequence[Job], workers: int) -> list[list[int]]:
@@ -225,11 +227,11 @@ def _talk(
     """Send a worker its jobs and what to hide, and read what it found; a worker that
     fails leaves a note on each of its jobs."""
     request = {"hide": hide, "jobs": [_job_doc(jobs[i]) for i in group]}
-    out, err = proc.communicate(json.dumps(request).encode())
     try:
+        out, err = proc.communicate(json.dumps(request).encode())
         docs = json.loads(out) if proc.returncode == 0 else None
-    except ValueError:
-        docs = None
+    except (OSError, ValueError) as exc:  # a pipe that broke, a document cut short
+        docs, err = None, str(exc).encode()
     if not isinstance(docs, list) or len(docs) != len(group):
         lines = err.decode(errors="replace").strip().splitlines()
         why = f"worker exited with {proc.returncode}" + (f": {lines[-1][:200]}" if lines else "")
