@@ -53,10 +53,10 @@ def test_staged_tensors_equal_safe_open_s(checkpoint: Path, subset: str) -> None
     infos = list(fmt.read(checkpoint).tensors)
     if subset == "some":  # gaps between the tensors read, as when a file is split
         infos = [t for t in infos if t.name in ("big", "ints", "f8", "empty")]
-    stager = Stager("cpu", threads=2, size=1024)
+    stager = Stager(pinned=False, threads=2, size=1024)
     done: list[int] = []
     try:
-        got = stager.load(checkpoint, infos, done.append)
+        got = stager.load(checkpoint, infos, "cpu", done.append)
     finally:
         stager.close()
     assert sum(done) == sum(t.nbytes for t in infos)
@@ -75,10 +75,10 @@ def test_a_short_file_is_one_error_naming_it(checkpoint: Path) -> None:
     infos = list(fmt.read(checkpoint).tensors)
     with checkpoint.open("r+b") as f:
         f.truncate(checkpoint.stat().st_size - 100)
-    stager = Stager("cpu", threads=1, size=1024)
+    stager = Stager(pinned=False, threads=1, size=1024)
     try:
         with pytest.raises(Exception, match="shorter than its header") as err:
-            stager.load(checkpoint, infos, lambda n: None)
+            stager.load(checkpoint, infos, "cpu", lambda n: None)
     finally:
         stager.close()
     assert str(checkpoint) in str(getattr(err.value, "file", "")) or str(checkpoint) in str(

@@ -72,15 +72,15 @@ class _Job:
     acc: Loaded
     progress: Progress
     copy: bool  # cpu tensors into private memory, not mapped
-    stagers: dict[DeviceKey, Stager] = field(default_factory=dict)  # per GPU, made on use
+    stagers: list[Stager] = field(default_factory=list)  # one, made at the first GPU tensor
 
     def to_gpu(self, dev: DeviceKey, file: Path, infos: list[TensorInfo]) -> list[torch.Tensor]:
-        """``infos`` of ``file`` onto GPU ``dev`` through its :class:`~.staged.Stager`."""
-        if dev not in self.stagers:
-            self.stagers[dev] = Stager(torch_device(dev))
+        """``infos`` of ``file`` onto GPU ``dev`` through the :class:`~.staged.Stager`."""
+        if not self.stagers:
+            self.stagers.append(Stager())
         began = time.perf_counter()
         try:
-            tensors = self.stagers[dev].load(file, infos, self.progress.advance)
+            tensors = self.stagers[0].load(file, infos, torch_device(dev), self.progress.advance)
         except OSError as exc:
             raise BigmodelError(f"cannot load ({exc.strerror or exc})", file) from None
         self.acc.time(dev, time.perf_counter() - began)
@@ -316,7 +316,7 @@ def load_tensors(
                 what = f"out of memory while loading {c.name} ({reason})"
                 raise FitError(what, c.folder) from None
     finally:
-        for stager in job.stagers.values():
+        for stager in job.stagers:
             stager.close()
     return job.acc
 

@@ -48,17 +48,17 @@ def stretches(infos: Sequence[TensorInfo], limit: int) -> Iterator[tuple[int, in
 
 
 class Stager:
-    """Two staging buffers (pinned on a GPU), a copy stream and the read threads, for a
-    whole load."""
+    """Two staging buffers (pinned when ``pinned``), a copy stream per GPU and the read
+    threads, for a whole load (one pair of buffers serves every GPU: files are loaded one
+    after another)."""
 
-    def __init__(self, device: str, threads: int = 4, size: int = STAGE) -> None:
+    def __init__(self, pinned: bool = True, threads: int = 4, size: int = STAGE) -> None:
         import torch
 
-        self.device = device
         self.size = size
-        gpu = device.startswith("cuda")
-        self.buffers = [torch.empty(size, dtype=torch.uint8, pin_memory=gpu) for _ in range(2)]
-        self.stream = torch.cuda.Stream(device) if gpu else None
+        self.buffers = [torch.empty(size, dtype=torch.uint8, pin_memory=pinned) for _ in range(2)]
+        self.streams: dict[str, Any] = {}
+        self.stream: Any = None  # the current load's
         self.events: list[Any] = [None, None]
         self.pool = ThreadPoolExecutor(threads)
 
@@ -66,16 +66,26 @@ class Stager:
         self.pool.shutdown()
 
     def load(
-        self, file: Path, infos: Sequence[TensorInfo], advance: Callable[[int], None]
+        self,
+        file: Path,
+        infos: Sequence[TensorInfo],
+        device: str,
+        advance: Callable[[int], None],
     ) -> list[torch.Tensor]:
-        """``infos`` of ``file`` as tensors on the device, in the order given."""
+        """``infos`` of ``file`` as tensors on ``device``, in the order given."""
         import torch
 
-        dev = self.device
-        out = {t.name: torch.empty(t.shape, dtype=torch_dtype(t.dtype), device=dev) for t in infos}
+        out = {
+            t.name: torch.empty(t.shape, dtype=torch_dtype(t.dtype), device=device) for t in infos
+        }
         flat = {name: _bytes(t) for name, t in out.items()}
-        if self.stream is not None:  # the tensors' memory may still be in use on its stream
-            self.stream.wait_stream(torch.cuda.current_stream(self.device))
+        self.stream = None
+        if device.startswith("cuda"):
+            if device not in self.streams:
+                self.streams[device] = torch.cuda.Stream(device)
+            self.stream = self.streams[device]
+            # the tensors' memory may still be in use by work queued on the default stream
+            self.stream.wait_stream(torch.cuda.current_stream(device))
         ordered = sorted((t for t in infos if t.nbytes), key=lambda t: t.start)
         fd = open_for_reading(file)
         try:
@@ -142,6 +152,12 @@ def _within(ordered: Sequence[TensorInfo], k: int, start: int, end: int) -> Iter
         if ordered[k].end > start:
             yield ordered[k]
         k += 1
+
+
+def _empty(info: TensorInfo, device: str) -> torch.Tensor:
+    import torch
+
+    return torch.empty(info.shape, dtype=torch_dtype(info.dtype), device=device)
 
 
 def _bytes(tensor: torch.Tensor) -> torch.Tensor:
