@@ -299,6 +299,31 @@ def test_fault(hub: HubServer, home: Path, fault: str, needles: tuple[str, ...])
         assert max(hub.bytes_sent.values()) < 1 << 20
 
 
+def test_a_busy_hub_is_asked_again(hub: HubServer, home: Path) -> None:
+    """A 503 first for every path (the file list, each header's resolve and CDN URLs, each
+    JSON file): each asked again, the same mirror as from a Hub that is not busy."""
+    import shutil
+
+    hub.fault, hub.fault_suffix, hub.busy_times = "busy", "", 1
+    found = mirror("test/pipe")
+    assert found.headers_fetched == 6
+    assert any(path.startswith("/api/models/") for path in hub._busy)
+    assert sum(path.endswith(".safetensors") for path in hub._busy) == 12  # resolve + CDN
+    assert all(sent == 1 for sent in hub._busy.values())
+    busy_print = fingerprint(load_checkpoint(found.path))
+    shutil.rmtree(home / "bigmodel")
+    hub.fault = None
+    assert fingerprint(load_checkpoint(mirror("test/pipe").path)) == busy_print
+
+
+def test_a_hub_busy_for_longer_than_the_retries_is_one_line(
+    hub: HubServer, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BIGMODEL_HUB_RETRIES", "2")
+    hub.fault, hub.busy_times = "busy", 3
+    assert one_line_error("test/pipe", home, "HTTP 503", "test/pipe/") < 4.5
+
+
 def test_gated_repo_opens_with_hf_token(
     hub: HubServer, home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -28,7 +28,13 @@ from urllib.parse import quote
 
 from huggingface_hub import HfApi, constants, hf_hub_url, snapshot_download
 
-from bigmodel_cli.checkpoint.hub_http import fetch_header, fetch_small_file, hub_errors, timeout
+from bigmodel_cli.checkpoint.hub_http import (
+    fetch_header,
+    fetch_small_file,
+    hub_errors,
+    retrying,
+    timeout,
+)
 from bigmodel_cli.checkpoint.names import index_files, weight_files
 from bigmodel_cli.errors import BigmodelError
 from bigmodel_cli.formats.pickle import PICKLE
@@ -156,7 +162,10 @@ def _resolve(repo_id: str, revision: str) -> str:
     if COMMIT.match(revision):
         return revision
     with hub_errors(repo_id, revision):
-        info = HfApi().model_info(repo_id, revision=revision, expand=["sha"], timeout=timeout())
+        api = HfApi()
+        info = retrying(
+            lambda: api.model_info(repo_id, revision=revision, expand=["sha"], timeout=timeout())
+        )
     if not info.sha or not COMMIT.match(info.sha):
         raise BigmodelError(f"the Hub gave no commit for revision {revision!r}", repo_id)
     return info.sha
@@ -170,8 +179,10 @@ def _list_files(repo_id: str, revision: str) -> tuple[str, dict[str, int]]:
     """The commit of ``revision``, and every file of the repo there with its real size
     (LFS size for LFS files)."""
     with hub_errors(repo_id, revision):
-        info = HfApi().model_info(
-            repo_id, revision=revision, files_metadata=True, timeout=timeout()
+        info = retrying(
+            lambda: HfApi().model_info(
+                repo_id, revision=revision, files_metadata=True, timeout=timeout()
+            )
         )
     if not info.sha or not COMMIT.match(info.sha):
         raise BigmodelError(f"the Hub gave no commit for revision {revision!r}", repo_id)

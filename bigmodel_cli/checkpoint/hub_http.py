@@ -3,16 +3,20 @@
 Every request goes through ``huggingface_hub.get_session()`` (its proxies, offline
 switch, request ids), with ``build_hf_headers()`` (HF_TOKEN, user agent) and URLs from
 ``hf_hub_url`` (HF_ENDPOINT). The shared client has no timeout of its own, so each call
-passes ``constants.HF_HUB_DOWNLOAD_TIMEOUT`` (10 s unless set). Every failure becomes one
+passes ``constants.HF_HUB_DOWNLOAD_TIMEOUT`` (10 s unless set). A busy Hub (HTTP 429 or a
+5xx) is asked again after a wait (:func:`retrying`). Every failure becomes one
 :class:`BigmodelError` line naming the repo or file.
 """
 
 from __future__ import annotations
 
+import os
 import struct
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, TypeVar
 
 from huggingface_hub import constants, get_session, hf_hub_url
 from huggingface_hub.errors import (
@@ -37,6 +41,39 @@ except ImportError:  # pragma: no cover - depends on the installed huggingface_h
 
 FIRST_RANGE = 1 << 16
 LOGIN = "log in with `hf auth login` or set HF_TOKEN"
+BUSY = frozenset({429, 500, 502, 503, 504})  # answers worth asking again
+LONGEST_WAIT = 10.0  # seconds, whatever Retry-After says
+T = TypeVar("T")
+
+
+def retries() -> int:
+    """How many times a busy answer is asked again: ``BIGMODEL_HUB_RETRIES``, else 4."""
+    given = os.environ.get("BIGMODEL_HUB_RETRIES", "")
+    return int(given) if given.isdigit() else 4
+
+
+def retrying(call: Callable[[], T]) -> T:
+    """``call()``; when the Hub answers 429 or a 5xx, again after ``Retry-After`` seconds
+    (at most :data:`LONGEST_WAIT`) or 0.5, 1, 2, 4 s, :func:`retries` times at most. A
+    timeout or a dropped connection is not retried (each would cost a whole timeout)."""
+    attempt = 0
+    while True:
+        try:
+            return call()
+        except HfHubHTTPError as exc:
+            status = exc.response.status_code if exc.response is not None else None
+            if status not in BUSY or attempt >= retries():
+                raise
+            time.sleep(_wait(exc.response, attempt))
+            attempt += 1
+
+
+def _wait(response: Any, attempt: int) -> float:
+    given = response.headers.get("Retry-After", "") if response is not None else ""
+    try:
+        return min(max(float(given), 0.0), LONGEST_WAIT)
+    except ValueError:  # absent, or an HTTP date
+        return min(0.5 * 2**attempt, LONGEST_WAIT)
 
 
 def timeout() -> float:
@@ -97,11 +134,16 @@ def hub_errors(repo_id: str, revision: str, what: str | None = None) -> Iterator
 
 
 def fetch_bytes(url: str, what: str, start: int, end: int, size: int) -> bytes:
-    """Bytes ``start..end`` (inclusive) of a ``size``-byte file, by one Range request.
+    """Bytes ``start..end`` (inclusive) of a ``size``-byte file, by one Range request
+    (asked again while the Hub is busy).
 
     A server that ignores the Range (200 with more than was asked) or sends more or fewer
     bytes than asked is refused; the body is never read past what was asked for.
     """
+    return retrying(lambda: _fetch_bytes(url, what, start, end, size))
+
+
+def _fetch_bytes(url: str, what: str, start: int, end: int, size: int) -> bytes:
     asked = end - start + 1
     headers = hub_headers() | {"Range": f"bytes={start}-{end}"}
     body = bytearray()
@@ -131,7 +173,12 @@ def fetch_bytes(url: str, what: str, start: int, end: int, size: int) -> bytes:
 
 
 def fetch_small_file(url: str, what: str, size: int) -> bytes:
-    """A whole small file (a JSON config), refusing one larger than the listed size."""
+    """A whole small file (a JSON config), refusing one larger than the listed size (asked
+    again while the Hub is busy)."""
+    return retrying(lambda: _fetch_small_file(url, what, size))
+
+
+def _fetch_small_file(url: str, what: str, size: int) -> bytes:
     body = bytearray()
     with get_session().stream("GET", url, headers=hub_headers(), timeout=timeout()) as response:
         if response.status_code >= 400:

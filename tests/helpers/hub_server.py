@@ -16,7 +16,8 @@ Faults (``server.fault``, applied to paths ending in ``server.fault_suffix``): `
 ``Authorization: Bearer {server.token}``), ``ignore_range`` (200, whole body), ``stall``
 (sleep ``stall_seconds`` before answering), ``short`` (a 206 with half the range asked
 for), ``drop`` (close the connection halfway through
-the body). ``server.latency`` delays every response. ``bytes_sent[path]`` counts body
+the body), ``busy`` (503 + ``Retry-After: 0`` to the first ``busy_times`` requests of each
+path, then the answer). ``server.latency`` delays every response. ``bytes_sent[path]`` counts body
 bytes per repo path and ``requests`` records every request.
 """
 
@@ -58,12 +59,14 @@ class HubServer:
     fault_suffix: str = ".safetensors"
     latency: float = 0.0
     stall_seconds: float = 5.0
+    busy_times: int = 2
     token: str | None = None
     requests: list[Request] = field(default_factory=list)
     bytes_sent: dict[str, int] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _httpd: ThreadingHTTPServer | None = None
     _etags: dict[Path, str] = field(default_factory=dict)
+    _busy: dict[str, int] = field(default_factory=dict)  # path -> 503s sent
     _port: int = 0  # kept after stop, for handlers still finishing a request
 
     @property
@@ -149,6 +152,15 @@ class HubServer:
     def faulty(self, path: str) -> bool:
         return self.fault is not None and path.endswith(self.fault_suffix)
 
+    def still_busy(self, path: str) -> bool:
+        """For ``busy``: whether ``path`` gets a 503 this time."""
+        with self._lock:
+            sent = self._busy.get(path, 0)
+            if sent >= self.busy_times:
+                return False
+            self._busy[path] = sent + 1
+            return True
+
 
 class _QuietServer(ThreadingHTTPServer):
     """Clients hanging up mid-response (as they should on an ignored Range) are normal."""
@@ -196,6 +208,8 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(hub.latency)
         if hub.fault == "stall" and hub.faulty(path):
             time.sleep(hub.stall_seconds)
+        if hub.fault == "busy" and hub.faulty(path) and hub.still_busy(path):
+            return self._send(503, {"Retry-After": "0"}, b"Service Unavailable")
         try:
             self._route(method, path, parse_qs(url.query))
         except (BrokenPipeError, ConnectionResetError):
