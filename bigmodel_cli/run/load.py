@@ -72,15 +72,14 @@ class _Job:
     acc: Loaded
     progress: Progress
     copy: bool  # cpu tensors into private memory, not mapped
-    stagers: list[Stager] = field(default_factory=list)  # one, made at the first GPU tensor
+    stager: Stager | None = None  # where any tensor goes to a GPU
 
     def to_gpu(self, dev: DeviceKey, file: Path, infos: list[TensorInfo]) -> list[torch.Tensor]:
         """``infos`` of ``file`` onto GPU ``dev`` through the :class:`~.staged.Stager`."""
-        if not self.stagers:
-            self.stagers.append(Stager())
+        assert self.stager is not None, "a GPU tensor in a load made without a stager"
         began = time.perf_counter()
         try:
-            tensors = self.stagers[0].load(file, infos, torch_device(dev), self.progress.advance)
+            tensors = self.stager.load(file, infos, torch_device(dev), self.progress.advance)
         except OSError as exc:
             raise BigmodelError(f"cannot load ({exc.strerror or exc})", file) from None
         self.acc.time(dev, time.perf_counter() - began)
@@ -304,7 +303,8 @@ def load_tensors(
     now) unless ``copy`` asks for private memory (read with ``pread``)."""
     import torch
 
-    job = _Job(target, Loaded(), progress, copy)
+    gpus = any(is_gpu(dev) for devices in place.values() for dev in devices.values())
+    job = _Job(target, Loaded(), progress, copy, Stager() if gpus else None)
     progress.start(sum(c.nbytes for c in ckpt.components), "loading")
     try:
         for c in ckpt.components:
@@ -316,8 +316,8 @@ def load_tensors(
                 what = f"out of memory while loading {c.name} ({reason})"
                 raise FitError(what, c.folder) from None
     finally:
-        for stager in job.stagers:
-            stager.close()
+        if job.stager is not None:
+            job.stager.close()
     return job.acc
 
 

@@ -31,7 +31,7 @@ from bigmodel_cli.formats import TensorInfo
 from bigmodel_cli.placement.world import RankPlan
 from bigmodel_cli.progress import Progress
 from bigmodel_cli.run.load import cast
-from bigmodel_cli.run.staged import open_for_reading
+from bigmodel_cli.run.staged import open_for_reading, pread_fully
 from bigmodel_cli.sizes import DType, torch_dtype
 from bigmodel_cli.torchrun import READERS
 
@@ -108,17 +108,6 @@ class Read:
     seconds: float = 0.0
 
 
-def _pread_into(fd: int, view: memoryview, offset: int, progress: Progress, what: Path) -> int:
-    done = 0
-    while done < len(view):
-        got = os.preadv(fd, [view[done : done + CHUNK]], offset + done)
-        if got <= 0:
-            raise BigmodelError("file is shorter than its header says", what)
-        done += got
-        progress.advance(got)
-    return done
-
-
 def _bytes_of(tensor: torch.Tensor) -> memoryview:
     """The writable bytes of a contiguous cpu uint8 tensor."""
     array: Any = tensor.numpy()
@@ -151,7 +140,8 @@ def _pread_pieces(
     """``r`` into ``view``, :data:`CHUNK` bytes per task of ``pool``; the bytes read."""
     starts = range(0, r.length, CHUNK)
     done = pool.map(
-        lambda at: _pread_into(fd, view[at : at + CHUNK], r.offset + at, progress, r.file), starts
+        lambda at: pread_fully(fd, view[at : at + CHUNK], r.offset + at, r.file, progress.advance),
+        starts,
     )
     return sum(done)
 
@@ -180,7 +170,8 @@ def read_pread(share: Share, device: str, target: DType | None, progress: Progre
                     for at in range(0, r.length, CHUNK):
                         n = min(CHUNK, r.length - at)
                         view = _bytes_of(staging)[:n]
-                        out.bytes_read += _pread_into(fd, view, r.offset + at, progress, r.file)
+                        got = pread_fully(fd, view, r.offset + at, r.file, progress.advance)
+                        out.bytes_read += got
                         buf[at : at + n].copy_(staging[:n])
             finally:
                 os.close(fd)

@@ -108,19 +108,11 @@ class Stager:
 
     def _read(self, fd: int, buf: torch.Tensor, start: int, end: int, file: Path) -> None:
         array: Any = buf.numpy()
-        view = memoryview(array)
+        view = memoryview(array)[: end - start]
         pieces = range(0, end - start, PIECE)
-
-        def piece(at: int) -> None:
-            n = min(PIECE, end - start - at)
-            done = 0
-            while done < n:
-                got = os.preadv(fd, [view[at + done : at + n]], start + at + done)
-                if got <= 0:
-                    raise BigmodelError("file is shorter than its header says", file)
-                done += got
-
-        for _ in self.pool.map(piece, pieces):
+        for _ in self.pool.map(
+            lambda at: pread_fully(fd, view[at : at + PIECE], start + at, file), pieces
+        ):
             pass
 
     def _copy(self, slot: int, parts: list[tuple[TensorInfo, torch.Tensor]], start: int) -> None:
@@ -165,6 +157,22 @@ def _bytes(tensor: torch.Tensor) -> torch.Tensor:
     import torch
 
     return tensor.reshape(-1).view(torch.uint8)
+
+
+def pread_fully(
+    fd: int, view: memoryview, offset: int, file: Path, advance: Callable[[int], None] | None = None
+) -> int:
+    """``len(view)`` bytes of ``fd`` from ``offset`` into ``view``, at most :data:`STAGE`
+    bytes per call (``advance`` told each); a file that ends first is one error naming it."""
+    done = 0
+    while done < len(view):
+        got = os.preadv(fd, [view[done : done + STAGE]], offset + done)
+        if got <= 0:
+            raise BigmodelError("file is shorter than its header says", file)
+        done += got
+        if advance is not None:
+            advance(got)
+    return done
 
 
 def open_for_reading(path: Path) -> int:

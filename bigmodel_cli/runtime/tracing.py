@@ -109,9 +109,10 @@ def trace_all(jobs: Sequence[Job]) -> list[Traced]:
     count = workers(jobs)
     if not jobs or count == 0:
         return [build_and_trace(job) for job in jobs]
-    groups = deal(jobs, count)
-    found = _in_workers(jobs, [(group, _hidden(jobs, group)) for group in groups])
-    again = [i for i in found if _failed_hiding(found[i], jobs, groups, i)]
+    groups = [(group, _hidden(jobs, group)) for group in deal(jobs, count)]
+    found = _in_workers(jobs, groups)
+    hid_a_library = [i for group, hide in groups if len(hide) > len(HIDDEN) for i in group]
+    again = [i for i in hid_a_library if "could not be traced" in (found[i].note or "")]
     if again:  # perhaps it needed what was hidden: once more, hiding only the quantizers
         found |= _in_workers(jobs, [(again, list(HIDDEN))])
     return [found[i] for i in range(len(jobs))]
@@ -144,12 +145,6 @@ def _in_workers(
 def _hidden(jobs: Sequence[Job], group: list[int]) -> list[str]:
     used = {jobs[i].model.library for i in group}
     return [*HIDDEN, *(lib for lib in LIBRARIES if lib not in used)]
-
-
-def _failed_hiding(t: Traced, jobs: Sequence[Job], groups: list[list[int]], i: int) -> bool:
-    group = next(g for g in groups if i in g)
-    hid_a_library = len(_hidden(jobs, group)) > len(HIDDEN)
-    return hid_a_library and t.note is not None and "could not be traced" in t.note
 
 
 def workers(jobs: Sequence[Job]) -> int:
