@@ -9,6 +9,7 @@ exit status; anything else is a bug (exit 1, the traceback only with ``--debug``
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 import traceback
@@ -329,6 +330,20 @@ def _names(error: BaseException) -> set[str]:
     return {cls.__name__ for cls in type(error).__mro__}
 
 
+# API argument names whose flag is not ``--`` + the name with dashes
+FLAG_NAMES = {"output": "-o", "plan_path": "--plan"}
+
+
+def as_flags(error: BigmodelError) -> str:
+    """The error's line with the API argument it names spelled as the CLI's flag:
+    the library says ``max_shard_size must be positive``, the CLI ``--max-shard-size ...``."""
+    text = str(error)
+    if error.argument is None:
+        return text
+    flag = FLAG_NAMES.get(error.argument, "--" + error.argument.replace("_", "-"))
+    return re.sub(rf"(?<![\w-]){re.escape(error.argument)}(?![\w-])", flag, text)
+
+
 def run_main(args: list[str] | None = None) -> int:
     """Run the command line on ``args`` (default: ``sys.argv``) and return the exit status.
 
@@ -338,7 +353,7 @@ def run_main(args: list[str] | None = None) -> int:
     try:
         code = command.main(args=args, prog_name="bigmodel", standalone_mode=False)
     except BigmodelError as error:
-        return _error(str(error), error.exit_code) if error.shown else error.exit_code
+        return _error(as_flags(error), error.exit_code) if error.shown else error.exit_code
     except KeyboardInterrupt:
         return _error("interrupted", EXIT_INTERRUPTED, prefix="bigmodel: ")
     except Exception as error:  # click's exceptions (typer may vendor its own click), bugs

@@ -17,12 +17,19 @@ class BigmodelError(Exception):
     shown = True  # False: another process (torchrun's rank 0) prints it
 
     def __init__(
-        self, reason: str, path: str | Path | None = None, tensor: str | None = None
+        self,
+        reason: str,
+        path: str | Path | None = None,
+        tensor: str | None = None,
+        argument: str | None = None,
     ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.path = None if path is None else str(path)
         self.tensor = tensor
+        # The API argument the reason names, spelled as the API spells it
+        # (``max_shard_size``); the CLI rewrites that word to its flag (``--max-shard-size``).
+        self.argument = argument
 
     def __str__(self) -> str:
         where = f"{self.path}: " if self.path else ""

@@ -53,7 +53,9 @@ def shard(
     >>> shard("unet/", "unet-sharded/", max_shard_size=5 * 10**9)  # doctest: +SKIP
     """
     if max_shard_size <= 0:
-        raise UsageError(f"--max-shard-size must be positive, not {max_shard_size}")
+        raise UsageError(
+            f"max_shard_size must be positive, not {max_shard_size}", argument="max_shard_size"
+        )
     return _write(source, output, "shard", max_shard_size, dtype, variant, force, progress)
 
 
