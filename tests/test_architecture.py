@@ -189,3 +189,62 @@ def test_no_run_of_six_code_lines_is_repeated() -> None:
             if first[0] != name or i - first[1] >= RUN:
                 repeats.append(f"{name}:{lines[i][0]} repeats {first[0]}:{first[2]}")
     assert not repeats, repeats
+
+
+# ---------------------------------------------------------------- one path per job
+
+MODEL_LIBRARIES = ("diffusers", "transformers")
+BUILDERS = ("from_pretrained", "from_config", "_from_config")  # a model built by its library
+BUILD_HOME = "bigmodel_cli.runtime.library"
+
+
+def _calls(tree: ast.AST, names: tuple[str, ...]) -> Iterator[ast.Call]:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            func = node.func
+            called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            if called in names:
+                yield node
+
+
+def builds_models(tree: ast.AST) -> list[str]:
+    """How a module imports diffusers / transformers or builds a model with them: an
+    ``import`` of either (or of a submodule), ``import_module("transformers...")``, or a
+    call of a method named ``from_pretrained`` / ``from_config`` / ``_from_config``."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [a.name for a in node.names if a.name.split(".")[0] in MODEL_LIBRARIES]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found += [node.module] if node.module.split(".")[0] in MODEL_LIBRARIES else []
+    for call in _calls(tree, ("import_module", "__import__")):
+        arg = call.args[0] if call.args else None
+        if isinstance(arg, ast.Constant) and str(arg.value).split(".")[0] in MODEL_LIBRARIES:
+            found.append(f"import_module({arg.value!r})")
+    for call in _calls(tree, BUILDERS):
+        if isinstance(call.func, ast.Attribute):  # x.from_pretrained(...), not ours
+            found.append(f"line {call.lineno}: .{call.func.attr}(...)")
+    return found
+
+
+def test_only_the_library_module_imports_diffusers_or_transformers_and_builds_models() -> None:
+    """One function builds a component with its library (runtime/library.py)."""
+    elsewhere = {
+        name: how
+        for name, path in modules().items()
+        if name != BUILD_HOME and (how := builds_models(ast.parse(path.read_text())))
+    }
+    assert not elsewhere, elsewhere
+    assert builds_models(ast.parse(modules()[BUILD_HOME].read_text()))  # the check sees it
+
+
+def test_a_second_model_builder_would_be_found() -> None:
+    for code in (
+        "from transformers import AutoModel",
+        "import diffusers.models",
+        "importlib.import_module('transformers.masking_utils')",
+        "def f(cls, p):\n    return cls.from_pretrained(p)",
+        "def f(cls, c):\n    return cls._from_config(c)",
+    ):
+        assert builds_models(ast.parse(code)), code
+    assert not builds_models(ast.parse("from bigmodel_cli.runtime.library import from_pretrained"))

@@ -295,7 +295,7 @@ def test_forward_without_the_library_is_a_clear_exit_2(
             raise ImportError("No module named 'diffusers'")
         return real(name, package)
 
-    monkeypatch.setattr("bigmodel_cli.run.forward.importlib.import_module", no_diffusers)
+    monkeypatch.setattr("bigmodel_cli.runtime.library.importlib.import_module", no_diffusers)
     plan = write_plan(tmp_path / "plan.json", hand_plan(PIPELINE, ALL_CPU))
     result = run_cli("run", PIPELINE, "--plan", plan, "--forward")
     assert_one_line_error(result, 2, "needs the diffusers library", "bigmodel-cli[diffusers]")

@@ -253,7 +253,7 @@ def test_without_the_library_there_is_no_estimate_and_the_output_says_how_to_get
     if where == "here":
         import importlib
 
-        from bigmodel_cli.runtime import trace
+        from bigmodel_cli.runtime import library
 
         real = importlib.import_module
 
@@ -263,7 +263,7 @@ def test_without_the_library_there_is_no_estimate_and_the_output_says_how_to_get
             return real(name, *args)
 
         monkeypatch.setenv("BIGMODEL_TRACE_WORKERS", "0")
-        monkeypatch.setattr(trace.importlib, "import_module", no_diffusers)
+        monkeypatch.setattr(library.importlib, "import_module", no_diffusers)
     else:  # a worker process finds a diffusers that will not import
         shadow = tmp_path / "shadow" / "diffusers"
         shadow.mkdir(parents=True)

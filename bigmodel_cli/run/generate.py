@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from bigmodel_cli.devices import DeviceKey, device_order, is_gpu, reset_gpu_peak
 from bigmodel_cli.errors import BigmodelError
 from bigmodel_cli.placement.file import Plan, PlanLike, as_plan
 from bigmodel_cli.run.pipeline import generate, is_pipeline, load
+from bigmodel_cli.runtime.library import held
 
 DEFAULT_IMAGE = "bigmodel-image.png"
 
@@ -70,7 +70,7 @@ def generate_run(
     """
     the_plan = as_plan(plan)
     reset_gpu_peaks(the_plan.named_devices())
-    with _quiet() if quiet else contextlib.nullcontext():
+    with held() if quiet else contextlib.nullcontext():
         began = time.perf_counter()
         obj = load(source, the_plan)
         loaded = time.perf_counter()
@@ -94,26 +94,6 @@ def generate_run(
         image=image,
         text=text,
     )
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """The libraries' logs at error level, no progress bars, no Python warnings."""
-    import importlib
-    import logging as std_logging
-    import warnings
-
-    std_logging.getLogger("accelerate").setLevel(std_logging.ERROR)
-    for name in ("diffusers", "transformers"):
-        try:
-            logging = importlib.import_module(f"{name}.utils.logging")
-        except ImportError:
-            continue
-        logging.set_verbosity_error()
-        logging.disable_progress_bar()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
 
 
 def _save(image: object, path: Path) -> None:

@@ -27,6 +27,8 @@ from bigmodel_cli.formats.json import read_json_file
 from bigmodel_cli.placement.file import Plan
 from bigmodel_cli.placement.world import RankPlan
 from bigmodel_cli.run.ranges import Read, Share, by_name
+from bigmodel_cli.runtime.estimate import model_of
+from bigmodel_cli.runtime.library import attribute, build_on_meta
 from bigmodel_cli.torchrun import DEFAULT_IDS, Group
 
 if TYPE_CHECKING:
@@ -106,8 +108,7 @@ def _int(value: object) -> int:
 
 def _causal_mask(config: Any, hidden: torch.Tensor, positions: torch.Tensor) -> Any:
     """transformers' own causal mask (None where sdpa's is_causal does it), across versions."""
-    from transformers.masking_utils import create_causal_mask
-
+    create_causal_mask = attribute("transformers.masking_utils", "create_causal_mask")
     params = inspect.signature(create_causal_mask).parameters
     given = {
         "config": config,
@@ -160,13 +161,9 @@ def build_stage(
     ckpt: Checkpoint, me: RankPlan, tensors: Mapping[str, torch.Tensor], device: str
 ) -> Any:
     """This rank's stage: the model on the meta device, its own modules given the weights."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    folder = ckpt.components[0].folder
-    config = AutoConfig.from_pretrained(folder)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
+    c = ckpt.components[0]
+    folder = c.folder
+    model = build_on_meta(model_of(ckpt, c))
     state = dict(tensors)
     for tied, source in me.tied.items():
         state[tied] = state[source]
