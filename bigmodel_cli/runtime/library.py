@@ -157,7 +157,9 @@ def component_class(
 ) -> Any:
     """The class a component's ``model_index.json`` entry or ``config.json`` names."""
     module = import_library(library, needed_for)
-    cls = getattr(module, class_name, None)
+    with held() as h:  # the class's own module may be imported only now
+        cls = getattr(module, class_name, None)
+        h.take_over()
     if cls is None:
         version = getattr(module, "__version__", "")
         raise BigmodelError(f"{library} {version} has no class {class_name}".strip(), where)
