@@ -109,7 +109,7 @@ def torchrun_run(
         return False
     from bigmodel_cli.render.world_run import render_world_run
     from bigmodel_cli.run.distributed import run_world
-    from bigmodel_cli.run.stage import stage_request
+    from bigmodel_cli.run.pipeline_stage import pipeline_request
 
     report = run_world(
         source,
@@ -117,7 +117,7 @@ def torchrun_run(
         dtype=None if dtype is None else parse_target_dtype(dtype),
         verify=verify,
         reader=reader.value,
-        stage=stage_request(input_ids, microbatches, forward_output) if forward else None,
+        stage=pipeline_request(input_ids, microbatches, forward_output) if forward else None,
         variant=variant,
         offline=offline,
     )

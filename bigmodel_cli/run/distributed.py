@@ -3,7 +3,7 @@
 Each rank joins the process group torchrun's environment describes
 (:class:`~bigmodel_cli.torchrun.Group`), checks its RANK / LOCAL_RANK and the checkpoint
 against the plan, reads only its byte ranges (:mod:`.ranges`), optionally verifies them
-and runs its pipeline stage (:mod:`.stage`, ``--forward``), and sends rank 0 what that
+and runs its pipeline stage (:mod:`.pipeline_stage`, ``--forward``), and sends rank 0 what that
 cost. Rank 0 returns the :class:`WorldRunReport`; the others return None.
 """
 
@@ -30,7 +30,7 @@ from bigmodel_cli.sizes import DType, parse_target_dtype
 from bigmodel_cli.torchrun import READERS, Group, RankEnv
 
 if TYPE_CHECKING:
-    from bigmodel_cli.run.stage import StageRequest, StageResult
+    from bigmodel_cli.run.pipeline_stage import PipelineRequest, PipelineResult
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ class WorldRunReport:
     duplicate_bytes: int  # bytes the plan has more than one rank read
     verified: bool
     total_seconds: float
-    forward: StageResult | None = None
+    forward: PipelineResult | None = None
     warnings: tuple[str, ...] = ()
 
     @property
@@ -145,7 +145,7 @@ def _prepare_rank(
     variant: str | None,
     offline: bool,
     env: RankEnv,
-    stage: StageRequest | None,
+    stage: PipelineRequest | None,
     reader: str,
     verify: bool,
 ) -> _Job:
@@ -166,9 +166,9 @@ def _prepare_rank(
         )
     share = rank_share(ckpt, me, the_plan.path)
     if stage is not None:
-        from bigmodel_cli.run.stage import check_stage
+        from bigmodel_cli.run.pipeline_stage import check_pipeline
 
-        check_stage(ckpt, the_plan, stage)
+        check_pipeline(ckpt, the_plan, stage)
     return _Job(the_plan, me, ckpt, target, share, device, tuple(notes))
 
 
@@ -204,7 +204,7 @@ def run_world(
     dtype: DType | str | None = None,
     verify: bool = False,
     reader: str = READERS[0],
-    stage: StageRequest | None = None,
+    stage: PipelineRequest | None = None,
     variant: str | None = None,
     offline: bool = False,
     progress: Progress | None = None,
@@ -228,9 +228,9 @@ def run_world(
         verify_seconds = group.agree(lambda: _verify(job, read), "verifying") if verify else None
         result = None
         if stage is not None:
-            from bigmodel_cli.run.stage import run_stage
+            from bigmodel_cli.run.pipeline_stage import run_pipeline
 
-            result = run_stage(
+            result = run_pipeline(
                 group, job.ckpt, job.plan, job.me, read, job.share, job.device, stage
             )
         mine = _rank_run(env, job, read, verify_seconds)
@@ -264,7 +264,7 @@ def _report(
     reader: str,
     verify: bool,
     seconds: float,
-    result: StageResult | None,
+    result: PipelineResult | None,
 ) -> WorldRunReport:
     world = job.plan.world
     assert world is not None

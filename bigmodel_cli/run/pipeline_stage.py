@@ -39,7 +39,7 @@ EMBED, NORM, HEAD, LAYER = "model.embed_tokens", "model.norm", "lm_head", "model
 
 
 @dataclass(frozen=True)
-class StageRequest:
+class PipelineRequest:
     """``--forward``: the batch (rows of token ids), microbatches, and the output file."""
 
     rows: tuple[tuple[int, ...], ...]
@@ -47,9 +47,9 @@ class StageRequest:
     output: Path | None
 
 
-def stage_request(
+def pipeline_request(
     input_ids: str | None, microbatches: int | None, output: str | None
-) -> StageRequest:
+) -> PipelineRequest:
     """``--input-ids 1,2,3`` (rows separated by ``;``), ``--microbatches M`` (default: one
     per row; it must divide the rows), ``--forward-output FILE``."""
     text = input_ids or DEFAULT_IDS
@@ -65,14 +65,14 @@ def stage_request(
             f"--microbatches {count} must divide the {len(rows)} row(s) of --input-ids "
             "(rows are separated by ';')"
         )
-    return StageRequest(rows, count, Path(output) if output is not None else None)
+    return PipelineRequest(rows, count, Path(output) if output is not None else None)
 
 
 def _layers(modules: Sequence[str]) -> list[int]:
     return [int(m[len(LAYER) :]) for m in modules if m.startswith(LAYER)]
 
 
-def check_stage(ckpt: Checkpoint, plan: Plan, request: StageRequest) -> None:
+def check_pipeline(ckpt: Checkpoint, plan: Plan, request: PipelineRequest) -> None:
     """Refuse, before loading, what this forward cannot run."""
     assert plan.world is not None
     c = ckpt.components[0]
@@ -157,7 +157,7 @@ def _stage_module(model: Any, modules: Sequence[str], device: str) -> Any:
     return Stage().eval()
 
 
-def build_stage(
+def build_pipeline_stage(
     ckpt: Checkpoint, me: RankPlan, tensors: Mapping[str, torch.Tensor], device: str
 ) -> Any:
     """This rank's stage: the model on the meta device, its own modules given the weights."""
@@ -178,7 +178,7 @@ def build_stage(
 
 
 @dataclass(frozen=True)
-class StageResult:
+class PipelineResult:
     """The forward pass, as the last stage saw it."""
 
     stages: int
@@ -202,7 +202,7 @@ def _write(path: Path, logits: torch.Tensor, ids: torch.Tensor) -> None:
         raise BigmodelError(f"cannot write the forward output ({exc.strerror})", path) from None
 
 
-def run_stage(
+def run_pipeline(
     group: Group,
     ckpt: Checkpoint,
     plan: Plan,
@@ -210,14 +210,16 @@ def run_stage(
     read: Read,
     share: Share,
     device: str,
-    request: StageRequest,
-) -> StageResult | None:
+    request: PipelineRequest,
+) -> PipelineResult | None:
     """Every rank runs its stage; rank 0 returns what the last stage saw."""
     import torch
     from torch.distributed.pipelining import PipelineStage, ScheduleGPipe
 
     tensors = {name: t for (_, name), t in by_name(read, share).items()}
-    stage = group.agree(lambda: build_stage(ckpt, me, tensors, device), "building the stages")
+    stage = group.agree(
+        lambda: build_pipeline_stage(ckpt, me, tensors, device), "building the stages"
+    )
     last = group.size - 1
     ids = torch.tensor(request.rows, dtype=torch.long)
     began = time.perf_counter()
@@ -228,7 +230,7 @@ def run_stage(
     seconds = time.perf_counter() - began
     result = None
     if group.rank == last:
-        result = StageResult(
+        result = PipelineResult(
             group.size,
             request.microbatches,
             tuple(ids.shape),
