@@ -18,7 +18,7 @@ from typing import Annotated, Any
 
 import typer
 
-from bigmodel_cli import __version__
+from bigmodel_cli import __version__, torchrun
 from bigmodel_cli import cli_ranks as ranks
 from bigmodel_cli import cli_runtime as po
 from bigmodel_cli.cli_options import (
@@ -33,6 +33,7 @@ from bigmodel_cli.cli_options import (
 )
 from bigmodel_cli.errors import EXIT_BUG, EXIT_INTERRUPTED, BigmodelError
 from bigmodel_cli.placement.strategies import DEFAULT_STRATEGY, STRATEGIES
+from bigmodel_cli.render import print_warnings
 from bigmodel_cli.sizes import DType, parse_size, parse_target_dtype
 from bigmodel_cli.torchrun import launched
 
@@ -293,8 +294,11 @@ def run(
     Example: `bigmodel run sdxl/ --plan plan.json --verify`;
     `bigmodel run sd15/ --plan plan.json --generate "a cat" -o cat.png`
     """
-    flags = (reader, input_ids, microbatches, forward_output)  # under torchrun: cli_ranks.py
-    if ranks.torchrun_run(source, plan_file, dtype, verify, forward, flags, variant, offline, json):
+    request = ranks.RunRequest(
+        source, plan_file, dtype, verify, forward, variant, offline, json, reader.value,
+        input_ids=input_ids, microbatches=microbatches, forward_output=forward_output,
+    )  # fmt: skip
+    if ranks.torchrun_run(request):  # under torchrun: cli_ranks.py
         return
     from bigmodel_cli.render.run import render_generate, render_run
     from bigmodel_cli.run import run_plan
@@ -319,6 +323,7 @@ def run(
         offline=offline,
         copy=copy,
     )
+    print_warnings(report.warnings)
     render_run(report, json)
 
 
@@ -350,10 +355,14 @@ def run_main(args: list[str] | None = None) -> int:
     The one place errors become output: project errors and click's usage errors are one
     ``bigmodel: error:`` line (standalone, click would draw a box around usage errors)."""
     command = typer.main.get_command(app)
+    torchrun.error_text = as_flags  # errors agreed across torchrun ranks, spelled as here
     try:
         code = command.main(args=args, prog_name="bigmodel", standalone_mode=False)
     except BigmodelError as error:
-        return _error(as_flags(error), error.exit_code) if error.shown else error.exit_code
+        if not error.shown:
+            return error.exit_code
+        print_warnings(error.warnings)
+        return _error(as_flags(error), error.exit_code)
     except KeyboardInterrupt:
         return _error("interrupted", EXIT_INTERRUPTED, prefix="bigmodel: ")
     except Exception as error:  # click's exceptions (typer may vendor its own click), bugs

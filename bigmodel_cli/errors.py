@@ -15,6 +15,7 @@ class BigmodelError(Exception):
 
     exit_code = EXIT_BAD_INPUT
     shown = True  # False: another process (torchrun's rank 0) prints it
+    warnings: tuple[str, ...] = ()  # what the failed command would have warned about
 
     def __init__(
         self,

@@ -32,6 +32,9 @@ DEFAULT_TIMEOUT = 600.0
 READERS = ("pread", "dcp")  # how a rank reads its byte ranges (run/ranges.py); the first: default
 DEFAULT_IDS = "1,2,3,4,5,6,7,8"  # the prompt of --forward under torchrun without --input-ids
 _NEEDED = ("RANK", "LOCAL_RANK", "WORLD_SIZE")
+# How an agreed error reads: its own text, or as the command line spells it (the CLI sets
+# this to its ``as_flags``, which writes an API argument as its --flag)
+error_text: Callable[[BigmodelError], str] = str
 
 
 def launched() -> bool:
@@ -172,7 +175,7 @@ class Group:
         try:
             result = step()
         except BigmodelError as exc:
-            error = (str(exc), exc.exit_code)
+            error = (error_text(exc), exc.exit_code)
         found = combined(self.gather(error, doing))
         if found is not None:
             message, code = found

@@ -21,7 +21,7 @@ from bigmodel_cli.errors import BigmodelError
 from bigmodel_cli.placement.file import Plan, PlanLike, as_plan
 from bigmodel_cli.placement.world import RankPlan, World
 from bigmodel_cli.progress import NullProgress, Progress, shown
-from bigmodel_cli.run import _prepare, _warn
+from bigmodel_cli.run.checks import prepare
 from bigmodel_cli.run.hub_ranges import is_remote, read_hub
 from bigmodel_cli.run.load import Loaded, verify_tensors
 from bigmodel_cli.run.place import check_source
@@ -154,15 +154,17 @@ def _prepare_rank(
     device = _device(me, env)
     ckpt = _from_the_hub(source, the_plan, variant or the_plan.variant, offline)
     if ckpt is None:  # a path, or a repo id in the cache: run's own checks
-        ckpt, target, notes = _prepare(source, the_plan, dtype, variant, offline)
+        ckpt, target, notes = prepare(source, the_plan, dtype, variant, offline)
     else:
         check_source(ckpt, the_plan)
         target, notes = dtype or the_plan.target, []
     if is_remote(ckpt) and (reader != READERS[0] or verify):
+        asked = "verify" if verify else f"reader {reader}"
         raise BigmodelError(
             "this rank fetches its ranges from the Hub (the repo is not in its cache): "
-            f"--verify and --reader {READERS[1]} need the files here (hf download first)",
+            f"{asked} needs the files here (hf download first)",
             ckpt.origin,
+            argument=asked.split()[0],
         )
     share = rank_share(ckpt, me, the_plan.path)
     if stage is not None:
@@ -220,9 +222,6 @@ def run_world(
             ),
             "checking the plan",
         )
-        if env.rank == 0:
-            for note in job.notes:
-                _warn(note)
         with shown(progress if env.rank == 0 else NullProgress()) as bar:
             read = group.agree(lambda: _read(job, reader, bar), "loading")
         verify_seconds = group.agree(lambda: _verify(job, read), "verifying") if verify else None

@@ -142,7 +142,7 @@ def run_forward(ckpt: Checkpoint, plan: Plan, dtype: DType | None) -> tuple[Forw
             results.append(ForwardResult(c.name, None, None, None, 0.0, why))
             continue
         if library not in LIBRARIES:
-            why = f"{library} is not a library --forward knows ({', '.join(LIBRARIES)})"
+            why = f"{library} is not a library components are built with ({', '.join(LIBRARIES)})"
             results.append(ForwardResult(c.name, library, class_name, None, 0.0, why))
             continue
         results.append(_forward_one(ckpt, c, m, plan, dtype))

@@ -86,7 +86,7 @@ def load(source: str | os.PathLike[str] | None, plan: PlanLike) -> Any:
     if view.world is not None:
         raise BigmodelError(
             "is a plan over torchrun ranks; load() builds one process's model: make a plan "
-            "without --nodes / --procs-per-node",
+            "for one process (no nodes / procs_per_node)",
             view.path,
         )
     folder = _checked_folder(source, view)

@@ -56,14 +56,19 @@ def pipeline_request(
     try:
         rows = tuple(tuple(int(x) for x in row.split(",")) for row in text.split(";"))
     except ValueError:
-        raise UsageError(f"invalid --input-ids {text!r}: integers separated by commas") from None
+        raise UsageError(
+            f"invalid input_ids {text!r}: integers separated by commas", argument="input_ids"
+        ) from None
     if len({len(r) for r in rows}) != 1 or any(i < 0 for r in rows for i in r):
-        raise UsageError(f"invalid --input-ids {text!r}: rows of equal length, ids >= 0")
+        raise UsageError(
+            f"invalid input_ids {text!r}: rows of equal length, ids >= 0", argument="input_ids"
+        )
     count = microbatches if microbatches is not None else len(rows)
     if count < 1 or len(rows) % count:
         raise UsageError(
-            f"--microbatches {count} must divide the {len(rows)} row(s) of --input-ids "
-            "(rows are separated by ';')"
+            f"microbatches {count} must divide the {len(rows)} row(s) of token ids "
+            "(rows are separated by ';')",
+            argument="microbatches",
         )
     return PipelineRequest(rows, count, Path(output) if output is not None else None)
 
@@ -79,13 +84,17 @@ def check_pipeline(ckpt: Checkpoint, plan: Plan, request: PipelineRequest) -> No
     config = read_json_file(c.folder / "config.json") or {}
     if len(ckpt.components) != 1 or config.get("model_type") not in FAMILIES:
         raise BigmodelError(
-            "--forward under torchrun runs Llama-family causal LMs "
+            "forward under torchrun runs Llama-family causal LMs "
             f"({', '.join(FAMILIES)}); this checkpoint is not one",
             ckpt.source,
+            argument="forward",
         )
     vocab = _int(config.get("vocab_size"))
     if any(i >= vocab for r in request.rows for i in r):
-        raise UsageError(f"--input-ids must be below the vocabulary size {vocab} of {c.folder}")
+        raise UsageError(
+            f"input_ids must be below the vocabulary size {vocab} of {c.folder}",
+            argument="input_ids",
+        )
     ranks = plan.world.ranks
     order = [i for r in ranks for i in _layers(r.modules)]
     in_order = (
@@ -96,9 +105,10 @@ def check_pipeline(ckpt: Checkpoint, plan: Plan, request: PipelineRequest) -> No
     )
     if not in_order:
         raise BigmodelError(
-            "--forward needs every rank to hold one stage, in forward order (the embedding "
-            "on rank 0, the head on the last); plan it with --strategy pipeline",
+            "forward needs every rank to hold one stage, in the order the model runs (the "
+            "embedding on rank 0, the head on the last); plan it with strategy pipeline",
             plan.path,
+            argument="forward",
         )
 
 

@@ -231,9 +231,10 @@ def _check_dcp_folder(folder: Path) -> None:
     variants = sorted(p.name for p in folder.glob("*.safetensors") if p.name.count(".") > 1)
     if variants:
         raise BigmodelError(
-            f"--reader dcp reads every .safetensors file of a folder, and this one also holds "
-            f"{variants[0]}; use --reader pread",
+            f"reader dcp reads every .safetensors file of a folder, and this one also holds "
+            f"{variants[0]}; use reader pread",
             folder,
+            argument="reader",
         )
 
 
