@@ -19,6 +19,7 @@ from typing import Annotated, Any
 import typer
 
 from bigmodel_cli import __version__, torchrun
+from bigmodel_cli import cli_generate as gen
 from bigmodel_cli import cli_ranks as ranks
 from bigmodel_cli import cli_runtime as po
 from bigmodel_cli.cli_options import (
@@ -260,29 +261,18 @@ def run(
     ] = False,
     variant: VariantOpt = None,
     offline: OfflineOpt = False,
-    generate: Annotated[
-        str | None,
-        typer.Option(
-            "--generate",
-            help="Load with diffusers/transformers as the plan says and generate from this "
-            "prompt: an image (-o) or text.",
-        ),
-    ] = None,
-    steps: Annotated[int, typer.Option("--steps", help="--generate: denoising steps.")] = 20,
-    seed: Annotated[int, typer.Option("--seed", help="--generate: random seed.")] = 0,
-    height: Annotated[int | None, typer.Option("--height", help="--generate: pixels.")] = None,
-    width: Annotated[int | None, typer.Option("--width", help="--generate: pixels.")] = None,
-    max_new_tokens: Annotated[
-        int, typer.Option("--max-new-tokens", help="--generate: tokens for a causal LM.")
-    ] = 32,
-    output: Annotated[
-        str | None,
-        typer.Option("-o", "--output", help="--generate: the image file (PNG)."),
-    ] = None,
+    generate: gen.Generate = None,
+    steps: gen.Steps = 20,
+    seed: gen.Seed = 0,
+    height: gen.Height = None,
+    width: gen.Width = None,
+    max_new_tokens: gen.MaxNewTokens = 32,
+    output: gen.ImageOut = None,
     reader: ranks.ReaderOpt = ranks.DEFAULT_READER,
     input_ids: ranks.InputIdsOpt = None,
     microbatches: ranks.MicrobatchesOpt = None,
     forward_output: ranks.ForwardOutputOpt = None,
+    verbose: gen.Verbose = False,
     json: JsonOpt = False,
 ) -> None:
     """Load a checkpoint onto the devices of a plan and report what it really cost.
@@ -300,16 +290,14 @@ def run(
     )  # fmt: skip
     if ranks.torchrun_run(request):  # under torchrun: cli_ranks.py
         return
-    from bigmodel_cli.render.run import render_generate, render_run
+    from bigmodel_cli.render.run import render_run
     from bigmodel_cli.run import run_plan
-    from bigmodel_cli.run.generate import Generation, generate_run
 
     if generate is not None:
+        from bigmodel_cli.run.generate import Generation
+
         how = Generation(steps, seed, height, width, max_new_tokens)
-        made = generate_run(
-            source, plan=plan_file, prompt=generate, how=how, output=output, quiet=True
-        )
-        render_generate(made, json)
+        gen.run_generate(source, plan_file, generate, how, output, json, verbose)
         return
 
     report = run_plan(
@@ -355,7 +343,8 @@ def run_main(args: list[str] | None = None) -> int:
     The one place errors become output: project errors and click's usage errors are one
     ``bigmodel: error:`` line (standalone, click would draw a box around usage errors)."""
     command = typer.main.get_command(app)
-    torchrun.error_text = as_flags  # errors agreed across torchrun ranks, spelled as here
+    torchrun.error_text = as_flags  # errors agreed across torchrun ranks: spelled as here,
+    torchrun.show_error = _show_error  # and shown by rank 0 for all
     try:
         code = command.main(args=args, prog_name="bigmodel", standalone_mode=False)
     except BigmodelError as error:
@@ -375,6 +364,11 @@ def run_main(args: list[str] | None = None) -> int:
 def _error(message: str, code: int, prefix: str = "bigmodel: error: ") -> int:
     sys.stderr.write(f"{prefix}{message}\n")
     return code
+
+
+def _show_error(message: str) -> None:
+    _error(message, 0)
+    sys.stderr.flush()
 
 
 def _other(command: Any, error: Exception) -> int:

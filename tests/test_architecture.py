@@ -248,3 +248,130 @@ def test_a_second_model_builder_would_be_found() -> None:
     ):
         assert builds_models(ast.parse(code)), code
     assert not builds_models(ast.parse("from bigmodel_cli.runtime.library import from_pretrained"))
+
+
+GPU_READER = "bigmodel_cli.run.gpu_reader"
+
+
+def _called(node: ast.Call) -> str:
+    func = node.func
+    return func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+
+
+def _byte_buffers(fn: ast.AST) -> set[str]:
+    """Names bound in ``fn`` to bytes read into memory: ``torch.frombuffer(...)`` or a
+    ``torch.empty/zeros(..., dtype=torch.uint8)``."""
+    names = set()
+    for node in ast.walk(fn):
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call):
+            call = node.value
+            uint8 = any(ast.unparse(k.value).endswith("uint8") for k in call.keywords)
+            if _called(call) == "frombuffer" or (_called(call) in ("empty", "zeros") and uint8):
+                names |= {t.id for t in node.targets if isinstance(t, ast.Name)}
+    return names
+
+
+def _to_device(node: ast.Call) -> bool:
+    """``x.cuda(...)``, or ``x.to(...)`` given a device (not a dtype)."""
+    if _called(node) == "cuda":
+        return True
+    given = [ast.unparse(a) for a in node.args] + [k.arg or "" for k in node.keywords]
+    return _called(node) == "to" and any("device" in g or "cuda" in g for g in given)
+
+
+def _stages(node: ast.Call) -> bool:
+    """A pinned buffer, an asynchronous copy, a CUDA stream or event."""
+    keywords = {k.arg for k in node.keywords}
+    if _called(node) == "pin_memory" or {"pin_memory", "non_blocking"} & keywords:
+        return True
+    return _called(node) in ("Stream", "Event", "stream") and "cuda" in ast.unparse(node.func)
+
+
+def gpu_read_loops(tree: ast.AST) -> list[str]:
+    """What puts read bytes on a device: a pinned host buffer (``pin_memory``), an
+    asynchronous copy (``non_blocking=``), a CUDA stream or event, or a byte buffer of a
+    function (:func:`_byte_buffers`, or ``torch.frombuffer(...)`` itself) moved to a
+    device (``.to(device)``, ``.cuda()``). Only the one GPU reader may hold any."""
+    found = set()
+    for fn in ast.walk(tree):
+        if not isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef | ast.Module):
+            continue
+        buffers = _byte_buffers(fn)
+        for node in ast.walk(fn):
+            if not isinstance(node, ast.Call):
+                continue
+            receiver = node.func.value if isinstance(node.func, ast.Attribute) else None
+            read = (isinstance(receiver, ast.Name) and receiver.id in buffers) or (
+                isinstance(receiver, ast.Call) and _called(receiver) == "frombuffer"
+            )
+            if _stages(node) or (read and _to_device(node)):
+                found.add(f"line {node.lineno}: {ast.unparse(node)[:60]}")
+    return sorted(found)
+
+
+def test_one_gpu_reader_stages_bytes_onto_a_gpu() -> None:
+    elsewhere = {
+        name: how
+        for name, path in modules().items()
+        if name != GPU_READER and (how := gpu_read_loops(ast.parse(path.read_text())))
+    }
+    assert not elsewhere, elsewhere
+    assert gpu_read_loops(ast.parse(modules()[GPU_READER].read_text()))  # the check sees it
+
+
+def test_a_second_gpu_read_loop_would_be_found() -> None:
+    for code in (  # the two this replaced: the ranks' one-buffer copy, the Hub's .to()
+        "def f(n):\n    s = torch.empty(n, dtype=torch.uint8).pin_memory()",
+        "def f(n, device):\n    buf = torch.empty(n, dtype=torch.uint8)\n    return buf.to(device)",
+        "def f(b, d):\n    return torch.frombuffer(b, dtype=torch.uint8).cuda(d)",
+        "def f(a, b):\n    a.copy_(b, non_blocking=True)",
+        "def f(d):\n    return torch.cuda.Stream(d)",
+    ):
+        assert gpu_read_loops(ast.parse(code)), code
+    assert not gpu_read_loops(ast.parse("def f(t, device):\n    return t.to(device)"))
+    assert not gpu_read_loops(ast.parse("def f(b, dt):\n    return torch.frombuffer(b).to(dt)"))
+
+
+# where output may be written: the command line and its renderers (and the tracing
+# worker, whose stdout is its JSON reply to the parent process, read by no one else)
+SPEAKERS = ("bigmodel_cli.cli", "bigmodel_cli.render", "bigmodel_cli.progress")
+WORKER_REPLY = {"bigmodel_cli.runtime.tracing": 1}
+
+
+def writes_output(tree: ast.AST) -> list[str]:
+    """``print(...)``, ``sys.stdout.write`` / ``sys.stderr.write`` (also ``.flush``-less
+    ``print(file=...)``), ``traceback.print_*``, ``typer.echo``."""
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        text = ast.unparse(node.func)
+        if (
+            text in ("print", "typer.echo", "echo")
+            or text.startswith("traceback.print")
+            or text in ("sys.stdout.write", "sys.stderr.write")
+        ):
+            found.append(f"line {node.lineno}: {text}")
+    return found
+
+
+def _speaks(name: str) -> bool:
+    return name.startswith(SPEAKERS) or name.startswith("bigmodel_cli.cli_")
+
+
+def test_only_the_cli_and_its_renderers_write_output() -> None:
+    """The core raises and returns; cli.py, cli_*.py, render/ and progress.py print."""
+    elsewhere = {
+        name: how
+        for name, path in modules().items()
+        if not _speaks(name)
+        and len(how := writes_output(ast.parse(path.read_text()))) > WORKER_REPLY.get(name, 0)
+    }
+    assert not elsewhere, elsewhere
+    assert writes_output(ast.parse(modules()["bigmodel_cli.cli"].read_text()))
+
+
+def test_output_written_elsewhere_would_be_found() -> None:
+    for code in ("print('x')", "sys.stderr.write('w')", "sys.stdout.write('x')"):
+        assert writes_output(ast.parse(code)), code
+    assert not writes_output(ast.parse("log.write('x')"))

@@ -38,6 +38,13 @@ def print_warnings(lines: Sequence[str]) -> None:
     sys.stderr.flush()
 
 
+def print_library_lines(lines: Sequence[str]) -> None:
+    """The libraries' own warnings and log lines, as they were held back, on stderr."""
+    for line in lines:
+        sys.stderr.write(f"{line}\n")
+    sys.stderr.flush()
+
+
 def bar(used: int, capacity: int, width: int = 20) -> str:
     """``[#########-----------] 45%`` for a device's fill."""
     if capacity <= 0:

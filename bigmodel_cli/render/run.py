@@ -138,6 +138,7 @@ def render_run(report: RunReport, as_json: bool) -> None:
 def generate_doc(r: GenerateReport) -> dict[str, Any]:
     """The ``--json`` document of ``run --generate`` (devices by plan id)."""
     doc = asdict(r)
+    del doc["library_output"]  # shown on stderr with --verbose, never in the document
     doc["devices"] = {key_text(d.key): {"planned": d.planned, "peak": d.peak} for d in r.devices}
     return doc
 

@@ -17,7 +17,7 @@ from bigmodel_cli.devices import DeviceKey, device_order, is_gpu, reset_gpu_peak
 from bigmodel_cli.errors import BigmodelError
 from bigmodel_cli.placement.file import Plan, PlanLike, as_plan
 from bigmodel_cli.run.pipeline import generate, is_pipeline, load
-from bigmodel_cli.runtime.library import held
+from bigmodel_cli.runtime.library import Held, held
 
 DEFAULT_IMAGE = "bigmodel-image.png"
 
@@ -39,6 +39,7 @@ class GenerateReport:
     devices: tuple[DevicePeak, ...]
     image: str | None = None  # where the image was written
     text: str | None = None
+    library_output: tuple[str, ...] = ()  # the libraries' warnings and log lines, held back
 
 
 @dataclass(frozen=True)
@@ -70,14 +71,18 @@ def generate_run(
     """
     the_plan = as_plan(plan)
     reset_gpu_peaks(the_plan.named_devices())
-    with held() if quiet else contextlib.nullcontext():
-        began = time.perf_counter()
-        obj = load(source, the_plan)
-        loaded = time.perf_counter()
-        if quiet and is_pipeline(obj):
-            obj.set_progress_bar_config(disable=True)
-        result = generate(obj, prompt, **asdict(how))
-        done = time.perf_counter()
+    with held() if quiet else contextlib.nullcontext(Held()) as kept:
+        try:
+            began = time.perf_counter()
+            obj = load(source, the_plan)
+            loaded = time.perf_counter()
+            if quiet and is_pipeline(obj):
+                obj.set_progress_bar_config(disable=True)
+            result = generate(obj, prompt, **asdict(how))
+            done = time.perf_counter()
+        except BigmodelError as error:  # what the libraries said is shown with the error
+            error.warnings += tuple(kept.lines)
+            raise
     image = text = None
     if is_pipeline(obj):
         image = str(Path(output if output is not None else DEFAULT_IMAGE))
@@ -93,6 +98,7 @@ def generate_run(
         devices=_peaks(the_plan),
         image=image,
         text=text,
+        library_output=tuple(kept.lines),
     )
 
 
