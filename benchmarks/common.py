@@ -166,3 +166,37 @@ def imports_torch(args: list[str]) -> bool:
         check=True,
     )
     return any(line.split("|")[-1].strip() == "torch" for line in proc.stderr.splitlines())
+
+
+# ---------------------------------------------------------------- step reports (gpu_check)
+
+
+def short(cmd: list[str]) -> str:
+    text = " ".join(str(c) for c in cmd).replace(sys.executable, "python")
+    return text if len(text) < 200 else text[:197] + "..."
+
+
+def last_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else "(no output)"
+
+
+def meminfo() -> str:
+    try:
+        rows = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+        return f"RAM total {rows['MemTotal'].strip()}, available {rows['MemAvailable'].strip()}"
+    except (OSError, KeyError, ValueError):
+        return "RAM: unknown"
+
+
+def cells(*values: object) -> str:
+    """A markdown table row."""
+    return "| " + " | ".join(str(v).replace("|", "/") for v in values) + " |"
+
+
+def gb(n: float | None) -> str:
+    return "-" if n is None else f"{n / 1e9:.3f} GB"
+
+
+def mb(n: float | None) -> str:
+    return "-" if n is None else f"{n / 1e6:.2f} MB"

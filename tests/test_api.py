@@ -88,6 +88,8 @@ def test_run_generate_writes_a_png_and_reports_the_peak(tmp_path: Path) -> None:
     doc = json.loads(result.stdout)
     assert doc["image"] == str(image) and image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert doc["devices"]["cpu"]["planned"] > 0 and doc["devices"]["cpu"]["peak"] > 0
+    cpu = doc["devices"]["cpu"]  # the process before loading, and what the run added
+    assert 0 < cpu["baseline"] <= cpu["peak"] and cpu["added"] == cpu["peak"] - cpu["baseline"]
     from PIL import Image
 
     assert Image.open(image).size == (32, 32)

@@ -27,6 +27,14 @@ class DevicePeak:
     key: DeviceKey
     planned: int
     peak: int | None  # GPU: max allocated; cpu: the process's peak RSS; disk: None
+    baseline: int | None = None  # cpu: the process's peak RSS before loading
+
+    @property
+    def added(self) -> int | None:
+        """What the run added: the peak above the baseline (cpu), else the peak."""
+        if self.peak is None or self.baseline is None:
+            return self.peak
+        return max(self.peak - self.baseline, 0)
 
 
 @dataclass(frozen=True)
@@ -71,6 +79,7 @@ def generate_run(
     """
     the_plan = as_plan(plan)
     reset_gpu_peaks(the_plan.named_devices())
+    baseline = _peak_rss()  # the process before loading: torch, this package
     with held() if quiet else contextlib.nullcontext(Held()) as kept:
         try:
             began = time.perf_counter()
@@ -95,7 +104,7 @@ def generate_run(
         prompt=prompt,
         load_seconds=loaded - began,
         generate_seconds=done - loaded,
-        devices=_peaks(the_plan),
+        devices=_peaks(the_plan, baseline),
         image=image,
         text=text,
         library_output=tuple(kept.lines),
@@ -112,9 +121,13 @@ def _save(image: object, path: Path) -> None:
         raise BigmodelError(f"cannot write the image ({exc})", path) from None
 
 
-def _peaks(plan: Plan) -> tuple[DevicePeak, ...]:
+def _peak_rss() -> int:
     import resource
 
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
+def _peaks(plan: Plan, baseline: int) -> tuple[DevicePeak, ...]:
     import torch
 
     peaks = []
@@ -123,6 +136,7 @@ def _peaks(plan: Plan) -> tuple[DevicePeak, ...]:
         if is_gpu(d.key):
             peak = int(torch.cuda.max_memory_allocated(d.key))
         elif d.key == "cpu":
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            peaks.append(DevicePeak(d.key, d.planned, _peak_rss(), baseline))
+            continue
         peaks.append(DevicePeak(d.key, d.planned, peak))
     return tuple(peaks)
