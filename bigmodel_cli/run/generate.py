@@ -81,17 +81,13 @@ def generate_run(
     reset_gpu_peaks(the_plan.named_devices())
     baseline = _peak_rss()  # the process before loading: torch, this package
     with held() if quiet else contextlib.nullcontext(Held()) as kept:
-        try:
-            began = time.perf_counter()
-            obj = load(source, the_plan)
-            loaded = time.perf_counter()
-            if quiet and is_pipeline(obj):
-                obj.set_progress_bar_config(disable=True)
-            result = generate(obj, prompt, **asdict(how))
-            done = time.perf_counter()
-        except BigmodelError as error:  # what the libraries said is shown with the error
-            error.warnings += tuple(kept.lines)
-            raise
+        began = time.perf_counter()
+        obj = load(source, the_plan)
+        loaded = time.perf_counter()
+        if quiet and is_pipeline(obj):
+            obj.set_progress_bar_config(disable=True)
+        result = generate(obj, prompt, **asdict(how))
+        done = time.perf_counter()
     image = text = None
     if is_pipeline(obj):
         image = str(Path(output if output is not None else DEFAULT_IMAGE))

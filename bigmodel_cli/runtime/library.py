@@ -106,7 +106,8 @@ _current: list[Held] = []  # the innermost held(), which imports re-apply
 @contextmanager
 def held() -> Iterator[Held]:
     """The libraries' warnings, log lines and progress bars held back while inside; their
-    lines are in the :class:`Held` it gives (stderr stays ours)."""
+    lines are in the :class:`Held` it gives (stderr stays ours), and in the ``warnings``
+    of a :class:`BigmodelError` that leaves it (shown with the error)."""
     if _current:  # nested: the outer one holds already
         yield _current[-1]
         return
@@ -118,6 +119,10 @@ def held() -> Iterator[Held]:
             warnings.simplefilter("always")
             try:
                 yield now
+            except BigmodelError as error:
+                now.warned(caught)
+                error.warnings += tuple(now.lines)
+                raise
             finally:
                 now.warned(caught)
     finally:
