@@ -8,9 +8,11 @@ config (:func:`build_on_meta`). ``load()``, ``run --forward``, ``run --generate`
 planner's tracing and the torchrun pipeline stages all build through these.
 
 Their output is held back once, by :func:`held`: while a library is imported and called,
-the warnings and log lines of the libraries we import (and what those import: torch,
-torchao, bitsandbytes, accelerate) are kept as lines instead of reaching stderr, and
-their progress bars are off. The caller decides what to do with the lines.
+the warnings and log records of the libraries we import (and what those import: torch,
+torchao, bitsandbytes, accelerate), whatever handlers they gave their loggers, are kept
+as lines instead of reaching stderr, and their progress bars are off. The caller decides
+what to do with the lines (``run --generate --verbose`` shows them; an error leaving
+:func:`held` carries them).
 """
 
 from __future__ import annotations
@@ -43,34 +45,34 @@ class LibraryMissing(BigmodelError):
 # ---------------------------------------------------------------- their output, held
 
 
-class _Keep(logging.Handler):
-    def __init__(self, lines: list[str]) -> None:
-        super().__init__(logging.NOTSET)
-        self.lines = lines
+_CALL_HANDLERS = logging.Logger.callHandlers  # the logging module's own
 
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(f"{record.name}: {record.levelname.lower()}: {record.getMessage()}")
+
+def _held_name(name: str) -> bool:
+    return name.split(".")[0] in HELD
 
 
 @dataclass
 class Held:
     """What the libraries said while held (internal, mutable): one line per log record or
-    warning, in order, and the loggers' own state to give back."""
+    warning, in order, and the progress bars to turn back on."""
 
     lines: list[str] = field(default_factory=list)
-    _saved: dict[str, tuple[list[logging.Handler], bool]] = field(default_factory=dict)
     _bars: list[Any] = field(default_factory=list)
 
     def take_over(self) -> None:
-        """Route the held loggers to :attr:`lines` (again after an import, which may have
-        given a library's logger a handler of its own); progress bars off."""
-        keep = _Keep(self.lines)
-        for name in HELD:
-            logger = logging.getLogger(name)
-            handlers, propagate = self._saved.setdefault(name, ([], logger.propagate))
-            handlers += [h for h in logger.handlers if not isinstance(h, _Keep)]
-            logger.handlers = [keep]
-            logger.propagate = False
+        """Records of the held loggers (their children too: torch gives many a handler of
+        their own, some while a library is imported) go to :attr:`lines`, whatever their
+        handlers; the libraries' progress bars off (again after an import)."""
+        lines = self.lines
+
+        def call_handlers(logger: logging.Logger, record: logging.LogRecord) -> None:
+            if not _held_name(record.name):
+                _CALL_HANDLERS(logger, record)
+                return
+            lines.append(f"{record.name}: {record.levelname.lower()}: {record.getMessage()}")
+
+        logging.Logger.callHandlers = call_handlers  # type: ignore[method-assign,assignment]
         for name in LIBRARIES:
             utils = _imported(f"{name}.utils.logging")
             if utils is not None and utils.is_progress_bar_enabled():
@@ -78,13 +80,9 @@ class Held:
                 self._bars.append(utils)
 
     def give_back(self) -> None:
-        for name, (handlers, propagate) in self._saved.items():
-            logger = logging.getLogger(name)
-            logger.handlers = handlers
-            logger.propagate = propagate
+        logging.Logger.callHandlers = _CALL_HANDLERS  # type: ignore[method-assign]
         for utils in self._bars:
             utils.enable_progress_bar()
-        self._saved.clear()
         self._bars.clear()
 
     def warned(self, caught: list[warnings.WarningMessage]) -> None:
