@@ -247,7 +247,7 @@ def test_missing_plan_file_is_exit_2(tmp_path: Path) -> None:
 def test_not_enough_free_memory_warns_or_exits_3_with_require_fit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("bigmodel_cli.run.available_ram", lambda: 1000)
+    monkeypatch.setattr("bigmodel_cli.run.checks.available_ram", lambda: 1000)
     plan = write_plan(tmp_path / "plan.json", hand_plan(PIPELINE, ALL_CPU))
     warned = run_cli("run", PIPELINE, "--plan", plan, "--json")
     assert warned.code == 0
