@@ -17,6 +17,7 @@ from bigmodel_cli.checkpoint import Checkpoint, Component, fingerprint, load_che
 from bigmodel_cli.devices import Budget, Device, DeviceKey, is_gpu, make_budget
 from bigmodel_cli.errors import UsageError
 from bigmodel_cli.formats.json import read_json_file
+from bigmodel_cli.placement.built import Pairs, place_in_built_names, with_built_names
 from bigmodel_cli.placement.file import DevicePlan, Plan, plan_from_json, read_plan
 from bigmodel_cli.placement.items import Bin, Layout, Part, Placement, widest_gpu
 from bigmodel_cli.placement.order import forward_order
@@ -104,19 +105,28 @@ def make_plan(
 
         return plan_counted(ckpt, budget, strategy, target, shape, no_split, bins, _describe)
     limit = widest_gpu(bins)
-    parts = [_part(c, target, no_split, splits, limit) for c in ckpt.components]
-    layout = STRATEGIES[strategy].place(parts, bins)
-    return _describe(ckpt, budget, strategy, target, parts, layout)
+
+    def part_of(c: Component, joined: Pairs) -> Part:
+        return _part(c, target, no_split, splits, limit, joined)
+
+    parts, layout, names = place_in_built_names(ckpt, part_of, STRATEGIES[strategy].place, bins)
+    return with_built_names(_describe(ckpt, budget, strategy, target, parts, layout), names)
 
 
 def _part(
-    c: Component, dtype: DType | None, no_split: Sequence[str], with_units: bool, limit: int | None
+    c: Component,
+    dtype: DType | None,
+    no_split: Sequence[str],
+    with_units: bool,
+    limit: int | None,
+    joined: Pairs = (),
 ) -> Part:
     sizes = [(t.name, bytes_at(DTYPES[t.dtype], t.numel, dtype)) for t in c.tensors]
     total = sum(n for _, n in sizes)
     if not with_units or c.name in no_split:
         return Part(c.name, total)
-    units = build_units(sizes, read_json_file(c.folder / "config.json"), no_split, limit)
+    config = read_json_file(c.folder / "config.json")
+    units = build_units(sizes, config, no_split, limit, joined)
     return Part(c.name, total, forward_order(units))
 
 

@@ -68,6 +68,10 @@ class Plan:
     world: WorldPlan | None = None  # a plan over torchrun ranks (--nodes / --procs-per-node)
     runtime: RunShape = field(default_factory=RunShape)  # the run's shape (plan --batch ...)
     needs: Mapping[str, Needs] = field(default_factory=dict)  # activations, KV cache, inputs
+    # names (placement/built.py): component_maps are in the names the library builds;
+    # stored_maps the same placement in the checkpoint's names, where they differ
+    stored_maps: Mapping[str, Mapping[str, DeviceKey]] = field(default_factory=dict)
+    names: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # per component
 
     @property
     def gpus(self) -> tuple[DevicePlan, ...]:
@@ -102,6 +106,12 @@ class Plan:
         where = self.device_map[component]
         return dict(self.component_maps[component]) if where == SPLIT else {"": where}
 
+    def stored_map(self, component: str) -> dict[str, DeviceKey]:
+        """The same placement over the checkpoint's own tensor names."""
+        if component in self.stored_maps and self.device_map[component] == SPLIT:
+            return dict(self.stored_maps[component])
+        return self.module_map(component)
+
     def to_json(self) -> dict[str, Any]:
         """The plan file, schema version 1."""
         return self._doc() | (self.world.to_json() if self.world is not None else {})
@@ -128,6 +138,8 @@ class Plan:
             },
             "device_map": dict(self.device_map),
             "component_maps": {name: dict(m) for name, m in self.component_maps.items()},
+            "stored_maps": {name: dict(m) for name, m in self.stored_maps.items()},
+            "names": {name: dict(record) for name, record in self.names.items()},
             "offloaded": list(self.offloaded),
             "fits": self.fits,
             "peak_fits": self.peak_fits,
@@ -240,6 +252,8 @@ def plan_from_json(doc: Mapping[str, Any], path: Path | None = None) -> Plan:
         world=world_from_json(doc, path),
         runtime=run_from_json(doc.get("runtime"), path),
         needs=_needs(doc.get("components"), path),
+        stored_maps=_component_maps(doc.get("stored_maps"), [], path),
+        names=_names(doc.get("names"), path),
     )
 
 
@@ -326,6 +340,13 @@ def _component_maps(
         name: {prefix: device_key(v, path) for prefix, v in module_map.items()}
         for name, module_map in raw.items()
     }
+
+
+def _names(raw: Any, path: Path | None) -> dict[str, dict[str, Any]]:
+    raw = raw if raw is not None else {}
+    if not isinstance(raw, dict) or not all(isinstance(r, dict) for r in raw.values()):
+        raise BigmodelError("plan 'names' is not an object of per-component records", path)
+    return {name: dict(record) for name, record in raw.items()}
 
 
 def _components(raw: Any, path: Path | None) -> dict[str, int]:

@@ -76,10 +76,12 @@ def build_units(
     config: Mapping[str, object] | None = None,
     no_split: Sequence[str] = (),
     limit: int | None = None,
+    joined: Sequence[tuple[str, str]] = (),
 ) -> tuple[Unit, ...]:
     """Group ``(tensor name, bytes)`` into units in natural block order; blocks larger than
-    ``limit`` are split into the blocks inside them."""
-    ties = tied_names([n for n, _ in tensors], config)
+    ``limit`` are split into the blocks inside them. ``joined``: pairs of tensors the
+    loading library needs on one device (:mod:`.built`: fused, tied, not to be split)."""
+    ties = tied_names([n for n, _ in tensors], config) + list(joined)
     sizes = dict(tensors)
     names = list(sizes) + [tied for tied, _ in ties if tied not in sizes]
     blocks = {n: coarsen(b, no_split) for n, b in group_blocks(names).items()}

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from bigmodel_cli.checkpoint import Checkpoint, Component
 from bigmodel_cli.devices import DeviceKey, is_gpu, torch_device
 from bigmodel_cli.errors import BigmodelError
+from bigmodel_cli.placement.built import library_map
 from bigmodel_cli.placement.file import Plan
 from bigmodel_cli.run.peak import measure_peak
 from bigmodel_cli.runtime.calls import forward, make_inputs
@@ -87,7 +88,7 @@ def _forward_one(
         why = f"no dummy inputs known for {class_name}"
         return ForwardResult(c.name, library, class_name, None, 0.0, why)
     kind, shapes, measured = fed
-    device_map = plan.module_map(c.name)
+    device_map = library_map(plan, c)  # in the names the library builds
     offload = (
         Path(tempfile.mkdtemp(prefix="bigmodel-offload-"))
         if "disk" in device_map.values()

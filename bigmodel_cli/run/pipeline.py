@@ -18,12 +18,14 @@ import os
 import shutil
 import tempfile
 import weakref
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from bigmodel_cli.checkpoint import load_checkpoint
+from bigmodel_cli.checkpoint import Checkpoint, load_checkpoint
 from bigmodel_cli.devices import DeviceKey, is_gpu, torch_device
 from bigmodel_cli.errors import BigmodelError
+from bigmodel_cli.placement.built import library_map
 from bigmodel_cli.placement.file import SPLIT, Plan, PlanLike, as_plan
 from bigmodel_cli.placement.strategies import STRATEGIES
 from bigmodel_cli.run.place import check_source
@@ -89,13 +91,14 @@ def load(source: str | os.PathLike[str] | None, plan: PlanLike) -> Any:
             "for one process (no nodes / procs_per_node)",
             view.path,
         )
-    folder = _checked_folder(source, view)
+    ckpt = _checked(source, view)
+    folder = ckpt.root
     off = _Offload()
     try:
         if (folder / "model_index.json").is_file():
-            obj = _load_pipeline(folder, view, off)
+            obj = _load_pipeline(ckpt, view, off)
         elif (folder / "config.json").is_file():
-            obj = _load_model(folder, view, off)
+            obj = _load_model(ckpt, view, off)
         else:
             raise BigmodelError("not a diffusers pipeline or transformers model folder", folder)
     except BaseException:
@@ -105,13 +108,13 @@ def load(source: str | os.PathLike[str] | None, plan: PlanLike) -> Any:
     return obj
 
 
-def _checked_folder(source: str | os.PathLike[str] | None, plan: Plan) -> Path:
-    """The folder of ``source``, whose headers must still be the ones the plan was made
+def _checked(source: str | os.PathLike[str] | None, plan: Plan) -> Checkpoint:
+    """The checkpoint of ``source``, whose headers must still be the ones the plan was made
     from (as ``bigmodel run`` checks)."""
     path = None if source is None else os.fspath(source)
     ckpt = load_checkpoint(path, plan.variant, revision=plan.commit_for(path), remote=False)
     check_source(ckpt, plan)
-    return ckpt.root
+    return ckpt
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -133,7 +136,8 @@ def _entries(index: dict[str, Any]) -> dict[str, tuple[str | None, str | None]]:
     }
 
 
-def _load_pipeline(folder: Path, plan: Plan, off: _Offload) -> Any:
+def _load_pipeline(ckpt: Checkpoint, plan: Plan, off: _Offload) -> Any:
+    folder = ckpt.root
     index = _read_json(folder / "model_index.json")
     entries = _entries(index)
     for name in plan.device_map:
@@ -147,7 +151,8 @@ def _load_pipeline(folder: Path, plan: Plan, off: _Offload) -> Any:
     built = {}
     for name in plan.device_map:
         cls = component_class(*entries[name], folder / name)  # type: ignore[arg-type]
-        placed = None if sequential else plan.module_map(name)
+        component = next(c for c in ckpt.components if c.name == name)
+        placed = None if sequential else library_map(plan, component)  # in its built names
         built[name] = _build(cls, folder / name, placed, plan, off)
         if not sequential and plan.device_map[name] != SPLIT:
             _hook_whole(built[name], plan.device_map[name], _main_device(plan))
@@ -188,7 +193,8 @@ def _execution_device(plan: Plan) -> str:
     return "cpu" if plan.execution_device is None else torch_device(plan.execution_device)
 
 
-def _load_model(folder: Path, plan: Plan, off: _Offload) -> Any:
+def _load_model(ckpt: Checkpoint, plan: Plan, off: _Offload) -> Any:
+    folder = ckpt.root
     config = _read_json(folder / "config.json")
     archs = config.get("architectures")
     transformers = import_library("transformers")
@@ -197,9 +203,11 @@ def _load_model(folder: Path, plan: Plan, off: _Offload) -> Any:
     cls = cls or transformers.AutoModelForCausalLM
     if len(plan.device_map) != 1:
         raise BigmodelError("plan places several components; this folder holds one model", folder)
-    component = next(iter(plan.device_map))
+    component = replace(ckpt.components[0], name=next(iter(plan.device_map)))
     sequential = STRATEGIES[plan.strategy].reports_peak
-    device_map: dict[str, DeviceKey] = {"": "cpu"} if sequential else plan.module_map(component)
+    device_map: dict[str, DeviceKey] = {"": "cpu"}
+    if not sequential:
+        device_map = library_map(plan, component)  # in the names the library builds
     model = _build(cls, folder, device_map, plan, off)
     if sequential:  # model CPU offload: on the execution device while it runs
         from accelerate import cpu_offload_with_hook

@@ -41,7 +41,7 @@ def placements(ckpt: Checkpoint, plan: Plan) -> Placements:
         if where != SPLIT:
             result[c.name] = {t.name: where for t in c.tensors}
             continue
-        module_map = plan.component_maps[c.name]
+        module_map = plan.stored_map(c.name)  # the checkpoint's names, not the library's
         place: dict[str, DeviceKey] = {}
         for t in c.tensors:
             dev = module_device(t.name, module_map)

@@ -1,0 +1,304 @@
+"""Stored names and built names: the one mapping from a checkpoint's tensor names to the
+names of the model its library builds.
+
+transformers 5 renames checkpoints as it loads them: GPT-NeoX stores ``embed_out.weight``
+and builds ``lm_head``; Llava stores ``language_model.model.layers.0...`` and builds
+``model.language_model.layers.0...``; Mixtral stores one tensor per expert and builds one
+fused tensor per layer (``mlp.experts.gate_up_proj``). A plan's blocks and sizes come from
+the stored names (the headers); the device map a library is given must be in its built
+names. :func:`built_names` asks the installed library itself (its conversion mapping, the
+class's ``base_model_prefix``, ``_no_split_modules`` and tied weights, read from the model
+built on the meta device): there is no table of architectures here. :func:`translate_map`
+turns a device map over stored prefixes into one over built prefixes.
+
+diffusers builds the stored names of a sharded checkpoint; its one renaming (deprecated
+attention blocks of single-file checkpoints, ``query`` -> ``to_q``) stays inside a
+module, so a map over blocks is the same in both names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bigmodel_cli.checkpoint.blocks import natural_key
+from bigmodel_cli.devices import DeviceKey
+from bigmodel_cli.errors import BigmodelError
+
+NOT_IMPORTABLE = "transformers was not importable when planning: the map is in stored names"
+
+
+@dataclass(frozen=True)
+class BuiltNames:
+    """What a library builds from a checkpoint: each stored tensor's built name (None:
+    the model takes no such tensor), every name of the built model's state dict, the groups
+    of tied parameters, the modules the library refuses to split, and the rules it applied
+    (``key_mapping``: source pattern -> target). ``note`` says why there is no translation
+    (the names are then taken as they are stored)."""
+
+    library: str | None = None  # "transformers 5.25.0"
+    class_name: str | None = None
+    built: Mapping[str, str | None] = field(default_factory=dict)
+    params: tuple[str, ...] = ()
+    tied: tuple[tuple[str, ...], ...] = ()
+    no_split: tuple[str, ...] = ()
+    key_mapping: Mapping[str, str] = field(default_factory=dict)
+    note: str | None = None
+
+    @property
+    def translated(self) -> bool:
+        return self.library is not None and self.note is None
+
+    def name(self, stored: str) -> str | None:
+        """The built name of ``stored`` (itself when nothing was translated)."""
+        return self.built.get(stored, stored) if self.translated else stored
+
+    def renamed(self) -> dict[str, str]:
+        """Stored -> built, for the names that differ."""
+        return {s: b for s, b in self.built.items() if b is not None and b != s}
+
+    def record(self) -> dict[str, Any]:
+        """What a plan file says about a component's names."""
+        if not self.translated:
+            return {"note": self.note}
+        fused = len([b for b in self.built.values() if b]) - len(
+            {b for b in self.built.values() if b}
+        )
+        return {
+            "library": self.library,
+            "class": self.class_name,
+            "key_mapping": dict(self.key_mapping),
+            "renamed": len(self.renamed()),
+            "fused": fused,
+        }
+
+
+def library_version(name: str = "transformers") -> str | None:
+    """``"transformers 5.25.0"``, or None when it is not importable."""
+    try:
+        module = importlib.import_module(name)
+    except ImportError:
+        return None
+    return f"{name} {module.__version__}"
+
+
+def built_names(
+    folder: Path, stored: Sequence[str], library: tuple[str, str] | None = None
+) -> BuiltNames:
+    """The names the library builds for the model in ``folder`` (``config.json``) whose
+    checkpoint stores ``stored``. ``library`` is a pipeline entry's ``(library, class)``;
+    without it the class is ``config.json``'s first ``architectures`` entry."""
+    config = _config(folder)
+    if library is not None and library[0] != "transformers":
+        return BuiltNames(note=f"{library[0]} builds the names it stores")
+    if library is None and ("_class_name" in config or "_diffusers_version" in config):
+        return BuiltNames(note="diffusers builds the names it stores")
+    archs = config.get("architectures")
+    class_name = library[1] if library else None
+    if class_name is None and isinstance(archs, list) and archs and isinstance(archs[0], str):
+        class_name = archs[0]
+    if class_name is None and "model_type" not in config:
+        return BuiltNames(note="config.json names no transformers class")
+    try:
+        transformers = importlib.import_module("transformers")
+    except ImportError:
+        return BuiltNames(note=NOT_IMPORTABLE)
+    try:
+        with _quiet(transformers):
+            return _from_transformers(transformers, folder, class_name, stored)
+    except BigmodelError:
+        raise
+    except Exception as exc:  # the library's own refusal, as one line
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else repr(exc)
+        return BuiltNames(note=f"transformers could not build {class_name} on meta ({reason})")
+
+
+def _config(folder: Path) -> dict[str, Any]:
+    from bigmodel_cli.formats.json import read_json_file
+
+    found = read_json_file(folder / "config.json")
+    return found if isinstance(found, dict) else {}
+
+
+@contextlib.contextmanager
+def _quiet(transformers: Any) -> Iterator[None]:
+    logging = transformers.utils.logging
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
+
+
+def _from_transformers(
+    transformers: Any, folder: Path, class_name: str | None, stored: Sequence[str]
+) -> BuiltNames:
+    import torch
+
+    config = transformers.AutoConfig.from_pretrained(str(folder))
+    cls = getattr(transformers, class_name, None) if class_name else None
+    with torch.device("meta"):
+        if cls is not None and hasattr(cls, "_from_config"):
+            model = cls._from_config(config)
+        else:
+            cls = transformers.AutoModelForCausalLM
+            model = cls.from_config(config)
+    meta = model.state_dict()
+    built, rules = _renamed(model, stored, meta)
+    classes = set(getattr(model, "_no_split_modules", None) or ())
+    no_split = tuple(
+        name for name, m in model.named_modules() if name and type(m).__name__ in classes
+    )
+    return BuiltNames(
+        library=f"transformers {transformers.__version__}",
+        class_name=type(model).__name__,
+        built=built,
+        params=tuple(meta),
+        tied=_tied(model),
+        no_split=no_split,
+        key_mapping=rules,
+    )
+
+
+def _renamed(
+    model: Any, stored: Sequence[str], meta: dict[str, Any]
+) -> tuple[dict[str, str | None], dict[str, str]]:
+    """Each stored name as ``from_pretrained`` renames it (its conversion mapping and
+    ``base_model_prefix``), None where the model takes no such tensor; and the rules used."""
+    prefix = model.base_model_prefix
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import (
+            WeightConverter,
+            WeightRenaming,
+            rename_source_key,
+        )
+    except ImportError:  # transformers 4: the class's own key mapping
+        return _renamed_v4(model, stored, meta)
+    mapping = get_model_conversion_mapping(model)
+    renamings = [m for m in mapping if isinstance(m, WeightRenaming)]
+    converters = [m for m in mapping if isinstance(m, WeightConverter)]
+    built: dict[str, str | None] = {}
+    for name in stored:
+        new, _ = rename_source_key(name, renamings, converters, prefix, meta)
+        if new not in meta and name in meta:
+            new, _ = rename_source_key(name, [], [], prefix, meta)
+        built[name] = new if new in meta else None
+    rules = {
+        "|".join(m._original_source_patterns): "|".join(m._original_target_patterns)
+        for m in mapping
+        if getattr(m, "_was_used", False)
+    }
+    return built, rules
+
+
+def _renamed_v4(
+    model: Any, stored: Sequence[str], meta: Mapping[str, Any]
+) -> tuple[dict[str, str | None], dict[str, str]]:
+    mapping: Mapping[str, str] = getattr(model, "_checkpoint_conversion_mapping", None) or {}
+    prefix = model.base_model_prefix
+    built: dict[str, str | None] = {}
+    for name in stored:
+        new = name
+        for pattern, target in mapping.items():
+            new, count = re.subn(pattern, target, name)
+            if count:
+                break
+        if new not in meta and f"{prefix}.{new}" in meta:
+            new = f"{prefix}.{new}"
+        elif new.startswith(prefix + ".") and new[len(prefix) + 1 :] in meta:
+            new = new[len(prefix) + 1 :]
+        built[name] = new if new in meta else None
+    return built, dict(mapping)
+
+
+def _tied(model: Any) -> tuple[tuple[str, ...], ...]:
+    """Groups of parameter names that share one tensor in the built model."""
+    by_tensor: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        by_tensor.setdefault(id(param), []).append(name)
+    return tuple(tuple(sorted(g)) for g in by_tensor.values() if len(g) > 1)
+
+
+# ---------------------------------------------------------------- maps
+
+
+def module_device(name: str, module_map: Mapping[str, DeviceKey]) -> DeviceKey | None:
+    """accelerate's rule: the device of the longest dotted prefix of ``name`` in the map."""
+    parts = name.split(".")
+    for i in range(len(parts), -1, -1):
+        prefix = ".".join(parts[:i])
+        if prefix in module_map:
+            return module_map[prefix]
+    return None
+
+
+def translate_map(stored_map: Mapping[str, DeviceKey], names: BuiltNames) -> dict[str, DeviceKey]:
+    """A device map over stored prefixes as one over built prefixes: every built tensor
+    goes where its stored tensors go (a fused tensor's pieces must agree), a tied or
+    missing one beside its partner or neighbour; then the fewest prefixes that say it."""
+    if not names.translated:
+        return dict(stored_map)
+    where: dict[str, DeviceKey | None] = dict.fromkeys(names.params)
+    for stored, built in names.built.items():
+        if built is None:
+            continue
+        device = module_device(stored, stored_map)
+        if device is None:
+            continue
+        if where.get(built) not in (None, device):
+            raise BigmodelError(
+                f"the plan puts parts of {built} (which {names.library} builds as one tensor) "
+                "on different devices; re-run bigmodel plan with the library installed",
+                None,
+                stored,
+            )
+        where[built] = device
+    for group in names.tied:
+        known = next((where[n] for n in group if where.get(n) is not None), None)
+        for name in group:
+            where[name] = where[name] if where.get(name) is not None else known
+    return _fewest_prefixes(_filled(where, stored_map))
+
+
+def _filled(
+    where: Mapping[str, DeviceKey | None], stored_map: Mapping[str, DeviceKey]
+) -> dict[str, DeviceKey]:
+    """Names without a device take their previous neighbour's (the next one's at the start)."""
+    names = list(where)
+    first = next((d for d in where.values() if d is not None), None)
+    fallback = first if first is not None else next(iter(stored_map.values()), "cpu")
+    found: dict[str, DeviceKey] = {}
+    last: DeviceKey = fallback
+    for name in names:
+        device = where[name]
+        last = device if device is not None else last
+        found[name] = last
+    return found
+
+
+def _fewest_prefixes(where: Mapping[str, DeviceKey]) -> dict[str, DeviceKey]:
+    """The shortest dotted prefixes under which every name has one device."""
+    result: dict[str, DeviceKey] = {}
+
+    def visit(prefix: str, names: list[str]) -> None:
+        devices = {where[n] for n in names}
+        if len(devices) == 1:
+            result[prefix] = devices.pop()
+            return
+        children: dict[str, list[str]] = {}
+        for name in names:
+            rest = name[len(prefix) + 1 :] if prefix else name
+            head = rest.split(".", 1)[0]
+            children.setdefault(f"{prefix}.{head}" if prefix else head, []).append(name)
+        for child, inner in children.items():
+            visit(child, inner)
+
+    visit("", sorted(where, key=natural_key))
+    return result
