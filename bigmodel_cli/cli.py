@@ -81,7 +81,13 @@ def root(
 def inspect(
     source: SourceArg = None,
     dtype: DTypeOpt = None,
-    tensors: Annotated[bool, typer.Option("--tensors", help="List every tensor.")] = False,
+    tensors: Annotated[
+        bool,
+        typer.Option(
+            "--tensors",
+            help="List every tensor, and the name its library builds where that differs.",
+        ),
+    ] = False,
     variant: VariantOpt = None,
     revision: RevisionOpt = None,
     offline: OfflineOpt = False,
@@ -95,7 +101,12 @@ def inspect(
     from bigmodel_cli.render.inspect import render_inspect
 
     summary = inspect_checkpoint(
-        source, dtype=_dtype(dtype), variant=variant, revision=revision, offline=offline
+        source,
+        dtype=_dtype(dtype),
+        variant=variant,
+        revision=revision,
+        offline=offline,
+        tensors=tensors,
     )
     render_inspect(summary, as_json=json, tensors=tensors)
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from bigmodel_cli.checkpoint.blocks import group_blocks
@@ -35,6 +36,8 @@ class CheckpointSummary:
     components: tuple[ComponentSummary, ...]
     skipped: tuple[str, ...] = field(default=())
     checkpoint: Checkpoint | None = field(default=None, repr=False, compare=False)
+    # component -> stored name -> the name its library builds, where they differ (--tensors)
+    built: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
     def total(self, attribute: str) -> int:
         return sum(int(getattr(c, attribute)) for c in self.components)
@@ -80,3 +83,18 @@ def summarize(ckpt: Checkpoint, target: DType | None) -> CheckpointSummary:
         skipped=ckpt.skipped,
         checkpoint=ckpt,
     )
+
+
+def with_built_names(summary: CheckpointSummary) -> CheckpointSummary:
+    """``summary`` with each component's stored -> built names where they differ (asks the
+    component's library: :mod:`.built_names`)."""
+    from bigmodel_cli.checkpoint.built_names import built_names
+
+    if summary.checkpoint is None:
+        return summary
+    found = {
+        c.name: built_names(c.folder, [t.name for t in c.tensors], c.library).renamed()
+        for c in summary.checkpoint.components
+        if summary.checkpoint.kind != "file"
+    }
+    return replace(summary, built={name: m for name, m in found.items() if m})

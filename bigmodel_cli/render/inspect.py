@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from rich.table import Table
@@ -46,9 +47,11 @@ def inspect_doc(s: CheckpointSummary, tensors: bool = False) -> dict[str, Any]:
     }
     if tensors and s.checkpoint is not None:
         for comp in s.checkpoint.components:
+            built = s.built.get(comp.name, {})
             doc["components"][comp.name]["tensor_list"] = [
                 {
                     "name": t.name,
+                    **({"built": built[t.name]} if t.name in built else {}),
                     "dtype": DTYPES[t.dtype].name,
                     "shape": list(t.shape),
                     "bytes": t.nbytes,
@@ -110,20 +113,29 @@ def render_inspect(s: CheckpointSummary, *, as_json: bool, tensors: bool) -> Non
     if s.checkpoint is not None and s.checkpoint.repo is not None:
         console.print(s.checkpoint.repo.note, markup=False)
     if tensors and s.checkpoint is not None:
-        _render_tensors(s.checkpoint)
+        _render_tensors(s.checkpoint, s.built)
 
 
-def _render_tensors(ckpt: Checkpoint) -> None:
+def _render_tensors(ckpt: Checkpoint, built_names: Mapping[str, Mapping[str, str]]) -> None:
     console = stdout()
     for comp in ckpt.components:
+        built = built_names.get(comp.name, {})
         table = Table(title=f"{comp.name} tensors", title_justify="left")
         table.add_column("name", overflow="fold")
+        if built:
+            table.add_column("built as", overflow="fold")
         table.add_column("dtype")
         table.add_column("shape", overflow="fold")
         table.add_column("bytes", justify="right")
         table.add_column("file", overflow="fold")
         for t in comp.tensors:
+            also = [built.get(t.name, "")] if built else []
             table.add_row(
-                t.name, DTYPES[t.dtype].name, str(list(t.shape)), format_size(t.nbytes), t.file.name
+                t.name,
+                *also,
+                DTYPES[t.dtype].name,
+                str(list(t.shape)),
+                format_size(t.nbytes),
+                t.file.name,
             )
         console.print(table)
