@@ -95,12 +95,11 @@ def with_built_names(plan: Plan, names: dict[str, BuiltNames]) -> Plan:
     built_maps = dict(plan.component_maps)
     stored_maps: dict[str, dict[str, DeviceKey]] = {}
     for name, found in names.items():
-        if name not in plan.component_maps:
-            continue
+        if name not in plan.component_maps or not found.renamed():
+            continue  # whole, or built in the names it stores: one map says both
         stored = dict(plan.component_maps[name])
         built_maps[name] = translate_map(stored, found)
-        if built_maps[name] != stored:
-            stored_maps[name] = stored
+        stored_maps[name] = stored
     notes = tuple(
         f"{name}: {n.note}; bigmodel translates them when it builds the model"
         for name, n in names.items()
