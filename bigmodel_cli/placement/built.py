@@ -40,25 +40,38 @@ def names_of(c: Component) -> BuiltNames:
 
 def joined_pairs(names: BuiltNames) -> list[tuple[str, str]]:
     """Pairs of stored tensors that must share a device: the pieces of one fused tensor,
-    the tensors of one module the library does not split, the members of a tied group."""
+    the tensors of one built module (accelerate places modules, not tensors) or of a module
+    the library does not split, and tied tensors, one absent from the checkpoint included
+    (BERT's tied decoder joins its bias to the embedding)."""
     if not names.translated:
         return []
-    groups: dict[str, list[str]] = {}
+    leader: dict[str, str] = {}
     outermost = set(names.no_split)
-    for stored, built in names.built.items():
-        if built is None:
-            continue
-        groups.setdefault(built, []).append(stored)
-        module = _outermost(built, outermost)
-        if module is not None:
-            groups.setdefault("module:" + module, []).append(stored)
-    stored_of: dict[str, list[str]] = {}
+    for param in names.params:
+        owner = param.rpartition(".")[0]
+        _join(leader, param, "module:" + (_outermost(param, outermost) or owner))
+    for group in names.tied:
+        for other in group[1:]:
+            _join(leader, group[0], other)
+    classes: dict[str, list[str]] = {}
     for stored, built in names.built.items():
         if built is not None:
-            stored_of.setdefault(built, []).append(stored)
-    for i, group in enumerate(names.tied):
-        groups[f"tied:{i}"] = [s for b in group for s in stored_of.get(b, [])]
-    return [(members[0], other) for members in groups.values() for other in members[1:]]
+            classes.setdefault(_find(leader, built), []).append(stored)
+    return [(members[0], other) for members in classes.values() for other in members[1:]]
+
+
+def _find(leader: dict[str, str], key: str) -> str:
+    leader.setdefault(key, key)
+    while leader[key] != key:
+        leader[key] = leader[leader[key]]
+        key = leader[key]
+    return key
+
+
+def _join(leader: dict[str, str], a: str, b: str) -> None:
+    ra, rb = _find(leader, a), _find(leader, b)
+    if ra != rb:
+        leader[max(ra, rb)] = min(ra, rb)
 
 
 def _outermost(name: str, modules: set[str]) -> str | None:
@@ -95,11 +108,12 @@ def with_built_names(plan: Plan, names: dict[str, BuiltNames]) -> Plan:
     built_maps = dict(plan.component_maps)
     stored_maps: dict[str, dict[str, DeviceKey]] = {}
     for name, found in names.items():
-        if name not in plan.component_maps or not found.renamed():
-            continue  # whole, or built in the names it stores: one map says both
+        if name not in plan.component_maps:
+            continue  # whole: {"": device} in any names
         stored = dict(plan.component_maps[name])
-        built_maps[name] = translate_map(stored, found)
-        stored_maps[name] = stored
+        built_maps[name] = translate_map(stored, found)  # tied and missing tensors too
+        if found.renamed():
+            stored_maps[name] = stored
     notes = tuple(
         f"{name}: {n.note}; bigmodel translates them when it builds the model"
         for name, n in names.items()

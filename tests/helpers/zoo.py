@@ -49,8 +49,14 @@ SIZES = {  # config keys shrunk wherever they appear (sub-configs included)
         "top_k",
     ),
     4: ("num_local_experts", "num_experts", "n_routed_experts", "state_size", "d_state"),
-    16: ("head_dim", "moe_intermediate_size", "shared_expert_intermediate_size", "v_head_dim"),
-    8: ("qk_rope_head_dim", "qk_nope_head_dim", "kv_lora_rank", "q_lora_rank", "time_step_rank"),
+    16: (
+        "head_dim",
+        "moe_intermediate_size",
+        "shared_expert_intermediate_size",
+        "v_head_dim",
+        "qk_rope_head_dim",
+    ),
+    8: ("qk_nope_head_dim", "kv_lora_rank", "q_lora_rank", "time_step_rank"),
     1: ("n_shared_experts", "first_k_dense_replace", "n_group", "topk_group"),
 }
 SHRINK = {key: value for value, keys in SIZES.items() for key in keys}
