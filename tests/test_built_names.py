@@ -120,7 +120,7 @@ def test_auto_over_two_gpus_keeps_no_more_off_them_than_accelerate(
     zoo_root: Path, model_type: str, kind: str
 ) -> None:
     built, _ = _built(zoo_root, model_type, kind)
-    gpu = built.nbytes * 35 // 100
+    gpu = built.nbytes // 2
     plan = make_plan(
         built.folder, max_memory=f"0={gpu},1={gpu},cpu={built.nbytes * 10}", strategy="auto"
     )
