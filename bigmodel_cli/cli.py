@@ -81,13 +81,7 @@ def root(
 def inspect(
     source: SourceArg = None,
     dtype: DTypeOpt = None,
-    tensors: Annotated[
-        bool,
-        typer.Option(
-            "--tensors",
-            help="List every tensor, and the name its library builds where that differs.",
-        ),
-    ] = False,
+    tensors: Annotated[bool, typer.Option("--tensors", help="List every tensor.")] = False,
     variant: VariantOpt = None,
     revision: RevisionOpt = None,
     offline: OfflineOpt = False,
@@ -98,16 +92,13 @@ def inspect(
     Reads headers only. Example: `bigmodel inspect sdxl/ --dtype fp16`
     """
     from bigmodel_cli.checkpoint import inspect as inspect_checkpoint
+    from bigmodel_cli.checkpoint import with_built_names
     from bigmodel_cli.render.inspect import render_inspect
 
     summary = inspect_checkpoint(
-        source,
-        dtype=_dtype(dtype),
-        variant=variant,
-        revision=revision,
-        offline=offline,
-        tensors=tensors,
+        source, dtype=_dtype(dtype), variant=variant, revision=revision, offline=offline
     )
+    summary = with_built_names(summary) if tensors else summary  # the library's names too
     render_inspect(summary, as_json=json, tensors=tensors)
 
 

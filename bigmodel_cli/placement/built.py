@@ -140,4 +140,7 @@ def library_map(plan: Plan, c: Component) -> dict[str, DeviceKey]:
     stored = plan.stored_map(c.name)
     if record is None and not all(module_device(t.name, stored) is not None for t in c.tensors):
         return stored  # a map written by hand in the built names
-    return translate_map(stored, names_of(c))
+    names = names_of(c)
+    if record is None and not names.renamed():
+        return stored  # an older plan, in names the library builds as they are
+    return translate_map(stored, names)

@@ -11,6 +11,7 @@ import os
 from collections.abc import Mapping
 
 from bigmodel_cli.checkpoint import Checkpoint, fingerprint
+from bigmodel_cli.checkpoint.built_names import module_device
 from bigmodel_cli.devices import DeviceKey, is_gpu, torch_device
 from bigmodel_cli.errors import BigmodelError
 from bigmodel_cli.placement.file import Plan
@@ -19,16 +20,6 @@ from bigmodel_cli.sizes import DTYPES, DType, bytes_at, format_size
 
 Placements = dict[str, dict[str, DeviceKey]]  # component -> tensor -> device
 CHANGED = "checkpoint changed since the plan was made; re-run bigmodel plan"
-
-
-def module_device(name: str, module_map: Mapping[str, DeviceKey]) -> DeviceKey | None:
-    """accelerate's rule: the device of the longest dotted prefix of ``name`` in the map."""
-    parts = name.split(".")
-    for i in range(len(parts), -1, -1):
-        prefix = ".".join(parts[:i])
-        if prefix in module_map:
-            return module_map[prefix]
-    return None
 
 
 def placements(ckpt: Checkpoint, plan: Plan) -> Placements:
