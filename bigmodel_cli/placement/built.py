@@ -27,6 +27,7 @@ from bigmodel_cli.checkpoint.built_names import (
 from bigmodel_cli.devices import DeviceKey
 from bigmodel_cli.placement.file import Plan
 from bigmodel_cli.placement.items import SPLIT, Bin, Layout, Part
+from bigmodel_cli.placement.units import find_leader, join_leaders
 
 Pairs = Sequence[tuple[str, str]]
 PartOf = Callable[[Component, Pairs], Part]
@@ -49,29 +50,15 @@ def joined_pairs(names: BuiltNames) -> list[tuple[str, str]]:
     outermost = set(names.no_split)
     for param in names.params:
         owner = param.rpartition(".")[0]
-        _join(leader, param, "module:" + (_outermost(param, outermost) or owner))
+        join_leaders(leader, param, "module:" + (_outermost(param, outermost) or owner))
     for group in names.tied:
         for other in group[1:]:
-            _join(leader, group[0], other)
+            join_leaders(leader, group[0], other)
     classes: dict[str, list[str]] = {}
     for stored, built in names.built.items():
         if built is not None:
-            classes.setdefault(_find(leader, built), []).append(stored)
+            classes.setdefault(find_leader(leader, built), []).append(stored)
     return [(members[0], other) for members in classes.values() for other in members[1:]]
-
-
-def _find(leader: dict[str, str], key: str) -> str:
-    leader.setdefault(key, key)
-    while leader[key] != key:
-        leader[key] = leader[leader[key]]
-        key = leader[key]
-    return key
-
-
-def _join(leader: dict[str, str], a: str, b: str) -> None:
-    ra, rb = _find(leader, a), _find(leader, b)
-    if ra != rb:
-        leader[max(ra, rb)] = min(ra, rb)
 
 
 def _outermost(name: str, modules: set[str]) -> str | None:

@@ -89,12 +89,12 @@ def build_units(
         blocks = refine(blocks, sizes, limit, no_split)
     leader = {b: b for b in blocks.values()}
     for tied, source in ties:
-        _join(leader, blocks[tied], blocks[source])
+        join_leaders(leader, blocks[tied], blocks[source])
     members: dict[str, list[str]] = {}
     totals: dict[str, int] = {}
     modules: dict[str, dict[str, int]] = {}  # root -> module -> bytes of its own tensors
     for name, block in blocks.items():
-        root = _find(leader, block)
+        root = find_leader(leader, block)
         if block not in members.setdefault(root, []):
             members[root].append(block)
         totals[root] = totals.get(root, 0) + sizes.get(name, 0)
@@ -138,13 +138,16 @@ def refine(
             return found
 
 
-def _find(leader: dict[str, str], block: str) -> str:
-    while leader[block] != block:
-        block = leader[block]
-    return block
+def find_leader(leader: dict[str, str], key: str) -> str:
+    """The representative of ``key``'s group (union-find; a new key is its own)."""
+    leader.setdefault(key, key)
+    while leader[key] != key:
+        key = leader[key]
+    return key
 
 
-def _join(leader: dict[str, str], a: str, b: str) -> None:
-    ra, rb = _find(leader, a), _find(leader, b)
+def join_leaders(leader: dict[str, str], a: str, b: str) -> None:
+    """Put ``a``'s and ``b``'s groups together (the smaller name leads)."""
+    ra, rb = find_leader(leader, a), find_leader(leader, b)
     if ra != rb:
         leader[max(ra, rb)] = min(ra, rb)
