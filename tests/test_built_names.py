@@ -289,3 +289,17 @@ def test_inspect_tensors_shows_both_names(zoo_root: Path) -> None:
     assert "built" not in by_name["gpt_neox.embed_in.weight"]
     table = run_cli("inspect", neox.folder, "--tensors")
     assert "built as" in table.stdout and "lm_head.weight" in table.stdout
+
+
+def test_a_plan_that_counts_the_run_is_in_the_built_names_too(
+    llava: tuple[Built, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("BIGMODEL_TRACE_WORKERS", "0")
+    monkeypatch.setenv("BIGMODEL_TRACES", str(tmp_path / "traces"))
+    built, expected = llava
+    plan = make_plan(
+        built.folder, max_memory=f"cpu={built.nbytes // 2},disk", strategy="auto", context=8
+    )
+    assert plan.runtime.counted and plan.device_map == {"llava": "split"}
+    assert any(k.startswith("model.language_model.") for k in plan.component_maps["llava"])
+    assert max_difference(built, plan, expected) == 0

@@ -36,15 +36,17 @@ def counted_part(
     with_units: bool,
     counted: bool,
     limit: int | None = None,
+    joined: Sequence[tuple[str, str]] = (),
 ) -> Part:
     """The planner's part for a component: weights (+ KV cache when ``counted``), its
-    units in forward order (the class's when it was built), its activations."""
+    units in forward order (the class's when it was built), its activations; ``joined``:
+    tensors its library needs together (:mod:`.built`)."""
     kv_total = runtime.kv.total if counted and runtime.kv else 0
     activations = (runtime.activations or 0) if counted else 0
     nbytes = runtime.weight_bytes + kv_total
     if not with_units or runtime.name in no_split:
         return Part(runtime.name, nbytes, activations=activations)
-    units = build_units(list(runtime.weights), config, no_split, limit)
+    units = build_units(list(runtime.weights), config, no_split, limit, joined)
     if counted and runtime.kv is not None:
         units = _with_kv(units, runtime.kv.layers, runtime.kv.per_layer)
     return Part(runtime.name, nbytes, forward_order(units, runtime.order), activations)

@@ -6,9 +6,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
-from bigmodel_cli.checkpoint import Checkpoint
+from bigmodel_cli.checkpoint import Checkpoint, Component
 from bigmodel_cli.devices import Budget
 from bigmodel_cli.formats.json import read_json_file
+from bigmodel_cli.placement.built import Pairs, place_in_built_names, with_built_names
 from bigmodel_cli.placement.counted import DeviceUse, counted_part, device_use
 from bigmodel_cli.placement.file import Plan
 from bigmodel_cli.placement.items import Bin, Layout, Part, widest_gpu
@@ -34,19 +35,15 @@ def plan_counted(
     """The plan of ``ckpt`` at ``shape`` (``describe``: the weights-only description)."""
     found = estimate(ckpt, shape, target)
     splits = STRATEGIES[strategy].splits_blocks
-    parts = [
-        counted_part(
-            found.components[c.name],
-            read_json_file(c.folder / "config.json") if ckpt.kind != "file" else None,
-            no_split,
-            splits,
-            shape.counted,
-            widest_gpu(bins),
-        )
-        for c in ckpt.components
-    ]
-    layout = STRATEGIES[strategy].place(parts, bins)
-    plan = describe(ckpt, budget, strategy, target, parts, layout)
+
+    def part_of(c: Component, joined: Pairs) -> Part:
+        config = read_json_file(c.folder / "config.json") if ckpt.kind != "file" else None
+        runtime = found.components[c.name]
+        return counted_part(runtime, config, no_split, splits, shape.counted, limit, joined)
+
+    limit = widest_gpu(bins)
+    parts, layout, names = place_in_built_names(ckpt, part_of, STRATEGIES[strategy].place, bins)
+    plan = with_built_names(describe(ckpt, budget, strategy, target, parts, layout), names)
     use = device_use(layout, parts, found, STRATEGIES[strategy].reports_peak)
     devices = tuple(
         replace(d, planned=u.weights + u.runtime, weights=u.weights, runtime=u.runtime)
