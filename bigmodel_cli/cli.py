@@ -92,13 +92,10 @@ def inspect(
     Reads headers only. Example: `bigmodel inspect sdxl/ --dtype fp16`
     """
     from bigmodel_cli.checkpoint import inspect as inspect_checkpoint
-    from bigmodel_cli.checkpoint import with_built_names
     from bigmodel_cli.render.inspect import render_inspect
 
-    summary = inspect_checkpoint(
-        source, dtype=_dtype(dtype), variant=variant, revision=revision, offline=offline
-    )
-    summary = with_built_names(summary) if tensors else summary  # the library's names too
+    where: dict[str, Any] = {"variant": variant, "revision": revision, "offline": offline}
+    summary = inspect_checkpoint(source, dtype=_dtype(dtype), tensors=tensors, **where)
     render_inspect(summary, as_json=json, tensors=tensors)
 
 
