@@ -93,10 +93,11 @@ def inspect(
     """
     from bigmodel_cli.checkpoint import inspect as inspect_checkpoint
     from bigmodel_cli.render.inspect import render_inspect
+    from bigmodel_cli.runtime.library import with_built_names  # --tensors: the built names
 
     where: dict[str, Any] = {"variant": variant, "revision": revision, "offline": offline}
-    summary = inspect_checkpoint(source, dtype=_dtype(dtype), tensors=tensors, **where)
-    render_inspect(summary, as_json=json, tensors=tensors)
+    summary = inspect_checkpoint(source, dtype=_dtype(dtype), **where)
+    render_inspect(with_built_names(summary) if tensors else summary, as_json=json, tensors=tensors)
 
 
 @app.command()

@@ -178,10 +178,10 @@ def test_a_gpu_smaller_than_a_layer_never_cuts_the_fused_experts(
 
 
 def _names(built: Built) -> BuiltNames:
-    from bigmodel_cli.checkpoint.built_names import built_names
+    from bigmodel_cli.runtime.library import library_names
 
     c = load_checkpoint(built.folder).components[0]
-    return built_names(c.folder, [t.name for t in c.tensors])
+    return library_names(c.folder, [t.name for t in c.tensors])
 
 
 # ---------------------------------------------------------------- the translation

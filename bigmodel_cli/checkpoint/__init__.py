@@ -19,7 +19,7 @@ from bigmodel_cli.checkpoint.discover import (
     fingerprint,
 )
 from bigmodel_cli.checkpoint.resolve import is_repo_id, load_checkpoint
-from bigmodel_cli.checkpoint.summary import CheckpointSummary, summarize, with_built_names
+from bigmodel_cli.checkpoint.summary import CheckpointSummary, summarize
 from bigmodel_cli.sizes import DType, parse_target_dtype
 
 __all__ = [
@@ -43,12 +43,9 @@ def inspect(
     variant: str | None = None,
     revision: str | None = None,
     offline: bool = False,
-    tensors: bool = False,
 ) -> CheckpointSummary:
     """What is in a checkpoint, from its headers alone: per component the layout, files,
-    tensors, parameters, dtype mix, bytes (and at ``dtype``) and blocks. ``tensors``: also
-    the names the component's library builds where they differ from the stored ones (this
-    imports the library).
+    tensors, parameters, dtype mix, bytes (and at ``dtype``) and blocks.
 
     >>> summary = inspect("sdxl/", dtype="fp16")  # doctest: +SKIP
     >>> summary.total("bytes_at_dtype")  # doctest: +SKIP
@@ -56,5 +53,4 @@ def inspect(
     target = parse_target_dtype(dtype) if isinstance(dtype, str) else dtype
     path = None if source is None else os.fspath(source)
     ckpt = load_checkpoint(path, variant, revision=revision, offline=offline)
-    summary = summarize(ckpt, target)
-    return with_built_names(summary) if tensors else summary
+    return summarize(ckpt, target)

@@ -6,9 +6,10 @@ and builds ``lm_head``; Llava stores ``language_model.model.layers.0...`` and bu
 ``model.language_model.layers.0...``; Mixtral stores one tensor per expert and builds one
 fused tensor per layer (``mlp.experts.gate_up_proj``). A plan's blocks and sizes come from
 the stored names (the headers); the device map a library is given must be in its built
-names. :func:`built_names` asks the installed library itself (its conversion mapping, the
-class's ``base_model_prefix``, ``_no_split_modules`` and tied weights, read from the model
-built on the meta device): there is no table of architectures here. :func:`translate_map`
+names. The installed library itself is asked, in the one module that builds models
+(:func:`bigmodel_cli.runtime.library.library_names`: its conversion mapping, the class's
+``base_model_prefix``, ``_no_split_modules`` and tied weights, read from the model built on
+the meta device): there is no table of architectures here. :func:`translate_map`
 turns a device map over stored prefixes into one over built prefixes.
 
 diffusers builds the stored names of a sharded checkpoint; its one renaming (deprecated
@@ -18,12 +19,8 @@ module, so a map over blocks is the same in both names.
 
 from __future__ import annotations
 
-import contextlib
-import importlib
-import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from bigmodel_cli.checkpoint.blocks import natural_key
@@ -76,154 +73,6 @@ class BuiltNames:
             "renamed": len(self.renamed()),
             "fused": fused,
         }
-
-
-def library_version(name: str = "transformers") -> str | None:
-    """``"transformers 5.25.0"``, or None when it is not importable."""
-    try:
-        module = importlib.import_module(name)
-    except ImportError:
-        return None
-    return f"{name} {module.__version__}"
-
-
-def built_names(
-    folder: Path, stored: Sequence[str], library: tuple[str, str] | None = None
-) -> BuiltNames:
-    """The names the library builds for the model in ``folder`` (``config.json``) whose
-    checkpoint stores ``stored``. ``library`` is a pipeline entry's ``(library, class)``;
-    without it the class is ``config.json``'s first ``architectures`` entry."""
-    config = _config(folder)
-    if library is not None and library[0] != "transformers":
-        return BuiltNames(note=f"{library[0]} builds the names it stores")
-    if library is None and ("_class_name" in config or "_diffusers_version" in config):
-        return BuiltNames(note="diffusers builds the names it stores")
-    archs = config.get("architectures")
-    class_name = library[1] if library else None
-    if class_name is None and isinstance(archs, list) and archs and isinstance(archs[0], str):
-        class_name = archs[0]
-    if class_name is None and "model_type" not in config:
-        return BuiltNames(note="config.json names no transformers class")
-    try:
-        transformers = importlib.import_module("transformers")
-    except ImportError:
-        return BuiltNames(note=NOT_IMPORTABLE)
-    try:
-        with _quiet(transformers):
-            return _from_transformers(transformers, folder, class_name, stored)
-    except BigmodelError:
-        raise
-    except Exception as exc:  # the library's own refusal, as one line
-        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else repr(exc)
-        return BuiltNames(note=f"transformers could not build {class_name} on meta ({reason})")
-
-
-def _config(folder: Path) -> dict[str, Any]:
-    from bigmodel_cli.formats.json import read_json_file
-
-    found = read_json_file(folder / "config.json")
-    return found if isinstance(found, dict) else {}
-
-
-@contextlib.contextmanager
-def _quiet(transformers: Any) -> Iterator[None]:
-    logging = transformers.utils.logging
-    level = logging.get_verbosity()
-    logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        logging.set_verbosity(level)
-
-
-def _from_transformers(
-    transformers: Any, folder: Path, class_name: str | None, stored: Sequence[str]
-) -> BuiltNames:
-    import torch
-
-    config = transformers.AutoConfig.from_pretrained(str(folder))
-    cls = getattr(transformers, class_name, None) if class_name else None
-    with torch.device("meta"):
-        if cls is not None and hasattr(cls, "_from_config"):
-            model = cls._from_config(config)
-        else:
-            cls = transformers.AutoModelForCausalLM
-            model = cls.from_config(config)
-    meta = model.state_dict()
-    built, rules = _renamed(model, stored, meta)
-    classes = set(getattr(model, "_no_split_modules", None) or ())
-    no_split = tuple(
-        name for name, m in model.named_modules() if name and type(m).__name__ in classes
-    )
-    return BuiltNames(
-        library=f"transformers {transformers.__version__}",
-        class_name=type(model).__name__,
-        built=built,
-        params=tuple(meta),
-        tied=_tied(model),
-        no_split=no_split,
-        key_mapping=rules,
-    )
-
-
-def _renamed(
-    model: Any, stored: Sequence[str], meta: dict[str, Any]
-) -> tuple[dict[str, str | None], dict[str, str]]:
-    """Each stored name as ``from_pretrained`` renames it (its conversion mapping and
-    ``base_model_prefix``), None where the model takes no such tensor; and the rules used."""
-    prefix = model.base_model_prefix
-    try:
-        from transformers.conversion_mapping import get_model_conversion_mapping
-        from transformers.core_model_loading import (
-            WeightConverter,
-            WeightRenaming,
-            rename_source_key,
-        )
-    except ImportError:  # transformers 4: the class's own key mapping
-        return _renamed_v4(model, stored, meta)
-    mapping = get_model_conversion_mapping(model)
-    renamings = [m for m in mapping if isinstance(m, WeightRenaming)]
-    converters = [m for m in mapping if isinstance(m, WeightConverter)]
-    built: dict[str, str | None] = {}
-    for name in stored:
-        new, _ = rename_source_key(name, renamings, converters, prefix, meta)
-        if new not in meta and name in meta:
-            new, _ = rename_source_key(name, [], [], prefix, meta)
-        built[name] = new if new in meta else None
-    rules = {
-        "|".join(m._original_source_patterns): "|".join(m._original_target_patterns)
-        for m in mapping
-        if getattr(m, "_was_used", False)
-    }
-    return built, rules
-
-
-def _renamed_v4(
-    model: Any, stored: Sequence[str], meta: Mapping[str, Any]
-) -> tuple[dict[str, str | None], dict[str, str]]:
-    mapping: Mapping[str, str] = getattr(model, "_checkpoint_conversion_mapping", None) or {}
-    prefix = model.base_model_prefix
-    built: dict[str, str | None] = {}
-    for name in stored:
-        new = name
-        for pattern, target in mapping.items():
-            new, count = re.subn(pattern, target, name)
-            if count:
-                break
-        if new not in meta and f"{prefix}.{new}" in meta:
-            new = f"{prefix}.{new}"
-        elif new.startswith(prefix + ".") and new[len(prefix) + 1 :] in meta:
-            new = new[len(prefix) + 1 :]
-        built[name] = new if new in meta else None
-    return built, dict(mapping)
-
-
-def _tied(model: Any) -> tuple[tuple[str, ...], ...]:
-    """Groups of parameter names that share one tensor in the built model."""
-    by_tensor: dict[int, list[str]] = {}
-    for name, param in model.named_parameters(remove_duplicate=False):
-        by_tensor.setdefault(id(param), []).append(name)
-    return tuple(tuple(sorted(g)) for g in by_tensor.values() if len(g) > 1)
 
 
 # ---------------------------------------------------------------- maps

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bigmodel_cli.checkpoint.blocks import group_blocks
@@ -83,18 +83,3 @@ def summarize(ckpt: Checkpoint, target: DType | None) -> CheckpointSummary:
         skipped=ckpt.skipped,
         checkpoint=ckpt,
     )
-
-
-def with_built_names(summary: CheckpointSummary) -> CheckpointSummary:
-    """``summary`` with each component's stored -> built names where they differ (asks the
-    component's library: :mod:`.built_names`)."""
-    from bigmodel_cli.checkpoint.built_names import built_names
-
-    if summary.checkpoint is None:
-        return summary
-    found = {
-        c.name: built_names(c.folder, [t.name for t in c.tensors], c.library).renamed()
-        for c in summary.checkpoint.components
-        if summary.checkpoint.kind != "file"
-    }
-    return replace(summary, built={name: m for name, m in found.items() if m})

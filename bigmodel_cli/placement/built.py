@@ -19,8 +19,6 @@ from bigmodel_cli.checkpoint import Checkpoint, Component
 from bigmodel_cli.checkpoint.built_names import (
     NOT_IMPORTABLE,
     BuiltNames,
-    built_names,
-    library_version,
     module_device,
     translate_map,
 )
@@ -28,6 +26,7 @@ from bigmodel_cli.devices import DeviceKey
 from bigmodel_cli.placement.file import Plan
 from bigmodel_cli.placement.items import SPLIT, Bin, Layout, Part
 from bigmodel_cli.placement.units import find_leader, join_leaders
+from bigmodel_cli.runtime.library import library_names, library_version
 
 Pairs = Sequence[tuple[str, str]]
 PartOf = Callable[[Component, Pairs], Part]
@@ -36,7 +35,7 @@ Place = Callable[[Sequence[Part], Sequence[Bin]], Layout]
 
 def names_of(c: Component) -> BuiltNames:
     """What ``c``'s library builds from its stored names."""
-    return built_names(c.folder, [t.name for t in c.tensors], c.library)
+    return library_names(c.folder, [t.name for t in c.tensors], c.library)
 
 
 def joined_pairs(names: BuiltNames) -> list[tuple[str, str]]:
