@@ -20,7 +20,7 @@ import typer
 
 from bigmodel_cli import __version__
 from bigmodel_cli import cli_ranks as ranks
-from bigmodel_cli import cli_runtime as po
+from bigmodel_cli import cli_shape as po
 from bigmodel_cli.cli_options import (
     DTypeOpt,
     ForceOpt,
@@ -198,7 +198,7 @@ def plan(
     width: po.Width = None,
     frames: po.Frames = None,
     context: po.Context = None,
-    runtime: po.Runtime = False,
+    counted: po.Counted = False,
     quantize: po.Quantize = None,
     no_quantize: po.NoQuantize = None,
     double_quant: po.DoubleQuant = False,
@@ -208,16 +208,15 @@ def plan(
     Example: `bigmodel plan sdxl/ --max-memory 0=8GB,1=8GB --dtype fp16 -o plan.json`;
     with activations at the run's shape: `... --batch 2 --height 1024 --width 1024`
     """
-    from bigmodel_cli.placement import make_plan
+    from bigmodel_cli.placement import PlanRequest, make_plan
     from bigmodel_cli.render.plan import render_plan
 
-    result = make_plan(
-        source,
+    request = PlanRequest(
         max_memory=max_memory,
         strategy=None if strategy is None else strategy.value,
         dtype=_dtype(dtype),
         reserve=reserve,
-        no_split=no_split or (),
+        no_split=tuple(no_split or ()),
         variant=variant,
         revision=revision,
         offline=offline,
@@ -225,6 +224,7 @@ def plan(
         procs_per_node=procs_per_node,
         **po.run_shape(locals()),  # --batch ... --double-quant
     )
+    result = make_plan(source, request)
     if output is not None:
         result = result.save(output)
     render_plan(result, as_json=json, output=output, require_fit=require_fit)
@@ -331,17 +331,17 @@ def _names(error: BaseException) -> set[str]:
 
 
 # API argument names whose flag is not ``--`` + the name with dashes
-FLAG_NAMES = {"output": "-o", "plan_path": "--plan"}
+FLAG_NAMES = {"output": "-o", "plan_path": "--plan", "counted": "--runtime"}
 
 
 def as_flags(error: BigmodelError) -> str:
     """The error's line with the API argument it names spelled as the CLI's flag:
     the library says ``max_shard_size must be positive``, the CLI ``--max-shard-size ...``."""
     text = str(error)
-    if error.argument is None:
-        return text
-    flag = FLAG_NAMES.get(error.argument, "--" + error.argument.replace("_", "-"))
-    return re.sub(rf"(?<![\w-]){re.escape(error.argument)}(?![\w-])", flag, text)
+    for argument in error.arguments:
+        flag = FLAG_NAMES.get(argument, "--" + argument.replace("_", "-"))
+        text = re.sub(rf"(?<![\w-]){re.escape(argument)}(?![\w-])", flag, text)
+    return text
 
 
 def run_main(args: list[str] | None = None) -> int:

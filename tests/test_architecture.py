@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import subprocess
+import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -189,3 +191,22 @@ def test_no_run_of_six_code_lines_is_repeated() -> None:
             if first[0] != name or i - first[1] >= RUN:
                 repeats.append(f"{name}:{lines[i][0]} repeats {first[0]}:{first[2]}")
     assert not repeats, repeats
+
+
+def test_reading_a_plan_imports_no_strategy(tmp_path: Path) -> None:
+    """``read_plan`` checks the strategy's name against the registry, which names each
+    strategy's function without importing it."""
+    from bigmodel_cli.placement import make_plan
+
+    plan = make_plan(PACKAGE.parent / "fixtures" / "tiny-pipeline", max_memory="0=2MB,cpu=1GB")
+    plan.save(tmp_path / "plan.json")
+    modules = sorted(
+        f"bigmodel_cli.placement.{s.function.split(':')[0]}" for s in STRATEGIES.values()
+    )
+    code = (
+        "import sys; from bigmodel_cli.placement.plan import read_plan; "
+        f"read_plan({str(tmp_path / 'plan.json')!r}); "
+        f"print(sorted(m for m in {modules!r} if m in sys.modules))"
+    )
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert found.stdout.strip() == "[]", found.stdout

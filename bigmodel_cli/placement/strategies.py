@@ -2,32 +2,22 @@
 
 The CLI's ``--strategy`` choice and help, the plan file reader's allowed names and the
 renderer's wording are all derived from :data:`STRATEGIES`. Adding a strategy is one
-pure function from parts and bins to a :class:`~bigmodel_cli.placement.items.Layout` and one
-entry here.
+pure function from parts and bins to an :class:`~bigmodel_cli.placement.items.Assignment`
+in a module of ``placement/`` and one entry here. The registry names that function; it is
+imported when a plan is made, so that reading a plan imports no strategy.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from bigmodel_cli.devices import is_gpu
-from bigmodel_cli.placement.auto import auto
-from bigmodel_cli.placement.balanced import balanced
-from bigmodel_cli.placement.items import Bin, Layout, Part, Placement, room_of, to_host
-from bigmodel_cli.placement.stages import pipeline
+if TYPE_CHECKING:
+    from bigmodel_cli.placement.items import Assignment, Bin, Part
 
-
-def sequential(parts: Sequence[Part], bins: Sequence[Bin]) -> Layout:
-    """diffusers' model CPU offload: all on ``cpu``, each moved to the first GPU in turn."""
-    room = room_of(bins)
-    hosts = [b.key for b in bins if not b.is_gpu]
-    by_size = sorted(parts, key=lambda p: p.nbytes, reverse=True)
-    devices = {p.name: to_host(room, hosts, p.nbytes) for p in by_size}
-    runner = next((b.key for b in bins if is_gpu(b.key)), None)
-    largest = max((p.nbytes + p.activations for p in parts), default=0)
-    peak = largest if runner is not None else None
-    return Layout(tuple(Placement(p.name, devices[p.name]) for p in parts), runner, peak)
+Place = Callable[[Sequence["Part"], Sequence["Bin"]], "Assignment"]
 
 
 @dataclass(frozen=True)
@@ -35,11 +25,17 @@ class Strategy:
     """A placement strategy and what the rest of the program needs to know of it."""
 
     name: str
-    place: Callable[[Sequence[Part], Sequence[Bin]], Layout]
+    function: str  # "module:function" in bigmodel_cli.placement: the pure placement
     help: str
     splits_blocks: bool  # needs the components' blocks (units) to place them
     reports_peak: bool  # components move to the execution GPU in turn: a peak, not a sum
     over_ranks: bool = False  # places on torchrun ranks (--nodes/--procs-per-node), not devices
+
+    @property
+    def place(self) -> Place:
+        module, name = self.function.split(":")
+        found: Place = getattr(importlib.import_module(f"bigmodel_cli.placement.{module}"), name)
+        return found
 
 
 STRATEGIES: dict[str, Strategy] = {
@@ -47,29 +43,29 @@ STRATEGIES: dict[str, Strategy] = {
     for s in (
         Strategy(
             "balanced",
-            balanced,
+            "balanced:balanced",
             "whole components, as diffusers' device_map='balanced' (the default)",
             splits_blocks=False,
             reports_peak=False,
         ),
         Strategy(
             "auto",
-            auto,
+            "auto:auto",
             "whole components where they fit; split at block level what fits no GPU",
             splits_blocks=True,
             reports_peak=False,
         ),
         Strategy(
             "sequential",
-            sequential,
+            "sequential:sequential",
             "model CPU offload: all on cpu, each component moved to GPU 0 in turn",
             splits_blocks=False,
             reports_peak=True,
         ),
         Strategy(
             "pipeline",
-            pipeline,
-            "contiguous stages of blocks over torchrun ranks (the default with --nodes or "
+            "spans:span_ranks",
+            "contiguous spans of blocks over torchrun ranks (the default with --nodes or "
             "--procs-per-node)",
             splits_blocks=True,
             reports_peak=False,

@@ -46,12 +46,7 @@ class RankPlan:
     modules: tuple[str, ...]  # module prefixes (``unet.down_blocks.0`` in a pipeline)
     reads: Mapping[str, Ranges]  # file (relative to the checkpoint) -> ranges
     weights: int = 0  # bytes held at the plan's dtype
-    runtime: int = 0  # activations counted for this rank (0 without run-shape flags)
     tied: Mapping[str, str] = field(default_factory=dict)  # tensor -> the saved one it reads
-
-    @property
-    def planned(self) -> int:
-        return self.weights + self.runtime
 
 
 @dataclass(frozen=True)
@@ -82,7 +77,6 @@ class WorldPlan:
                     "device": r.device,
                     "bytes": r.bytes,
                     "weights": r.weights,
-                    "runtime": r.runtime,
                     "modules": list(r.modules),
                     "reads": {f: [list(x) for x in ranges] for f, ranges in r.reads.items()},
                     "tied": dict(r.tied),
@@ -160,7 +154,6 @@ def _rank(entry: Any, r: int, world: World, path: Path | None) -> RankPlan:
         modules=tuple(modules),
         reads=reads,
         weights=entry["weights"] if _count(entry.get("weights")) else 0,
-        runtime=entry["runtime"] if _count(entry.get("runtime")) else 0,
         tied=dict(tied),
     )
 

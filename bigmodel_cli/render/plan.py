@@ -8,8 +8,8 @@ from rich.table import Table
 
 from bigmodel_cli.devices import device_label, is_gpu
 from bigmodel_cli.errors import FitError
-from bigmodel_cli.placement.file import DevicePlan, Plan
 from bigmodel_cli.placement.items import SPLIT
+from bigmodel_cli.placement.plan import DevicePlan, Plan
 from bigmodel_cli.placement.strategies import STRATEGIES
 from bigmodel_cli.render import bar, print_json, stdout
 from bigmodel_cli.render.world import print_world_plan, world_summary
@@ -57,9 +57,9 @@ def _device_line(plan: Plan, device: DevicePlan) -> str:
     reserve = f" (reserve {format_size(device.reserve)} held back)" if device.reserve else ""
     fill = f"{bar(used, capacity)}  " if capacity is not None else ""
     split = ""
-    if plan.runtime.counted:
-        weights = device.planned - device.runtime
-        split = f" (weights {format_size(weights)}, run time {format_size(device.runtime)})"
+    if plan.shape.counted:
+        weights = device.planned - device.run_bytes
+        split = f" (weights {format_size(weights)}, run time {format_size(device.run_bytes)})"
     return f"{device.label}  {fill}{format_size(used)} of {room}{split}{reserve}"
 
 
@@ -86,8 +86,8 @@ def _device_table(plan: Plan, device: DevicePlan) -> Table:
         )
     if device.held:
         table.add_row("", "held for offloaded blocks", format_size(device.held))
-    if device.runtime:
-        table.add_row("", "run time: KV cache, largest activations", format_size(device.runtime))
+    if device.run_bytes:
+        table.add_row("", "run time: KV cache, largest activations", format_size(device.run_bytes))
     if not table.row_count:
         table.add_row("-", "nothing planned here", "")
     return table
@@ -136,7 +136,7 @@ def summary(plan: Plan) -> str:
 
 def runtime_lines(plan: Plan) -> list[str]:
     """What the run's shape added, and which components have no estimate and why."""
-    run = plan.runtime
+    run = plan.shape
     if not run.counted:
         return []
     side = f", {run.height}x{run.width} px" if run.height and run.width else ""
@@ -166,7 +166,7 @@ def _sequential_sentence(plan: Plan) -> str:
     largest = max(plan.components, key=lambda n: plan.components[n] + _run_time(plan, n))
     gpu = device_label(plan.execution_device) if plan.execution_device is not None else "GPU"
     verdict = "fits" if plan.peak_fits else "does not fit"
-    what = f"{largest} with its run time" if plan.runtime.counted else largest
+    what = f"{largest} with its run time" if plan.shape.counted else largest
     return (
         f"Sequential offload: every component stays on cpu and moves to {gpu} in turn; "
         f"the peak, {format_size(plan.peak_gpu or 0)} ({what} plus the reserve), "

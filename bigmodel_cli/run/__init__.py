@@ -26,7 +26,7 @@ from bigmodel_cli.devices import (
     torch_device,
 )
 from bigmodel_cli.errors import BigmodelError, FitError
-from bigmodel_cli.placement.file import Plan, PlanLike, as_plan
+from bigmodel_cli.placement.plan import Plan, PlanLike, as_plan
 from bigmodel_cli.progress import Progress, shown
 from bigmodel_cli.run.load import Loaded, load_tensors, verify_tensors
 from bigmodel_cli.run.place import (

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from bigmodel_cli.checkpoint import Checkpoint, Component
 from bigmodel_cli.devices import DeviceKey, is_gpu, torch_device
 from bigmodel_cli.errors import BigmodelError
-from bigmodel_cli.placement.file import Plan
+from bigmodel_cli.placement.plan import Plan
 from bigmodel_cli.run.peak import measure_peak
 from bigmodel_cli.run.pipeline import dtype_kwarg
 from bigmodel_cli.runtime.calls import forward, make_inputs

@@ -38,7 +38,7 @@ class DevicePlan(Device):
     planned: int = 0
     held: int = 0  # kept free for offloaded blocks run here (auto)
     weights: int | None = None  # of planned, weights (None: all of it, an older plan)
-    runtime: int = 0  # KV cache and activations counted here (runtime.counted)
+    run_bytes: int = 0  # KV cache and activations counted here (shape.counted)
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ class Plan:
     path: Path | None = None  # the file it was read from or saved to
     notes: tuple[str, ...] = ()  # for people (where the figures came from); not in the file
     world: WorldPlan | None = None  # a plan over torchrun ranks (--nodes / --procs-per-node)
-    runtime: RunShape = field(default_factory=RunShape)  # the run's shape (plan --batch ...)
+    shape: RunShape = field(default_factory=RunShape)  # the run's shape (plan --batch ...)
     needs: Mapping[str, Needs] = field(default_factory=dict)  # activations, KV cache, inputs
 
     @property
@@ -122,7 +122,7 @@ class Plan:
                     "reserve": d.reserve,
                     "held": d.held,
                     "weights": d.planned if d.weights is None else d.weights,
-                    "runtime": d.runtime,
+                    "runtime": d.run_bytes,
                 }
                 for d in self.devices
             },
@@ -135,7 +135,7 @@ class Plan:
                 name: {"bytes": n, **self.needs.get(name, Needs()).to_json()}
                 for name, n in self.components.items()
             },
-            "runtime": run_json(self.runtime),
+            "runtime": run_json(self.shape),
             "execution_device": self.execution_device,
             "peak_gpu": self.peak_gpu,
             "held_for_offload": self.held_for_offload,
@@ -238,7 +238,7 @@ def plan_from_json(doc: Mapping[str, Any], path: Path | None = None) -> Plan:
         skipped=tuple(str(n) for n in doc.get("skipped") or ()),
         path=path,
         world=world_from_json(doc, path),
-        runtime=run_from_json(doc.get("runtime"), path),
+        shape=run_from_json(doc.get("runtime"), path),
         needs=_needs(doc.get("components"), path),
     )
 
@@ -292,7 +292,7 @@ def _devices(raw: Any, path: Path | None) -> tuple[DevicePlan, ...]:
             )
         budget = entry.get("budget", capacity)
         reserve = entry.get("reserve", 0)
-        held, weights, runtime = (entry.get(k, 0) for k in ("held", "weights", "runtime"))
+        held, weights, run_bytes = (entry.get(k, 0) for k in ("held", "weights", "runtime"))
         devices.append(
             DevicePlan(
                 device_key(key, path),
@@ -301,7 +301,7 @@ def _devices(raw: Any, path: Path | None) -> tuple[DevicePlan, ...]:
                 planned,
                 held if _count(held) else 0,
                 weights if _count(weights) and "weights" in entry else None,
-                runtime if _count(runtime) else 0,
+                run_bytes if _count(run_bytes) else 0,
             )
         )
     return tuple(devices)
