@@ -131,11 +131,15 @@ def parse_target_dtype(text: str) -> DType:
     return dtype
 
 
+def cast_to(dtype: DType, target: DType | None) -> DType:
+    """A ``dtype`` tensor's dtype once cast to ``target``: floating tensors take it, the
+    others (integers, bool, complex) keep theirs, as accelerate casts (the one rule)."""
+    return target if target is not None and dtype.floating else dtype
+
+
 def bytes_at(dtype: DType, numel: int, target: DType | None) -> int:
-    """Size of a tensor once cast to ``target``: floating tensors change, others keep theirs."""
-    if target is None or not dtype.floating:
-        return dtype.nbytes(numel)
-    return target.nbytes(numel)
+    """Size of a tensor once cast to ``target`` (:func:`cast_to`)."""
+    return cast_to(dtype, target).nbytes(numel)
 
 
 # ---------------------------------------------------------------- torch dtypes (lazy torch)

@@ -8,6 +8,7 @@ from bigmodel_cli.errors import UsageError
 from bigmodel_cli.sizes import (
     DTYPES,
     bytes_at,
+    cast_to,
     format_size,
     parse_dtype,
     parse_size,
@@ -113,3 +114,19 @@ def test_target_dtype_must_be_floating(name: str) -> None:
     with pytest.raises(UsageError, match="not a floating dtype"):
         parse_target_dtype(name)
     assert parse_target_dtype("bf16").code == "BF16"
+
+
+@pytest.mark.parametrize("code", sorted(DTYPES))
+def test_a_cast_changes_floating_tensors_only_as_torch_would(code: str) -> None:
+    """The one rule (plan sizes, shard's output dtypes, run's loaded dtypes): a floating
+    tensor takes the target, any other keeps its own, the same answer torch's is_floating_point
+    gives where torch has the dtype."""
+    import torch
+
+    target = DTYPES["F16"]
+    found = cast_to(DTYPES[code], target)
+    dtype = getattr(torch, DTYPES[code].name, None)
+    if dtype is not None:
+        assert (found == target) == (dtype.is_floating_point or DTYPES[code] == target)
+    assert cast_to(DTYPES[code], None) == DTYPES[code]
+    assert bytes_at(DTYPES[code], 8, target) == found.nbytes(8)
