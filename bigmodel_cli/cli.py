@@ -31,7 +31,7 @@ from bigmodel_cli.cli_options import (
     SourceArg,
     VariantOpt,
 )
-from bigmodel_cli.errors import EXIT_BUG, EXIT_INTERRUPTED, BigmodelError
+from bigmodel_cli.errors import EXIT_BUG, EXIT_INTERRUPTED, BigmodelError, FitError
 from bigmodel_cli.placement.strategies import DEFAULT_STRATEGY, STRATEGIES
 from bigmodel_cli.sizes import DType, parse_size, parse_target_dtype
 from bigmodel_cli.torchrun import launched
@@ -209,7 +209,7 @@ def plan(
     with activations at the run's shape: `... --batch 2 --height 1024 --width 1024`
     """
     from bigmodel_cli.placement import PlanRequest, make_plan
-    from bigmodel_cli.render.plan import render_plan
+    from bigmodel_cli.render.plan import render_plan, summary
 
     request = PlanRequest(
         max_memory=max_memory,
@@ -227,7 +227,9 @@ def plan(
     result = make_plan(source, request)
     if output is not None:
         result = result.save(output)
-    render_plan(result, as_json=json, output=output, require_fit=require_fit)
+    render_plan(result, as_json=json, output=output)
+    if require_fit and not result.fits:  # policy: the command's, after the plan is shown
+        raise FitError(f"the plan does not fit (--require-fit): {summary(result)}")
 
 
 @app.command()

@@ -119,7 +119,9 @@ def parse_max_memory(text: str) -> list[tuple[DeviceKey, int | None]]:
     for entry in text.split(","):
         key, budget = _parse_entry(entry.strip(), text)
         if key in found:
-            raise UsageError(f"invalid --max-memory {text!r}: device {key} is listed twice")
+            raise UsageError(
+                f"invalid max_memory {text!r}: device {key} is listed twice", argument="max_memory"
+            )
         found[key] = budget
     return [(k, found[k]) for k in sorted(found, key=device_order)]
 
@@ -129,14 +131,18 @@ def _parse_entry(entry: str, text: str) -> tuple[DeviceKey, int | None]:
     key = parse_device(name) if name.strip().lower() != "cuda" else None
     if key is None:
         raise UsageError(
-            f"invalid --max-memory entry {entry!r} in {text!r}: expected DEVICE=SIZE with "
-            "DEVICE one of N, cuda:N, cpu, disk (e.g. 0=8GB,1=8GB,cpu=32GB,disk)"
+            f"invalid max_memory entry {entry!r} in {text!r}: expected DEVICE=SIZE with "
+            "DEVICE one of N, cuda:N, cpu, disk (e.g. 0=8GB,1=8GB,cpu=32GB,disk)",
+            argument="max_memory",
         )
     if not sep:
         if key != "disk":
-            raise UsageError(f"invalid --max-memory entry {entry!r}: {key} needs a size, e.g. =8GB")
+            raise UsageError(
+                f"invalid max_memory entry {entry!r}: {key} needs a size, e.g. =8GB",
+                argument="max_memory",
+            )
         return key, None
-    return key, parse_size(value, f"--max-memory size for {key}")
+    return key, parse_size(value, f"max_memory size for {key}", "max_memory")
 
 
 def parse_reserve(text: str | None) -> Reserve:
@@ -145,13 +151,16 @@ def parse_reserve(text: str | None) -> Reserve:
         return Reserve()
     stripped = text.strip()
     if not stripped.endswith("%"):
-        return Reserve(nbytes=parse_size(stripped, "--reserve"))
+        return Reserve(nbytes=parse_size(stripped, "reserve", "reserve"))
     try:
         percent = Decimal(stripped[:-1].strip())
     except InvalidOperation:
         percent = Decimal(-1)
     if not percent.is_finite() or not 0 <= percent <= 100:
-        raise UsageError(f"invalid --reserve {text!r}: a percentage must be between 0% and 100%")
+        raise UsageError(
+            f"invalid reserve {text!r}: a percentage must be between 0% and 100%",
+            argument="reserve",
+        )
     return Reserve(percent=percent)
 
 

@@ -27,19 +27,21 @@ _UNITS = {
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*$", re.IGNORECASE)
 
 
-def parse_size(text: str, flag: str = "size") -> int:
-    """``"5GB"`` -> 5_000_000_000; ``"1.5GiB"`` -> 1_610_612_736; ``"123"`` -> 123 bytes."""
+def parse_size(text: str, what: str = "size", argument: str | None = None) -> int:
+    """``"5GB"`` -> 5_000_000_000; ``"1.5GiB"`` -> 1_610_612_736; ``"123"`` -> 123 bytes.
+    ``what`` names the value in the error (``argument``: the API argument it names)."""
     match = _SIZE.match(str(text))
     unit = match.group(2).lower() if match else ""
     if not match or unit not in _UNITS:
         raise UsageError(
-            f"invalid {flag} {text!r}: expected bytes or a number with a unit "
-            "(KB MB GB TB, KiB MiB GiB TiB), e.g. 5GB"
+            f"invalid {what} {text!r}: expected bytes or a number with a unit "
+            "(KB MB GB TB, KiB MiB GiB TiB), e.g. 5GB",
+            argument=argument,
         )
     try:
         value = Decimal(match.group(1)) * _UNITS[unit]
     except InvalidOperation as exc:  # pragma: no cover - the regex admits only numbers
-        raise UsageError(f"invalid {flag} {text!r}") from exc
+        raise UsageError(f"invalid {what} {text!r}", argument=argument) from exc
     return int(value)
 
 
@@ -121,12 +123,13 @@ def parse_dtype(text: str) -> DType:
 
 
 def parse_target_dtype(text: str) -> DType:
-    """A ``--dtype`` target: floating only (integer and bool tensors never change)."""
+    """A ``dtype`` target: floating only (integer and bool tensors never change)."""
     dtype = parse_dtype(text)
     if not dtype.floating:
         raise UsageError(
-            f"--dtype {text!r} is not a floating dtype; a target dtype applies to floating "
-            "tensors only (e.g. fp16, bf16, fp32, fp8)"
+            f"dtype {text!r} is not a floating type; a target applies to floating "
+            "tensors only (e.g. fp16, bf16, fp32, fp8)",
+            argument="dtype",
         )
     return dtype
 

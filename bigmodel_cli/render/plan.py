@@ -7,7 +7,6 @@ from rich.markup import escape
 from rich.table import Table
 
 from bigmodel_cli.devices import device_label, is_gpu
-from bigmodel_cli.errors import FitError
 from bigmodel_cli.placement.items import SPLIT
 from bigmodel_cli.placement.plan import DevicePlan, Plan
 from bigmodel_cli.placement.strategies import STRATEGIES
@@ -18,15 +17,12 @@ from bigmodel_cli.sizes import format_size
 SHOWN_BLOCKS = 4
 
 
-def render_plan(plan: Plan, as_json: bool, output: str | None, require_fit: bool) -> None:
-    """Print the plan (``output``: where ``-o`` wrote it); then exit 3 under
-    ``--require-fit`` if it does not fit."""
+def render_plan(plan: Plan, as_json: bool, output: str | None) -> None:
+    """Print the plan (``output``: where ``-o`` wrote it)."""
     if as_json:
         print_json(plan.to_json())
     else:
         _print_human(plan, output)
-    if require_fit and not plan.fits:
-        raise FitError(f"the plan does not fit (--require-fit): {summary(plan)}")
 
 
 def _print_human(plan: Plan, output: str | None) -> None:
