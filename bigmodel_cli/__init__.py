@@ -5,7 +5,7 @@ The Python API is the one the ``bigmodel`` command calls::
     import bigmodel_cli as bm
 
     summary = bm.inspect("sdxl/", dtype="fp16")
-    bm.shard("unet/", "unet-sharded/", max_shard_size=5 * 10**9)
+    bm.shard("unet/", "unet-sharded/", max_shard_size="5GB")
     plan = bm.plan("sdxl/", max_memory="0=8GB,1=8GB", dtype="fp16")
     plan.save("plan.json")
     report = bm.run_plan("sdxl/", plan="plan.json", verify=True)

@@ -32,8 +32,8 @@ from bigmodel_cli.cli_options import (
     VariantOpt,
 )
 from bigmodel_cli.errors import EXIT_BUG, EXIT_INTERRUPTED, BigmodelError, FitError
-from bigmodel_cli.placement.strategies import DEFAULT_STRATEGY, STRATEGIES
-from bigmodel_cli.sizes import DType, parse_size, parse_target_dtype
+from bigmodel_cli.placement.strategies import STRATEGIES, defaults_help
+from bigmodel_cli.sizes import DType, as_size, parse_target_dtype
 from bigmodel_cli.torchrun import launched
 
 app = typer.Typer(
@@ -49,7 +49,8 @@ _state = {"debug": False}
 
 # ``--strategy`` values from the registry (an Enum, so that shell completion offers them)
 Strategy = Enum("Strategy", {name: name for name in STRATEGIES}, type=str)  # type: ignore[misc]
-STRATEGY_HELP = "; ".join(f"{s.name}: {s.help}" for s in STRATEGIES.values()) + "."
+STRATEGY_HELP = "; ".join(f"{s.name}: {s.help}" for s in STRATEGIES.values())
+STRATEGY_HELP += f". Default: {defaults_help()}."
 
 
 def _dtype(text: str | None) -> DType | None:
@@ -126,7 +127,7 @@ def shard(
     from bigmodel_cli.render.shard import render_write
     from bigmodel_cli.sharding import shard as shard_checkpoint
 
-    limit = parse_size(max_shard_size, "--max-shard-size")
+    limit = as_size(max_shard_size, "max_shard_size")
     target = _dtype(dtype)
     if ranks.torchrun_write(source, output, "shard", limit, target, variant, force, json):
         return
@@ -170,7 +171,7 @@ def plan(
     ] = None,
     strategy: Annotated[
         Strategy | None,
-        typer.Option("--strategy", help=STRATEGY_HELP, show_default=DEFAULT_STRATEGY),
+        typer.Option("--strategy", help=STRATEGY_HELP, show_default=False),
     ] = None,
     dtype: DTypeOpt = None,
     reserve: Annotated[

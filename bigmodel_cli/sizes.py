@@ -45,6 +45,19 @@ def parse_size(text: str, what: str = "size", argument: str | None = None) -> in
     return int(value)
 
 
+def as_size(value: int | str, argument: str) -> int:
+    """A size argument as the ecosystem writes it: bytes (``5_000_000_000``) or a string
+    (``"5GB"``, ``"500MiB"``), as ``save_pretrained(max_shard_size=...)`` takes it."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        return parse_size(value, argument, argument)
+    raise UsageError(
+        f"{argument} must be bytes (int) or a size such as '5GB' or '500MiB', not {value!r}",
+        argument=argument,
+    )
+
+
 def format_size(n: int | float) -> str:
     """Decimal units, as Hugging Face prints them: 3_440_000_000 -> ``3.44 GB``."""
     n = float(n)
@@ -120,6 +133,29 @@ def parse_dtype(text: str) -> DType:
         )
         raise UsageError(f"unknown dtype {text!r}; expected one of: {known}")
     return DTYPES[code]
+
+
+if TYPE_CHECKING:  # a dtype argument's forms (torch is not imported to say so)
+    DTypeLike = DType | str | torch.dtype
+
+
+def as_target_dtype(value: DTypeLike | None) -> DType | None:
+    """A ``dtype`` argument in any of its forms: our names (``"fp16"``), torch's
+    (``"float16"``, ``torch.float16``), safetensors' codes (``"F16"``), or a :class:`DType`;
+    None stays None. Floating only (:func:`parse_target_dtype`)."""
+    if value is None:
+        return None
+    if isinstance(value, DType):
+        return parse_target_dtype(value.code)
+    if isinstance(value, str):
+        return parse_target_dtype(value)
+    if type(value).__module__ == "torch" and type(value).__name__ == "dtype":
+        return parse_target_dtype(str(value))  # "torch.float16"
+    raise UsageError(
+        "dtype must be a name ('fp16', 'bfloat16'), a safetensors code ('F16') or a torch "
+        f"dtype (torch.float16), not {value!r}",
+        argument="dtype",
+    )
 
 
 def parse_target_dtype(text: str) -> DType:

@@ -17,6 +17,8 @@ from bigmodel_cli.placement.strategies import STRATEGIES
 from bigmodel_cli.runtime.shape import RunShape
 from bigmodel_cli.sizes import DType
 
+Chosen = tuple[str, str | None]  # a strategy, and why when it is the default
+
 
 @dataclass(frozen=True)
 class DeviceUse:
@@ -41,12 +43,13 @@ class Counted:
     needs: Mapping[str, Needs] = field(default_factory=dict)
 
 
-def assemble(ckpt: Checkpoint, strategy: str, dtype: DType | None, **fields: Any) -> Plan:
+def assemble(ckpt: Checkpoint, chosen: Chosen, dtype: DType | None, **fields: Any) -> Plan:
     """The plan of ``ckpt``: what the checkpoint says of itself, and ``fields``."""
     return Plan(
         source=ckpt.origin if ckpt.repo is not None else str(ckpt.source.resolve()),
         fingerprint=fingerprint(ckpt),
-        strategy=strategy,
+        strategy=chosen[0],
+        strategy_reason=chosen[1],
         dtype=dtype.name if dtype else None,
         variant=ckpt.variant,
         skipped=ckpt.skipped,
@@ -58,7 +61,7 @@ def assemble(ckpt: Checkpoint, strategy: str, dtype: DType | None, **fields: Any
 def describe(
     ckpt: Checkpoint,
     budget: Budget,
-    strategy: str,
+    chosen: Chosen,
     dtype: DType | None,
     placed: tuple[Sequence[Part], Assignment],
     counted: Counted | None = None,
@@ -66,6 +69,7 @@ def describe(
     """The plan of ``placed`` (the parts and the strategy's assignment) on ``budget``'s
     devices; ``counted``: with the run's needs apart from the weights."""
     parts, assignment = placed
+    strategy = chosen[0]
     sizes = {p.name: p.nbytes for p in parts}
     offloaded = tuple(p.name for p in assignment.placements if _off_gpu(p))
     runner = assignment.execution_device
@@ -76,7 +80,7 @@ def describe(
         peak_fits = runner is not None and (assignment.peak_gpu or 0) <= _capacity(budget, runner)
     return assemble(
         ckpt,
-        strategy,
+        chosen,
         dtype,
         devices=_device_plans(budget.devices, assignment.placements, sizes, counted),
         components=sizes if counted is None else dict(counted.weights),

@@ -22,19 +22,20 @@ from bigmodel_cli.sizes import DTYPES, DType, bytes_at
 
 def plan_devices(source: str | os.PathLike[str] | None, asked: PlanRequest) -> Plan:
     """The plan of ``source`` on the devices of ``asked.max_memory`` (or this machine's)."""
-    strategy, target = asked.chosen_strategy(), asked.target()
+    target = asked.target()
     budget = make_budget(asked.max_memory, asked.reserve)
     ckpt = asked.load(source)
+    strategy, reason = asked.chosen_strategy(ckpt.kind)
     shape = asked.shape([c.name for c in ckpt.components])
     bins = [Bin(d.key, d.capacity) for d in budget.devices]
     if shape.counted or shape.quantize:
         from bigmodel_cli.placement.runplan import plan_counted  # the estimator, when asked
 
-        return plan_counted(ckpt, budget, strategy, target, shape, asked.no_split)
+        return plan_counted(ckpt, budget, (strategy, reason), target, shape, asked.no_split)
     splits = STRATEGIES[strategy].splits_blocks
     parts = [_part(c, target, asked.no_split, splits, widest_gpu(bins)) for c in ckpt.components]
     assignment = STRATEGIES[strategy].place(parts, bins)
-    return describe(ckpt, budget, strategy, target, (parts, assignment))
+    return describe(ckpt, budget, (strategy, reason), target, (parts, assignment))
 
 
 def _part(

@@ -68,6 +68,7 @@ class Plan:
     world: WorldPlan | None = None  # a plan over torchrun ranks (--nodes / --procs-per-node)
     shape: RunShape = field(default_factory=RunShape)  # the run's shape (plan --batch ...)
     needs: Mapping[str, Needs] = field(default_factory=dict)  # activations, KV cache, inputs
+    strategy_reason: str | None = None  # why this strategy, when it was not asked for
 
     @property
     def gpus(self) -> tuple[DevicePlan, ...]:
@@ -112,6 +113,7 @@ class Plan:
             "source": self.source,
             "fingerprint": self.fingerprint,
             "strategy": self.strategy,
+            "strategy_reason": self.strategy_reason,
             "dtype": self.dtype,
             "variant": self.variant,
             "devices": {
@@ -200,7 +202,7 @@ def plan_from_json(doc: Mapping[str, Any], path: Path | None = None) -> Plan:
             "(write one with bigmodel plan -o)",
             path,
         )
-    if doc["version"] != PLAN_VERSION:
+    if type(doc["version"]) is not int or doc["version"] != PLAN_VERSION:  # true is not 1
         raise BigmodelError(
             f"plan version {doc['version']!r} is not supported (this bigmodel reads "
             f"version {PLAN_VERSION}); re-run bigmodel plan",
@@ -221,13 +223,14 @@ def plan_from_json(doc: Mapping[str, Any], path: Path | None = None) -> Plan:
         source=doc["source"],
         fingerprint=doc["fingerprint"],
         strategy=_strategy(doc, path),
+        strategy_reason=_optional_str(doc, "strategy_reason", path),
         dtype=_dtype_name(doc, path),
         variant=_optional_str(doc, "variant", path),
         devices=devices,
         device_map=device_map,
         component_maps=_component_maps(doc.get("component_maps"), split, path),
         components=_components(doc.get("components"), path),
-        offloaded=tuple(str(n) for n in doc.get("offloaded") or ()),
+        offloaded=_names(doc, "offloaded", path),
         fits=bool(doc.get("fits", True)),
         peak_fits=doc.get("peak_fits") if isinstance(doc.get("peak_fits"), bool) else None,
         execution_device=None if execution is None else device_key(execution, path),
@@ -235,7 +238,7 @@ def plan_from_json(doc: Mapping[str, Any], path: Path | None = None) -> Plan:
         held_for_offload=doc["held_for_offload"] if _count(doc.get("held_for_offload")) else 0,
         detected=bool(doc.get("detected", False)),
         block_bytes=_split_bytes(doc.get("split_bytes"), path),
-        skipped=tuple(str(n) for n in doc.get("skipped") or ()),
+        skipped=_names(doc, "skipped", path),
         path=path,
         world=world_from_json(doc, path),
         shape=run_from_json(doc.get("runtime"), path),
@@ -255,6 +258,14 @@ def device_key(value: object, path: Path | None) -> DeviceKey:
 
 def _count(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _names(doc: Mapping[str, Any], key: str, path: Path | None) -> tuple[str, ...]:
+    """A list of component names (absent: none)."""
+    value = doc.get(key) or []
+    if not isinstance(value, list) or not all(isinstance(n, str) for n in value):
+        raise BigmodelError(f"plan {key!r} is not a list of component names", path)
+    return tuple(value)
 
 
 def _optional_str(doc: Mapping[str, Any], key: str, path: Path | None) -> str | None:
@@ -367,4 +378,9 @@ def as_plan(plan: PlanLike) -> Plan:
         return plan
     if isinstance(plan, Mapping):
         return plan_from_json(plan)
-    return read_plan(Path(plan))
+    if isinstance(plan, str | os.PathLike):
+        return read_plan(Path(plan))
+    raise BigmodelError(
+        "plan must be the path of a plan file (plan.json), its JSON document (a dict) or a "
+        f"Plan (bigmodel_cli.plan(...)), not {plan!r}"
+    )

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from bigmodel_cli.checkpoint import Checkpoint, Component
 from bigmodel_cli.checkpoint.blocks import group_blocks
-from bigmodel_cli.devices import DeviceKey, is_gpu, parse_max_memory, parse_reserve
+from bigmodel_cli.devices import DeviceKey, MaxMemory, is_gpu, parse_max_memory, parse_reserve
 from bigmodel_cli.errors import BigmodelError, UsageError
 from bigmodel_cli.formats.json import read_json_file
 from bigmodel_cli.placement.describe import assemble
@@ -24,7 +24,14 @@ from bigmodel_cli.placement.request import PlanRequest
 from bigmodel_cli.placement.spans import absent_ties, forward_units
 from bigmodel_cli.placement.strategies import RANKS_STRATEGY, STRATEGIES
 from bigmodel_cli.placement.units import coarsen
-from bigmodel_cli.placement.world import Duplicate, RankPlan, World, WorldPlan, ranges_bytes
+from bigmodel_cli.placement.world import (
+    Duplicate,
+    RankPlan,
+    World,
+    WorldPlan,
+    coverage_gap,
+    ranges_bytes,
+)
 from bigmodel_cli.sizes import DTYPES, DType, bytes_at
 
 
@@ -45,7 +52,7 @@ class RankBudget:
         return "cuda" if is_gpu(self.key) else "cpu"
 
 
-def rank_budget(max_memory: str | None, reserve: str | None) -> RankBudget:
+def rank_budget(max_memory: MaxMemory | None, reserve: str | int | None) -> RankBudget:
     """One rank's device from ``max_memory``: ``0=80GB`` (its own GPU) or ``cpu=64GB``."""
     if max_memory is None:
         raise UsageError(
@@ -73,10 +80,11 @@ class RankRequest:
     strategy: str
     budget: RankBudget
     world: World
+    reason: str | None = None  # why the strategy, when it was not asked for
 
     @staticmethod
     def of(asked: PlanRequest) -> RankRequest:
-        strategy = asked.chosen_strategy()
+        strategy, reason = asked.chosen_strategy(None)
         if not STRATEGIES[strategy].over_ranks:
             raise UsageError(
                 f"strategy {strategy} places on this machine's devices; nodes and "
@@ -89,7 +97,7 @@ class RankRequest:
         budget = rank_budget(asked.max_memory, asked.reserve)
         backend = "nccl" if budget.device == "cuda" else "gloo"
         world = World(asked.nodes or 1, asked.procs_per_node or 1, backend)
-        return RankRequest(strategy, budget, world)
+        return RankRequest(strategy, budget, world, reason)
 
 
 def plan_ranks(source: str | os.PathLike[str] | None, asked: PlanRequest) -> Plan:
@@ -129,7 +137,7 @@ def plan_world(
     largest = max((r.weights for r in ranks), default=0)
     return assemble(
         ckpt,
-        request.strategy,
+        (request.strategy, request.reason),
         dtype,
         devices=(DevicePlan(budget.key, budget.budget, budget.reserve, largest),),
         device_map={c.name: budget.key for c in ckpt.components},
@@ -224,6 +232,20 @@ def describe_world(
             )
         )
     return tuple(result), tuple(shares.duplicates)
+
+
+def check_reads(ckpt: Checkpoint, plan: Plan) -> None:
+    """Refuse a plan over ranks whose reads do not cover ``ckpt``'s tensors exactly once
+    (before any rank reads: a rank given another's reads would load half the model)."""
+    if plan.world is None:
+        return
+    spans: dict[str, list[tuple[int, int]]] = {}
+    for c in ckpt.components:
+        for t in c.tensors:
+            spans.setdefault(_rel(ckpt, t.file), []).append((t.start, t.end))
+    problem = coverage_gap(plan.world, spans)
+    if problem is not None:
+        raise BigmodelError(f"plan ranks: {problem}", plan.path)
 
 
 def _units(

@@ -12,12 +12,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypedDict
 
 from bigmodel_cli.errors import UsageError
-from bigmodel_cli.placement.strategies import DEFAULT_STRATEGY, RANKS_STRATEGY, STRATEGIES
+from bigmodel_cli.placement.strategies import RANKS_STRATEGY, STRATEGIES, default_strategy
 from bigmodel_cli.runtime.shape import RunShape, parse_quantize
-from bigmodel_cli.sizes import DType, parse_target_dtype
+from bigmodel_cli.sizes import DType, as_target_dtype
 
 if TYPE_CHECKING:
     from bigmodel_cli.checkpoint import Checkpoint
+    from bigmodel_cli.devices import MaxMemory
+    from bigmodel_cli.sizes import DTypeLike
 
 
 @dataclass(frozen=True)
@@ -28,10 +30,10 @@ class PlanRequest:
     ``context``) makes the plan count activations and KV caches; ``quantize`` (``"nf4"``,
     ``"unet=int8,..."``) sizes linear weights as quantized."""
 
-    max_memory: str | None = None
-    reserve: str | None = None
+    max_memory: MaxMemory | None = None
+    reserve: str | int | None = None
     strategy: str | None = None
-    dtype: DType | str | None = None
+    dtype: DTypeLike | None = None
     no_split: tuple[str, ...] = ()
     variant: str | None = None
     revision: str | None = None
@@ -59,15 +61,17 @@ class PlanRequest:
         sizes = (self.batch, self.height, self.width, self.frames, self.context)
         return self.counted or any(v is not None for v in sizes)
 
-    def chosen_strategy(self) -> str:
-        """The strategy asked for, else the default (over ranks: the ranks' one)."""
+    def chosen_strategy(self, kind: str | None) -> tuple[str, str | None]:
+        """The strategy asked for; else the default for a checkpoint of ``kind`` (over
+        ranks: the ranks' one), with the reason it was chosen."""
         if self.strategy is not None:
-            return self.strategy
+            return self.strategy, None
         given = self.nodes is not None or self.procs_per_node is not None
-        return RANKS_STRATEGY if given else DEFAULT_STRATEGY
+        chosen = STRATEGIES[RANKS_STRATEGY] if given else default_strategy(kind or "model")
+        return chosen.name, chosen.default_reason
 
     def target(self) -> DType | None:
-        return parse_target_dtype(self.dtype) if isinstance(self.dtype, str) else self.dtype
+        return as_target_dtype(self.dtype)
 
     def shape(self, components: list[str]) -> RunShape:
         """The run's shape, ``quantize`` checked against the checkpoint's components."""
@@ -109,10 +113,10 @@ class PlanRequest:
 class PlanOptions(TypedDict, total=False):
     """:class:`PlanRequest`'s fields as ``make_plan``'s keywords (sequences as lists too)."""
 
-    max_memory: str | None
-    reserve: str | None
+    max_memory: MaxMemory | None
+    reserve: str | int | None
     strategy: str | None
-    dtype: DType | str | None
+    dtype: DTypeLike | None
     no_split: tuple[str, ...] | list[str]
     variant: str | None
     revision: str | None

@@ -10,7 +10,7 @@ from bigmodel_cli.checkpoint import Checkpoint
 from bigmodel_cli.devices import Budget
 from bigmodel_cli.formats.json import read_json_file
 from bigmodel_cli.placement.counted import counted_part, device_use
-from bigmodel_cli.placement.describe import Counted, describe
+from bigmodel_cli.placement.describe import Chosen, Counted, describe
 from bigmodel_cli.placement.items import Bin, widest_gpu
 from bigmodel_cli.placement.needs import Needs
 from bigmodel_cli.placement.plan import Plan
@@ -23,12 +23,14 @@ from bigmodel_cli.sizes import DType
 def plan_counted(
     ckpt: Checkpoint,
     budget: Budget,
-    strategy: str,
+    chosen: Chosen,
     target: DType | None,
     shape: RunShape,
     no_split: Sequence[str],
 ) -> Plan:
-    """The plan of ``ckpt`` on ``budget``'s devices at ``shape``."""
+    """The plan of ``ckpt`` on ``budget``'s devices at ``shape`` (``chosen``: the strategy,
+    and why when it was not asked for)."""
+    strategy = chosen[0]
     found = estimate(ckpt, shape, target)
     bins = [Bin(d.key, d.capacity) for d in budget.devices]
     splits = STRATEGIES[strategy].splits_blocks
@@ -50,7 +52,7 @@ def plan_counted(
         shape=_run_info(found),
         needs=_needs(found),
     )
-    return describe(ckpt, budget, strategy, target, (parts, assignment), counted)
+    return describe(ckpt, budget, chosen, target, (parts, assignment), counted)
 
 
 def _run_info(found: Estimate) -> RunShape:

@@ -29,7 +29,10 @@ class Strategy:
     help: str
     splits_blocks: bool  # needs the components' blocks (units) to place them
     reports_peak: bool  # components move to the execution GPU in turn: a peak, not a sum
-    over_ranks: bool = False  # places on torchrun ranks (--nodes/--procs-per-node), not devices
+    over_ranks: bool = False  # places on torchrun ranks (nodes/procs_per_node), not devices
+    # the default for a single model (True), for a pipeline (False), or never (None)
+    default_for_model: bool | None = None
+    default_reason: str | None = None  # why, for people (the plan and --help say it)
 
     @property
     def place(self) -> Place:
@@ -44,16 +47,22 @@ STRATEGIES: dict[str, Strategy] = {
         Strategy(
             "balanced",
             "balanced:balanced",
-            "whole components, as diffusers' device_map='balanced' (the default)",
+            "whole components, as diffusers' device_map='balanced'",
             splits_blocks=False,
             reports_peak=False,
+            default_for_model=False,
+            default_reason="the default for a diffusers pipeline, as diffusers' own "
+            "device_map='balanced'",
         ),
         Strategy(
             "auto",
             "auto:auto",
-            "whole components where they fit; split at block level what fits no GPU",
+            "whole components where they fit; split at block level what fits no GPU, as "
+            "transformers' device_map='auto'",
             splits_blocks=True,
             reports_peak=False,
+            default_for_model=True,
+            default_reason="the default for a single model, as transformers' device_map='auto'",
         ),
         Strategy(
             "sequential",
@@ -65,13 +74,29 @@ STRATEGIES: dict[str, Strategy] = {
         Strategy(
             "pipeline",
             "spans:span_ranks",
-            "contiguous spans of blocks over torchrun ranks (the default with --nodes or "
-            "--procs-per-node)",
+            "contiguous spans of blocks over torchrun ranks",
             splits_blocks=True,
             reports_peak=False,
             over_ranks=True,
+            default_reason="the default over torchrun ranks",
         ),
     )
 }
-DEFAULT_STRATEGY = next(iter(STRATEGIES))
+DEFAULT_STRATEGY = next(iter(STRATEGIES))  # of a plan file that names none (an early plan)
 RANKS_STRATEGY = next(s.name for s in STRATEGIES.values() if s.over_ranks)
+
+
+SINGLE_MODEL_KINDS = ("model", "file")  # a checkpoint's kinds other than a pipeline
+
+
+def default_strategy(kind: str) -> Strategy:
+    """The strategy a checkpoint of ``kind`` (a pipeline, a model or a file) is planned
+    with when none is asked for: its library's convention."""
+    single = kind in SINGLE_MODEL_KINDS
+    return next(s for s in STRATEGIES.values() if s.default_for_model is single)
+
+
+def defaults_help() -> str:
+    """For --help: which strategy is the default, and when."""
+    found = [f"{s.name} ({s.default_reason})" for s in STRATEGIES.values() if s.default_reason]
+    return "; ".join(found)

@@ -29,6 +29,8 @@ def _print_human(plan: Plan, output: str | None) -> None:
     console = stdout()
     dtype = plan.dtype or "checkpoint dtypes"
     console.print(f"[bold]{escape(plan.source)}[/]: {plan.strategy} plan at {dtype}")
+    if plan.strategy_reason is not None:
+        console.print(f"strategy {plan.strategy}: {plan.strategy_reason}", markup=False)
     if plan.world is not None:  # a plan over torchrun ranks: a row per rank
         print_world_plan(console, plan)
     for device in () if plan.world is not None else plan.devices:

@@ -37,10 +37,11 @@ from bigmodel_cli.run.place import (
     placements,
     shortfalls,
 )
-from bigmodel_cli.sizes import DType, parse_target_dtype
+from bigmodel_cli.sizes import DType, as_target_dtype
 
 if TYPE_CHECKING:
     from bigmodel_cli.run.forward import ForwardResult
+    from bigmodel_cli.sizes import DTypeLike
 
 
 @dataclass(frozen=True)
@@ -222,7 +223,7 @@ def run_plan(
     source: str | os.PathLike[str] | None = None,
     *,
     plan: PlanLike = "plan.json",
-    dtype: DType | str | None = None,
+    dtype: DTypeLike | None = None,
     verify: bool = False,
     forward: bool = False,
     require_fit: bool = False,
@@ -246,7 +247,7 @@ def run_plan(
             f"{w.nodes} --nproc-per-node {w.procs_per_node} ... -m bigmodel_cli run",
             the_plan.path,
         )
-    wanted = parse_target_dtype(dtype) if isinstance(dtype, str) else dtype
+    wanted = as_target_dtype(dtype)
     ckpt, target, notes = _prepare(source, the_plan, wanted, variant, offline)
     place = placements(ckpt, the_plan)
     notes += _check_machine(the_plan, load_bytes(ckpt, place, target), require_fit)
