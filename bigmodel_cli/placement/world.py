@@ -4,7 +4,7 @@ A plan made with ``--nodes`` / ``--procs-per-node`` carries a :class:`WorldPlan`
 world torchrun will start, and per rank what it holds (``modules``) and every byte range
 it reads (``reads``: file -> ``[[offset, length], ...]``, absolute offsets, tensor data
 only). A tensor read by more than one rank (a tied head that reads its embedding again on
-the last stage) is listed in ``duplicates``. Plain data and its JSON, both ways; nothing
+the last span) is listed in ``duplicates``. Plain data and its JSON, both ways; nothing
 here imports torch.
 """
 

@@ -1,4 +1,4 @@
-"""Plans over torchrun ranks, for people: a row per rank and one sentence on the stages."""
+"""Plans over torchrun ranks, for people: a row per rank and one sentence on the spans."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def print_world_plan(console: Console, plan: Plan) -> None:
 
 
 def world_summary(plan: Plan) -> str:
-    """One sentence: the stages' balance, what is read twice, and whether it fits."""
+    """One sentence: the spans' balance, what is read twice, and whether it fits."""
     assert plan.world is not None
     ranks = plan.world.ranks
     (device,) = plan.devices
