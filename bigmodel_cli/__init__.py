@@ -26,6 +26,7 @@ _API = {
     "merge": ("bigmodel_cli.sharding", "merge"),
     "plan": ("bigmodel_cli.placement", "make_plan"),
     "Plan": ("bigmodel_cli.placement.plan", "Plan"),
+    "PlanRequest": ("bigmodel_cli.placement.request", "PlanRequest"),
     "read_plan": ("bigmodel_cli.placement.plan", "read_plan"),
     "run_plan": ("bigmodel_cli.run", "run_plan"),
     "load": ("bigmodel_cli.run.pipeline", "load"),

@@ -225,3 +225,12 @@ def test_the_plan_and_help_say_which_default_was_chosen_and_why(tmp_path: Path) 
     text = " ".join(out.replace("│", " ").split())
     assert "Default: balanced (the default for a diffusers pipeline" in text
     assert "auto (the default for a single model" in text
+
+
+def test_plan_takes_one_request_record_or_its_keywords_not_both() -> None:
+    request = bm.PlanRequest(max_memory={0: "100KB", 1: "100KB", "cpu": "1GB"}, dtype="bf16")
+    by_record = bm.plan(LLAMA, request)
+    by_keywords = bm.plan(LLAMA, max_memory="0=100KB,1=100KB,cpu=1GB", dtype=torch.bfloat16)
+    assert by_record.to_json() == by_keywords.to_json()
+    with pytest.raises(TypeError, match="not both"):
+        bm.plan(LLAMA, request, dtype="fp16")
