@@ -21,6 +21,7 @@ from bigmodel_cli import __version__, torchrun
 from bigmodel_cli import cli_generate as gen
 from bigmodel_cli import cli_ranks as ranks
 from bigmodel_cli import cli_shape as po
+from bigmodel_cli.checkpoint.resolve import mirror_ahead
 from bigmodel_cli.cli_options import (
     DTypeOpt,
     ForceOpt,
@@ -227,7 +228,8 @@ def plan(
         procs_per_node=procs_per_node,
         **po.run_shape(locals()),  # --batch ... --double-quant
     )
-    result = make_plan(source, request)
+    with mirror_ahead(source, revision, variant, offline, when=max_memory is None):
+        result = make_plan(source, request)
     if output is not None:
         result = result.save(output)
     render_plan(result, as_json=json, output=output)

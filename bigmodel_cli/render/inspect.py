@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from rich.table import Table
-
 from bigmodel_cli.checkpoint import Checkpoint
 from bigmodel_cli.checkpoint.summary import CheckpointSummary, ComponentSummary
 from bigmodel_cli.render import print_json, stdout
@@ -63,6 +61,8 @@ def render_inspect(s: CheckpointSummary, *, as_json: bool, tensors: bool) -> Non
     if as_json:
         print_json(inspect_doc(s, tensors))
         return
+    from rich.table import Table  # only for people: `--json` never loads rich
+
     console = stdout()
     at = f"at {s.dtype}" if s.dtype else None
     table = Table(title=f"{s.source} ({s.kind})", title_justify="left")
@@ -114,6 +114,8 @@ def render_inspect(s: CheckpointSummary, *, as_json: bool, tensors: bool) -> Non
 
 
 def _render_tensors(ckpt: Checkpoint) -> None:
+    from rich.table import Table
+
     console = stdout()
     for comp in ckpt.components:
         table = Table(title=f"{comp.name} tensors", title_justify="left")

@@ -3,8 +3,7 @@ capacity bar and one sentence on what was offloaded and why."""
 
 from __future__ import annotations
 
-from rich.markup import escape
-from rich.table import Table
+from typing import TYPE_CHECKING
 
 from bigmodel_cli.devices import device_label, is_gpu
 from bigmodel_cli.placement.items import SPLIT
@@ -13,6 +12,9 @@ from bigmodel_cli.placement.strategies import STRATEGIES
 from bigmodel_cli.render import bar, print_json, stdout
 from bigmodel_cli.render.world import print_world_plan, world_summary
 from bigmodel_cli.sizes import format_size
+
+if TYPE_CHECKING:  # rich is imported for the tables: `--json` never loads it
+    from rich.table import Table
 
 SHOWN_BLOCKS = 4
 
@@ -26,6 +28,8 @@ def render_plan(plan: Plan, as_json: bool, output: str | None) -> None:
 
 
 def _print_human(plan: Plan, output: str | None) -> None:
+    from rich.markup import escape
+
     console = stdout()
     dtype = plan.dtype or "checkpoint dtypes"
     console.print(f"[bold]{escape(plan.source)}[/]: {plan.strategy} plan at {dtype}")
@@ -71,6 +75,8 @@ def _peak_here(plan: Plan, device: DevicePlan) -> int:
 
 
 def _device_table(plan: Plan, device: DevicePlan) -> Table:
+    from rich.table import Table
+
     table = Table(show_edge=False)
     table.add_column("component")
     table.add_column("what")
