@@ -241,8 +241,8 @@ def plan(
 def run(
     source: SourceArg = None,
     plan_file: Annotated[
-        str, typer.Option("--plan", help="A plan written by bigmodel plan -o.")
-    ] = "plan.json",
+        str | None, typer.Option("--plan", help=po.PLAN_HELP, show_default=False)
+    ] = None,
     dtype: DTypeOpt = None,
     verify: Annotated[
         bool, typer.Option("--verify", help="Compare every loaded tensor with the file bytes.")
@@ -298,16 +298,17 @@ def run(
     from bigmodel_cli.render.run import render_run
     from bigmodel_cli.run import run_plan
 
+    the_plan = plan_file or po.detected_plan(source, _dtype(dtype), variant, offline)
     if generate is not None:
         from bigmodel_cli.run.generate import Generation
 
         how = Generation(steps, seed, height, width, max_new_tokens)
-        gen.run_generate(source, plan_file, generate, how, output, json, verbose)
+        gen.run_generate(source, the_plan, generate, how, output, json, verbose)
         return
 
     report = run_plan(
         source,
-        plan=plan_file,
+        plan=the_plan,
         dtype=_dtype(dtype),
         variant=variant,
         verify=verify,
