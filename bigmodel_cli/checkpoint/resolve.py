@@ -100,8 +100,10 @@ def _make_ahead(key: Ahead, made: Future[Mirror | None]) -> None:
         from bigmodel_cli.checkpoint.hub import mirror
 
         made.set_result(mirror(repo_id, revision=revision, variant=variant))
-    except BaseException as exc:  # raised where the command takes it
+    except BigmodelError as exc:  # raised where the command takes it
         made.set_exception(exc)
+    except BaseException:  # anything else: the command reads the Hub itself, and shows it
+        made.set_result(None)
 
 
 def _from_repo(
