@@ -97,6 +97,7 @@ class Measured:
     seconds: float
     peak_rss: int  # bytes
     returncode: int
+    cpu_seconds: float = 0.0  # user + system, the command's own (steadier on a busy machine)
 
 
 GNU_TIME = "/usr/bin/time"
@@ -130,7 +131,7 @@ def measure(cmd: list[str], env: dict[str, str] | None = None) -> Measured:
             raise SystemExit(f"benchmark command failed ({code}): {' '.join(cmd)}\n{err}")
         text = rss.read().strip().splitlines()
         kib = int(text[-1]) if text and text[-1].isdigit() else usage.ru_maxrss
-    return Measured(seconds, kib * 1024, code)
+    return Measured(seconds, kib * 1024, code, usage.ru_utime + usage.ru_stime)
 
 
 def warm_cache(path: Path) -> None:

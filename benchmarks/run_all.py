@@ -13,6 +13,7 @@ BENCHES = [
     "bench_plan.py",
     "bench_run.py",
     "bench_hub.py",
+    "bench_hub_cold.py",
     "bench_distributed.py",
 ]
 

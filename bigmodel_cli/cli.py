@@ -9,7 +9,6 @@ exit status; anything else is a bug (exit 1, the traceback only with ``--debug``
 from __future__ import annotations
 
 import os
-import re
 import signal
 import sys
 import traceback
@@ -21,7 +20,8 @@ import typer
 from bigmodel_cli import __version__, torchrun
 from bigmodel_cli import cli_generate as gen
 from bigmodel_cli import cli_ranks as ranks
-from bigmodel_cli import cli_runtime as po
+from bigmodel_cli import cli_shape as po
+from bigmodel_cli.checkpoint.resolve import mirror_ahead
 from bigmodel_cli.cli_options import (
     DTypeOpt,
     ForceOpt,
@@ -31,11 +31,12 @@ from bigmodel_cli.cli_options import (
     RevisionOpt,
     SourceArg,
     VariantOpt,
+    as_flags,
 )
-from bigmodel_cli.errors import EXIT_BUG, EXIT_INTERRUPTED, BigmodelError
-from bigmodel_cli.placement.strategies import DEFAULT_STRATEGY, STRATEGIES
+from bigmodel_cli.errors import EXIT_BUG, EXIT_INTERRUPTED, BigmodelError, FitError
+from bigmodel_cli.placement.strategies import STRATEGIES, defaults_help
 from bigmodel_cli.render import print_warnings
-from bigmodel_cli.sizes import DType, parse_size, parse_target_dtype
+from bigmodel_cli.sizes import DType, as_size, parse_target_dtype
 from bigmodel_cli.torchrun import launched
 
 app = typer.Typer(
@@ -51,7 +52,8 @@ _state = {"debug": False}
 
 # ``--strategy`` values from the registry (an Enum, so that shell completion offers them)
 Strategy = Enum("Strategy", {name: name for name in STRATEGIES}, type=str)  # type: ignore[misc]
-STRATEGY_HELP = "; ".join(f"{s.name}: {s.help}" for s in STRATEGIES.values()) + "."
+STRATEGY_HELP = "; ".join(f"{s.name}: {s.help}" for s in STRATEGIES.values())
+STRATEGY_HELP += f". Default: {defaults_help()}."
 
 
 def _dtype(text: str | None) -> DType | None:
@@ -128,7 +130,7 @@ def shard(
     from bigmodel_cli.render.shard import render_write
     from bigmodel_cli.sharding import shard as shard_checkpoint
 
-    limit = parse_size(max_shard_size, "--max-shard-size")
+    limit = as_size(max_shard_size, "max_shard_size")
     target = _dtype(dtype)
     if ranks.torchrun_write(source, output, "shard", limit, target, variant, force, json):
         return
@@ -172,7 +174,7 @@ def plan(
     ] = None,
     strategy: Annotated[
         Strategy | None,
-        typer.Option("--strategy", help=STRATEGY_HELP, show_default=DEFAULT_STRATEGY),
+        typer.Option("--strategy", help=STRATEGY_HELP, show_default=False),
     ] = None,
     dtype: DTypeOpt = None,
     reserve: Annotated[
@@ -200,7 +202,7 @@ def plan(
     width: po.Width = None,
     frames: po.Frames = None,
     context: po.Context = None,
-    runtime: po.Runtime = False,
+    counted: po.Counted = False,
     quantize: po.Quantize = None,
     no_quantize: po.NoQuantize = None,
     double_quant: po.DoubleQuant = False,
@@ -210,16 +212,15 @@ def plan(
     Example: `bigmodel plan sdxl/ --max-memory 0=8GB,1=8GB --dtype fp16 -o plan.json`;
     with activations at the run's shape: `... --batch 2 --height 1024 --width 1024`
     """
-    from bigmodel_cli.placement import make_plan
-    from bigmodel_cli.render.plan import render_plan
+    from bigmodel_cli.placement import PlanRequest, make_plan
+    from bigmodel_cli.render.plan import render_plan, summary
 
-    result = make_plan(
-        source,
+    request = PlanRequest(
         max_memory=max_memory,
         strategy=None if strategy is None else strategy.value,
         dtype=_dtype(dtype),
         reserve=reserve,
-        no_split=no_split or (),
+        no_split=tuple(no_split or ()),
         variant=variant,
         revision=revision,
         offline=offline,
@@ -227,17 +228,21 @@ def plan(
         procs_per_node=procs_per_node,
         **po.run_shape(locals()),  # --batch ... --double-quant
     )
+    with mirror_ahead(source, revision, variant, offline, when=max_memory is None):
+        result = make_plan(source, request)
     if output is not None:
         result = result.save(output)
-    render_plan(result, as_json=json, output=output, require_fit=require_fit)
+    render_plan(result, as_json=json, output=output)
+    if require_fit and not result.fits:  # policy: the command's, after the plan is shown
+        raise FitError(f"the plan does not fit (--require-fit): {summary(result)}")
 
 
 @app.command()
 def run(
     source: SourceArg = None,
     plan_file: Annotated[
-        str, typer.Option("--plan", help="A plan written by bigmodel plan -o.")
-    ] = "plan.json",
+        str | None, typer.Option("--plan", help=po.PLAN_HELP, show_default=False)
+    ] = None,
     dtype: DTypeOpt = None,
     verify: Annotated[
         bool, typer.Option("--verify", help="Compare every loaded tensor with the file bytes.")
@@ -293,16 +298,17 @@ def run(
     from bigmodel_cli.render.run import render_run
     from bigmodel_cli.run import run_plan
 
+    the_plan = plan_file or po.detected_plan(source, _dtype(dtype), variant, offline)
     if generate is not None:
         from bigmodel_cli.run.generate import Generation
 
         how = Generation(steps, seed, height, width, max_new_tokens)
-        gen.run_generate(source, plan_file, generate, how, output, json, verbose)
+        gen.run_generate(source, the_plan, generate, how, output, json, verbose)
         return
 
     report = run_plan(
         source,
-        plan=plan_file,
+        plan=the_plan,
         dtype=_dtype(dtype),
         variant=variant,
         verify=verify,
@@ -321,20 +327,6 @@ def _on_sigterm(signum: int, frame: object) -> None:
 
 def _names(error: BaseException) -> set[str]:
     return {cls.__name__ for cls in type(error).__mro__}
-
-
-# API argument names whose flag is not ``--`` + the name with dashes
-FLAG_NAMES = {"output": "-o", "plan_path": "--plan"}
-
-
-def as_flags(error: BigmodelError) -> str:
-    """The error's line with the API argument it names spelled as the CLI's flag:
-    the library says ``max_shard_size must be positive``, the CLI ``--max-shard-size ...``."""
-    text = str(error)
-    if error.argument is None:
-        return text
-    flag = FLAG_NAMES.get(error.argument, "--" + error.argument.replace("_", "-"))
-    return re.sub(rf"(?<![\w-]){re.escape(error.argument)}(?![\w-])", flag, text)
 
 
 def run_main(args: list[str] | None = None) -> int:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 if TYPE_CHECKING:  # the run stage is imported when the command runs, not at start-up
+    from bigmodel_cli.placement.plan import PlanLike
     from bigmodel_cli.run.generate import Generation
 
 Generate = Annotated[
@@ -40,7 +41,7 @@ Verbose = Annotated[
 
 def run_generate(
     source: str | None,
-    plan: str,
+    plan: PlanLike,
     prompt: str,
     how: Generation,
     output: str | None,

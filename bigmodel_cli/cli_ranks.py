@@ -28,7 +28,7 @@ class RunRequest:
     ``--forward`` under torchrun only outside it: they are refused there)."""
 
     source: str | None
-    plan: str
+    plan: str | None  # None: plan.json (outside torchrun, run plans for the detected devices)
     dtype: str | None
     verify: bool
     forward: bool
@@ -124,7 +124,7 @@ def torchrun_run(request: RunRequest) -> bool:
     stage = pipeline_request(r.input_ids, r.microbatches, r.forward_output) if r.forward else None
     report = run_world(
         r.source,
-        plan=r.plan,
+        plan=r.plan or "plan.json",
         dtype=None if r.dtype is None else parse_target_dtype(r.dtype),
         verify=r.verify,
         reader=r.reader,

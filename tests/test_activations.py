@@ -167,7 +167,7 @@ def test_the_forward_order_is_the_order_modules_run_not_their_registration() -> 
     m = model_of(ckpt, next(c for c in ckpt.components if c.name == "unet"))
     registered = [name for name, _ in build(m, torch.float32).named_modules()]
     assert registered.index("up_blocks") < registered.index("mid_block")
-    shapes = make_plan(PIPELINE, max_memory="cpu=1GB", runtime=True).needs["unet"].inputs
+    shapes = make_plan(PIPELINE, max_memory="cpu=1GB", counted=True).needs["unet"].inputs
     built, _ = trace(m, torch.float32, shapes)
     assert built.order.index("mid_block") < built.order.index("up_blocks")
     assert built.order.index("conv_out") > built.order.index("up_blocks.1")

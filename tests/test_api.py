@@ -55,7 +55,7 @@ def test_the_cli_calls_the_api_not_a_second_code_path(name: str) -> None:
     assert reached in _called_by_cli()
     if name in ("read_plan", "load", "generate"):
         caller = {
-            "read_plan": "bigmodel_cli.placement.file",
+            "read_plan": "bigmodel_cli.placement.plan",
             "load": "bigmodel_cli.run.generate",
             "generate": "bigmodel_cli.run.generate",
         }[name]

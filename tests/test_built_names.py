@@ -300,6 +300,6 @@ def test_a_plan_that_counts_the_run_is_in_the_built_names_too(
     plan = make_plan(
         built.folder, max_memory=f"cpu={built.nbytes // 2},disk", strategy="auto", context=8
     )
-    assert plan.runtime.counted and plan.device_map == {"llava": "split"}
+    assert plan.shape.counted and plan.device_map == {"llava": "split"}
     assert any(k.startswith("model.language_model.") for k in plan.component_maps["llava"])
     assert max_difference(built, plan, expected) == 0

@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from bigmodel_cli.checkpoint import load_checkpoint
 from bigmodel_cli.errors import BigmodelError
-from bigmodel_cli.placement.file import read_plan
+from bigmodel_cli.placement.plan import read_plan
 from bigmodel_cli.run import run_plan
 from bigmodel_cli.run.load import load_tensors
 from bigmodel_cli.run.place import missing_devices, module_device, placements, shortfalls

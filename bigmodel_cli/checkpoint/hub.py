@@ -23,17 +23,17 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import quote
 
-from huggingface_hub import HfApi, constants, hf_hub_url, snapshot_download
+from huggingface_hub import constants
 
 from bigmodel_cli.checkpoint.hub_http import (
     fetch_header,
     fetch_small_file,
+    file_url,
     hub_errors,
-    retrying,
-    timeout,
+    model_info,
 )
 from bigmodel_cli.checkpoint.names import index_files, weight_files
 from bigmodel_cli.errors import BigmodelError
@@ -101,6 +101,8 @@ def mirror(
 def download_plan_files(repo_id: str, commit: str, files: list[str]) -> Path:
     """Download exactly ``files`` (repo-relative) plus the small JSON / config / tokenizer /
     scheduler files into the Hugging Face cache; the snapshot folder."""
+    from huggingface_hub import snapshot_download  # its import costs a plan's start-up
+
     patterns = [glob.escape(f) for f in files] + list(SMALL_PATTERNS)
     with hub_errors(repo_id, commit):
         return Path(snapshot_download(repo_id, revision=commit, allow_patterns=patterns))
@@ -162,13 +164,14 @@ def _resolve(repo_id: str, revision: str) -> str:
     if COMMIT.match(revision):
         return revision
     with hub_errors(repo_id, revision):
-        api = HfApi()
-        info = retrying(
-            lambda: api.model_info(repo_id, revision=revision, expand=["sha"], timeout=timeout())
-        )
-    if not info.sha or not COMMIT.match(info.sha):
+        return _commit(model_info(repo_id, revision, files=False), repo_id, revision)
+
+
+def _commit(info: dict[str, Any], repo_id: str, revision: str) -> str:
+    sha = info.get("sha")
+    if not isinstance(sha, str) or not COMMIT.match(sha):
         raise BigmodelError(f"the Hub gave no commit for revision {revision!r}", repo_id)
-    return info.sha
+    return sha
 
 
 def _has_mirrors(root: Path) -> bool:
@@ -179,20 +182,17 @@ def _list_files(repo_id: str, revision: str) -> tuple[str, dict[str, int]]:
     """The commit of ``revision``, and every file of the repo there with its real size
     (LFS size for LFS files)."""
     with hub_errors(repo_id, revision):
-        info = retrying(
-            lambda: HfApi().model_info(
-                repo_id, revision=revision, files_metadata=True, timeout=timeout()
-            )
-        )
-    if not info.sha or not COMMIT.match(info.sha):
-        raise BigmodelError(f"the Hub gave no commit for revision {revision!r}", repo_id)
+        info = model_info(repo_id, revision, files=True)
+    commit = _commit(info, repo_id, revision)
     files: dict[str, int] = {}
-    for s in info.siblings or []:
-        size = s.lfs.size if s.lfs is not None else s.size
-        if size is None:
-            raise BigmodelError(f"the Hub listed no size for {s.rfilename}", repo_id)
-        files[s.rfilename] = int(size)
-    return info.sha, files
+    for sibling in info.get("siblings") or []:
+        entry = sibling if isinstance(sibling, dict) else {}
+        name, lfs = entry.get("rfilename"), entry.get("lfs")
+        size = lfs.get("size") if isinstance(lfs, dict) else entry.get("size")
+        if not isinstance(name, str) or not isinstance(size, int) or size < 0:
+            raise BigmodelError(f"the Hub listed no size for {name}", repo_id)
+        files[name] = size
+    return commit, files
 
 
 # -- which files the local reader would use ------------------------------------------------
@@ -287,7 +287,7 @@ def _parallel(fn: Callable[[T], R], items: list[T]) -> list[R]:
 
 
 def _fetch_json(repo_id: str, commit: str, rel: str, size: int) -> bytes:
-    url = hf_hub_url(repo_id, rel, revision=commit)
+    url = file_url(repo_id, rel, commit)
     what = f"{repo_id}/{rel}"
     with hub_errors(repo_id, commit, what):
         return fetch_small_file(url, what, size)

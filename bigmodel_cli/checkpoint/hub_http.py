@@ -1,11 +1,14 @@
 """Bounded HTTP reads from the Hugging Face Hub, through huggingface_hub's own client.
 
 Every request goes through ``huggingface_hub.get_session()`` (its proxies, offline
-switch, request ids), with ``build_hf_headers()`` (HF_TOKEN, user agent) and URLs from
-``hf_hub_url`` (HF_ENDPOINT). The shared client has no timeout of its own, so each call
-passes ``constants.HF_HUB_DOWNLOAD_TIMEOUT`` (10 s unless set). A busy Hub (HTTP 429 or a
-5xx) is asked again after a wait (:func:`retrying`). Every failure becomes one
-:class:`BigmodelError` line naming the repo or file.
+switch, request ids), with ``build_hf_headers()`` (HF_TOKEN, user agent), to the URLs
+huggingface_hub would ask (``HfApi.model_info``'s and ``hf_hub_url``'s, from its
+``constants``: HF_ENDPOINT). Only its HTTP client is imported (not ``HfApi`` nor
+``file_download``, which cost more start-up than the whole request). The shared client
+has no timeout of its own, so each call passes ``constants.HF_HUB_DOWNLOAD_TIMEOUT``
+(10 s unless set). A busy Hub (HTTP 429 or a 5xx) is asked again after a wait
+(:func:`retrying`). Every failure becomes one :class:`BigmodelError` line naming the
+repo or file.
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote
 
-from huggingface_hub import constants, get_session, hf_hub_url
+from huggingface_hub import constants, get_session
 from huggingface_hub.errors import (
     GatedRepoError,
     HfHubHTTPError,
@@ -79,6 +83,35 @@ def _wait(response: Any, attempt: int) -> float:
 def timeout() -> float:
     """Seconds to wait on the Hub, read at call time (HF_HUB_DOWNLOAD_TIMEOUT)."""
     return float(constants.HF_HUB_DOWNLOAD_TIMEOUT)
+
+
+def file_url(repo_id: str, rel: str, revision: str) -> str:
+    """The download URL of ``rel`` in model repo ``repo_id``, as ``hf_hub_url`` makes it."""
+    return constants.HUGGINGFACE_CO_URL_TEMPLATE.format(
+        repo_id=repo_id, revision=quote(revision, safe=""), filename=quote(rel)
+    )
+
+
+def model_info(repo_id: str, revision: str, *, files: bool) -> dict[str, Any]:
+    """The Hub's model info of ``repo_id`` at ``revision`` (the request and the answer of
+    ``HfApi().model_info``): with ``files``, every file with its size; else the commit
+    alone. Asked again while the Hub is busy."""
+    url = f"{constants.ENDPOINT}/api/models/{repo_id}/revision/{quote(revision, safe='')}"
+    params = {"blobs": True} if files else {"expand": ["sha"]}
+    headers = build_hf_headers(library_name="bigmodel", library_version=__version__)
+
+    def ask() -> Any:
+        answer = get_session().get(url, headers=headers, params=params, timeout=timeout())
+        hf_raise_for_status(answer)
+        try:
+            return answer.json()
+        except ValueError:
+            return None
+
+    info = retrying(ask)
+    if not isinstance(info, dict):
+        raise BigmodelError("the Hub's model info is not a JSON object", repo_id)
+    return info
 
 
 def hub_headers() -> dict[str, str]:
@@ -199,7 +232,7 @@ def fetch_header(repo_id: str, commit: str, rel: str, size: int) -> tuple[bytes,
     One speculative Range of the first 64 KiB; a second one for the rest of a longer
     header.
     """
-    url = hf_hub_url(repo_id, rel, revision=commit)
+    url = file_url(repo_id, rel, commit)
     what = f"{repo_id}/{rel}"
     if size < 8:
         raise BigmodelError(f"file is {size} bytes, too small for a safetensors header", what)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from pathlib import Path
 
 WEIGHT_STEMS = ("model", "diffusion_pytorch_model", "pytorch_model")
 SAFETENSORS_STEMS = ("model", "diffusion_pytorch_model")  # what shard / merge write
@@ -89,3 +90,11 @@ def shard_names(weights: str, variant: str | None, count: int) -> tuple[list[str
     names = [f"{stem}-{i:05d}-of-{count:05d}{ext}" for i in range(1, count + 1)]
     index = f"{weights}{ext}.index.{variant}.json" if variant else f"{weights}{ext}{INDEX_SUFFIX}"
     return names, index
+
+
+def hf_cache_folder(repo_id: str) -> Path:
+    """Where the Hugging Face cache keeps model repo ``repo_id`` (``models--org--name``
+    under ``HF_HUB_CACHE``, read now)."""
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE) / ("models--" + repo_id.replace("/", "--"))

@@ -5,19 +5,35 @@ that holds every file the reader needs; otherwise, where ``remote`` allows (``in
 and ``plan``), from a header mirror of the Hub (:mod:`.hub`): the same components,
 tensors and fingerprint as the downloaded snapshot, for a few kilobytes per file.
 ``run`` never reads a mirror: :func:`fetch_for_plan` downloads the files first.
+
+A command can have a repo's mirror made ahead, on a thread, while it does the rest of its
+start-up (:func:`mirror_ahead`: ``plan`` detecting the GPUs imports torch meanwhile).
+huggingface_hub is imported only where a request is sent (its HTTP client), or where a
+cached snapshot exists (``snapshot_download``).
 """
 
 from __future__ import annotations
 
 import os
 import re
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future, wait
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bigmodel_cli.checkpoint.discover import Checkpoint, HubSource, read_path
+from bigmodel_cli.checkpoint.names import hf_cache_folder
 from bigmodel_cli.errors import BigmodelError
 
+if TYPE_CHECKING:
+    from bigmodel_cli.checkpoint.hub import Mirror
+
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+Ahead = tuple[str, str, str | None]  # repo id, revision, variant
+_AHEAD: dict[Ahead, Future[Mirror | None]] = {}
 
 
 def is_repo_id(source: str | os.PathLike[str] | None) -> bool:
@@ -42,6 +58,54 @@ def load_checkpoint(
     return read_path(path, path.resolve().name or "model", variant)
 
 
+@contextmanager
+def mirror_ahead(
+    source: str | os.PathLike[str] | None,
+    revision: str | None = None,
+    variant: str | None = None,
+    offline: bool = False,
+    *,
+    when: bool = True,
+) -> Iterator[None]:
+    """While the block runs, a repo id that the Hugging Face cache lacks has its mirror
+    read from the Hub on a thread (:func:`~.hub.mirror`), which :func:`load_checkpoint`
+    of the same repo, revision and variant then takes; anything else: nothing.
+
+    ``when``: the block has slow work to do before it reads the checkpoint (``plan``
+    without ``--max-memory`` imports torch to find the GPUs, 0.3 s to seconds), else
+    there is nothing to overlap. An error in the block waits for the thread, so that no
+    half-built mirror is left behind (Ctrl-C does not wait)."""
+    if offline or not when or not is_repo_id(source):
+        yield
+        return
+    key = (str(source), revision or "main", variant)
+    made: Future[Mirror | None] = Future()
+    _AHEAD[key] = made
+    threading.Thread(target=_make_ahead, args=(key, made), name="bigmodel-hub", daemon=True).start()
+    try:
+        yield
+    except Exception:
+        wait([made])
+        raise
+    finally:
+        _AHEAD.pop(key, None)
+
+
+def _make_ahead(key: Ahead, made: Future[Mirror | None]) -> None:
+    repo_id, revision, variant = key
+    try:
+        if hf_cache_folder(repo_id).is_dir():  # a snapshot may serve: load_checkpoint decides
+            made.set_result(None)
+            return
+        from bigmodel_cli.checkpoint.hub import mirror
+
+        made.set_result(mirror(repo_id, revision=revision, variant=variant))
+    except BigmodelError as exc:  # raised where the command takes it
+        made.set_exception(exc)
+    except BaseException:  # anything else: the command reads the Hub itself, and shows it
+        made.set_result(None)
+
+
 def _from_repo(
     repo_id: str, variant: str | None, revision: str | None, offline: bool, remote: bool
 ) -> Checkpoint:
@@ -63,8 +127,12 @@ def _from_repo(
         )
     from bigmodel_cli.checkpoint.hub import mirror
 
+    revision = revision or "main"
+    ahead = None if offline else _AHEAD.get((repo_id, revision, variant))
     try:
-        found = mirror(repo_id, revision=revision or "main", variant=variant, offline=offline)
+        found = (ahead and ahead.result()) or mirror(
+            repo_id, revision=revision, variant=variant, offline=offline
+        )
     except BigmodelError as exc:  # a mistyped folder reads as a repo id: say both
         raise BigmodelError(
             f"no such local path, and as a Hub repo: {exc.reason}", exc.path
@@ -75,6 +143,8 @@ def _from_repo(
 
 
 def _cached_snapshot(repo_id: str, revision: str | None) -> Path | None:
+    if not hf_cache_folder(repo_id).is_dir():
+        return None  # the common case for a Hub read, without importing snapshot_download
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 

@@ -23,14 +23,14 @@ from bigmodel_cli.checkpoint.built_names import (
     translate_map,
 )
 from bigmodel_cli.devices import DeviceKey
-from bigmodel_cli.placement.file import Plan
-from bigmodel_cli.placement.items import SPLIT, Bin, Layout, Part
+from bigmodel_cli.placement.items import SPLIT, Assignment, Bin, Part
+from bigmodel_cli.placement.plan import Plan
 from bigmodel_cli.placement.units import find_leader, join_leaders
 from bigmodel_cli.runtime.library import library_names, library_version
 
 Pairs = Sequence[tuple[str, str]]
 PartOf = Callable[[Component, Pairs], Part]
-Place = Callable[[Sequence[Part], Sequence[Bin]], Layout]
+Place = Callable[[Sequence[Part], Sequence[Bin]], Assignment]
 
 
 def names_of(c: Component) -> BuiltNames:
@@ -67,7 +67,7 @@ def _outermost(name: str, modules: set[str]) -> str | None:
 
 def place_in_built_names(
     ckpt: Checkpoint, part_of: PartOf, place: Place, bins: Sequence[Bin]
-) -> tuple[list[Part], Layout, dict[str, BuiltNames]]:
+) -> tuple[list[Part], Assignment, dict[str, BuiltNames]]:
     """Place the parts; a component that ends up split is placed again with its library's
     units, until every split component has them."""
     names: dict[str, BuiltNames] = {}
@@ -76,14 +76,14 @@ def place_in_built_names(
             part_of(c, joined_pairs(names[c.name]) if c.name in names else [])
             for c in ckpt.components
         ]
-        layout = place(parts, bins)
+        assignment = place(parts, bins)
         split = [
             c
-            for c, p in zip(ckpt.components, layout.placements, strict=True)
+            for c, p in zip(ckpt.components, assignment.placements, strict=True)
             if p.device == SPLIT and c.name not in names
         ]
         if not split:
-            return parts, layout, names
+            return parts, assignment, names
         for c in split:
             names[c.name] = names_of(c)
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from rich.table import Table
-
 from bigmodel_cli.checkpoint import Checkpoint
 from bigmodel_cli.checkpoint.summary import CheckpointSummary, ComponentSummary
 from bigmodel_cli.render import print_json, stdout
@@ -66,6 +64,8 @@ def render_inspect(s: CheckpointSummary, *, as_json: bool, tensors: bool) -> Non
     if as_json:
         print_json(inspect_doc(s, tensors))
         return
+    from rich.table import Table  # only for people: `--json` never loads rich
+
     console = stdout()
     at = f"at {s.dtype}" if s.dtype else None
     table = Table(title=f"{s.source} ({s.kind})", title_justify="left")
@@ -117,6 +117,8 @@ def render_inspect(s: CheckpointSummary, *, as_json: bool, tensors: bool) -> Non
 
 
 def _render_tensors(ckpt: Checkpoint, built_names: Mapping[str, Mapping[str, str]]) -> None:
+    from rich.table import Table
+
     console = stdout()
     for comp in ckpt.components:
         built = built_names.get(comp.name, {})

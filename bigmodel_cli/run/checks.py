@@ -11,7 +11,7 @@ from bigmodel_cli.checkpoint.discover import read_path
 from bigmodel_cli.checkpoint.resolve import fetch_for_plan
 from bigmodel_cli.devices import DeviceKey, available_ram, torch_device
 from bigmodel_cli.errors import BigmodelError, FitError
-from bigmodel_cli.placement.file import Plan
+from bigmodel_cli.placement.plan import Plan
 from bigmodel_cli.run.place import check_source, missing_devices, shortfalls
 from bigmodel_cli.sizes import DType
 

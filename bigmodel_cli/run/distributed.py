@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 
 from bigmodel_cli.checkpoint import Checkpoint, is_repo_id, load_checkpoint
 from bigmodel_cli.errors import BigmodelError
-from bigmodel_cli.placement.file import Plan, PlanLike, as_plan
+from bigmodel_cli.placement.plan import Plan, PlanLike, as_plan
+from bigmodel_cli.placement.ranks import check_reads
 from bigmodel_cli.placement.world import RankPlan, World
 from bigmodel_cli.progress import NullProgress, Progress, shown
 from bigmodel_cli.run.checks import prepare
@@ -26,11 +27,12 @@ from bigmodel_cli.run.hub_ranges import is_remote, read_hub
 from bigmodel_cli.run.load import Loaded, verify_tensors
 from bigmodel_cli.run.place import check_source
 from bigmodel_cli.run.ranges import Read, Share, rank_share, read_share
-from bigmodel_cli.sizes import DType, parse_target_dtype
+from bigmodel_cli.sizes import DType, as_target_dtype
 from bigmodel_cli.torchrun import READERS, Group, RankEnv
 
 if TYPE_CHECKING:
     from bigmodel_cli.run.pipeline_stage import PipelineRequest, PipelineResult
+    from bigmodel_cli.sizes import DTypeLike
 
 
 @dataclass(frozen=True)
@@ -166,6 +168,7 @@ def _prepare_rank(
             ckpt.origin,
             argument=asked.split()[0],
         )
+    check_reads(ckpt, the_plan)  # the ranks' reads cover every tensor once
     share = rank_share(ckpt, me, the_plan.path)
     if stage is not None:
         from bigmodel_cli.run.pipeline_stage import check_pipeline
@@ -203,7 +206,7 @@ def run_world(
     source: str | os.PathLike[str] | None = None,
     *,
     plan: PlanLike = "plan.json",
-    dtype: DType | str | None = None,
+    dtype: DTypeLike | None = None,
     verify: bool = False,
     reader: str = READERS[0],
     stage: PipelineRequest | None = None,
@@ -213,7 +216,7 @@ def run_world(
 ) -> WorldRunReport | None:
     """This rank's part of a plan over ranks; rank 0 gets the report of all of them."""
     began = time.perf_counter()
-    wanted = parse_target_dtype(dtype) if isinstance(dtype, str) else dtype
+    wanted = as_target_dtype(dtype)
     with Group() as group:
         env = group.env
         job = group.agree(

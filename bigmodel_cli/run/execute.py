@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from bigmodel_cli.checkpoint import Checkpoint
 from bigmodel_cli.devices import reset_gpu_peaks
 from bigmodel_cli.errors import BigmodelError
-from bigmodel_cli.placement.file import Plan, PlanLike, as_plan
+from bigmodel_cli.placement.plan import Plan, PlanLike, as_plan
 from bigmodel_cli.progress import Progress, shown
 from bigmodel_cli.run.checks import check_machine, prepare
 from bigmodel_cli.run.load import load_tensors, verify_tensors
@@ -27,17 +27,18 @@ from bigmodel_cli.run.report import (
     component_runs,
     device_runs,
 )
-from bigmodel_cli.sizes import DType, parse_target_dtype
+from bigmodel_cli.sizes import DType, as_target_dtype
 
 if TYPE_CHECKING:
     from bigmodel_cli.run.forward import ForwardResult
+    from bigmodel_cli.sizes import DTypeLike
 
 
 def run_plan(
     source: str | os.PathLike[str] | None = None,
     *,
     plan: PlanLike = "plan.json",
-    dtype: DType | str | None = None,
+    dtype: DTypeLike | None = None,
     verify: bool = False,
     forward: bool = False,
     require_fit: bool = False,
@@ -61,7 +62,7 @@ def run_plan(
             f"{w.nodes} --nproc-per-node {w.procs_per_node} ... -m bigmodel_cli run",
             the_plan.path,
         )
-    wanted = parse_target_dtype(dtype) if isinstance(dtype, str) else dtype
+    wanted = as_target_dtype(dtype)
     ckpt, target, notes = prepare(source, the_plan, wanted, variant, offline)
     place = placements(ckpt, the_plan)
     try:

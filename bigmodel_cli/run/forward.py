@@ -24,7 +24,7 @@ from bigmodel_cli.checkpoint import Checkpoint, Component
 from bigmodel_cli.devices import DeviceKey, is_gpu, torch_device
 from bigmodel_cli.errors import BigmodelError
 from bigmodel_cli.placement.built import library_map
-from bigmodel_cli.placement.file import Plan
+from bigmodel_cli.placement.plan import Plan
 from bigmodel_cli.run.peak import measure_peak
 from bigmodel_cli.runtime.calls import forward, make_inputs
 from bigmodel_cli.runtime.estimate import model_of

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from bigmodel_cli.devices import DeviceKey, device_order, is_gpu, reset_gpu_peaks
 from bigmodel_cli.errors import BigmodelError
-from bigmodel_cli.placement.file import Plan, PlanLike, as_plan
+from bigmodel_cli.placement.plan import Plan, PlanLike, as_plan
 from bigmodel_cli.run.pipeline import generate, is_pipeline, load
 from bigmodel_cli.runtime.library import Held, held
 

@@ -39,7 +39,7 @@ from bigmodel_cli.errors import BigmodelError, FitError
 from bigmodel_cli.formats import TensorInfo, format_of
 from bigmodel_cli.progress import Progress
 from bigmodel_cli.run.gpu_reader import FileSource, StagedReader
-from bigmodel_cli.sizes import DTYPES, DType, torch_dtype
+from bigmodel_cli.sizes import DTYPES, DType, cast_to, torch_dtype
 
 if TYPE_CHECKING:
     import torch
@@ -89,8 +89,7 @@ class _Job:
 
 def cast_dtype(code: str, target: DType | None) -> torch.dtype:
     """The dtype a ``code`` tensor is loaded at: ``target`` for floating tensors only."""
-    floating = target is not None and DTYPES[code].floating
-    return torch_dtype(target.code if target is not None and floating else code)
+    return torch_dtype(cast_to(DTYPES[code], target).code)
 
 
 def cast(tensor: torch.Tensor, code: str, target: DType | None) -> torch.Tensor:

@@ -26,7 +26,7 @@ from bigmodel_cli.checkpoint import Checkpoint, load_checkpoint
 from bigmodel_cli.devices import DeviceKey, is_gpu, torch_device
 from bigmodel_cli.errors import BigmodelError
 from bigmodel_cli.placement.built import library_map
-from bigmodel_cli.placement.file import SPLIT, Plan, PlanLike, as_plan
+from bigmodel_cli.placement.plan import SPLIT, Plan, PlanLike, as_plan
 from bigmodel_cli.placement.strategies import STRATEGIES
 from bigmodel_cli.run.place import check_source
 from bigmodel_cli.runtime.inputs import LIBRARIES

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from bigmodel_cli.checkpoint import Checkpoint
 from bigmodel_cli.errors import BigmodelError, UsageError
 from bigmodel_cli.formats.json import read_json_file
-from bigmodel_cli.placement.file import Plan
+from bigmodel_cli.placement.plan import Plan
 from bigmodel_cli.placement.world import RankPlan
 from bigmodel_cli.run.ranges import Read, Share, by_name
 from bigmodel_cli.runtime.estimate import model_of

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from bigmodel_cli.checkpoint import Checkpoint
 from bigmodel_cli.devices import DeviceKey, device_order, is_gpu, torch_device
-from bigmodel_cli.placement.file import Plan
+from bigmodel_cli.placement.plan import Plan
 from bigmodel_cli.run.load import Loaded
 from bigmodel_cli.run.place import Placements
 

@@ -55,6 +55,11 @@ def parse_quantize(text: str | None, components: Sequence[str]) -> dict[str, str
                 f"(METHOD one of {', '.join(METHODS)})",
                 argument="quantize",
             )
+        if name in found:
+            raise UsageError(
+                f"invalid quantize {text!r}: component {name!r} is named twice",
+                argument="quantize",
+            )
         if name not in components:
             raise UsageError(
                 f"invalid quantize {text!r}: no component {name!r} "

@@ -137,7 +137,9 @@ class AtomicFolder:
         if not os.path.lexists(self.out):
             os.rename(self.path, self.out)
         elif not self.force:
-            raise BigmodelError("already exists (created during this run); use --force", self.out)
+            raise BigmodelError(
+                "already exists (created during this run); use force", self.out, argument="force"
+            )
         else:
             old = sibling(self.out, f"{OLD_TAG}{os.getpid()}")
             os.rename(self.out, old)
@@ -150,7 +152,9 @@ class AtomicFolder:
 
     def _refuse_existing(self) -> None:
         if os.path.lexists(self.out) and not self.force:
-            raise BigmodelError("already exists; use --force to replace it", self.out)
+            raise BigmodelError(
+                "already exists; use force to replace it", self.out, argument="force"
+            )
 
     def _make_parents(self) -> None:
         missing = [p for p in reversed(self.out.parents) if not p.exists()]

@@ -28,7 +28,7 @@ from bigmodel_cli.formats.base import TensorInfo, TensorSum
 from bigmodel_cli.formats.index import index_json, link_boundary
 from bigmodel_cli.formats.json import read_json_file
 from bigmodel_cli.formats.safetensors import HeaderEntry
-from bigmodel_cli.sizes import DTYPES, DType
+from bigmodel_cli.sizes import DTYPES, DType, cast_to
 
 Mode = Literal["shard", "merge"]
 
@@ -177,7 +177,7 @@ def plan_component(
             t.name,
             t.shape,
             t.dtype,
-            dtype.code if dtype is not None and DTYPES[t.dtype].floating else t.dtype,
+            cast_to(DTYPES[t.dtype], dtype).code,
             t.file,
             t.start,
             t.end,

@@ -38,7 +38,7 @@ class DevicePlan(Device):
     planned: int = 0
     held: int = 0  # kept free for offloaded blocks run here (auto)
     weights: int | None = None  # of planned, weights (None: all of it, an older plan)
-    runtime: int = 0  # KV cache and activations counted here (runtime.counted)
+    run_bytes: int = 0  # KV cache and activations counted here (shape.counted)
 
 
 @dataclass(frozen=True)
@@ -66,10 +66,10 @@ class Plan:
     path: Path | None = None  # the file it was read from or saved to
     notes: tuple[str, ...] = ()  # for people (where the figures came from); not in the file
     world: WorldPlan | None = None  # a plan over torchrun ranks (--nodes / --procs-per-node)
-    runtime: RunShape = field(default_factory=RunShape)  # the run's shape (plan --batch ...)
+    shape: RunShape = field(default_factory=RunShape)  # the run's shape (plan --batch ...)
     needs: Mapping[str, Needs] = field(default_factory=dict)  # activations, KV cache, inputs
-    # names (placement/built.py): component_maps are in the names the library builds;
-    # stored_maps the same placement in the checkpoint's names, where they differ
+    strategy_reason: str | None = None  # why this strategy, when it was not asked for
+    # placement/built.py: component_maps in the built names, these in the stored ones
     stored_maps: Mapping[str, Mapping[str, DeviceKey]] = field(default_factory=dict)
     names: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # per component
 
@@ -122,6 +122,7 @@ class Plan:
             "source": self.source,
             "fingerprint": self.fingerprint,
             "strategy": self.strategy,
+            "strategy_reason": self.strategy_reason,
             "dtype": self.dtype,
             "variant": self.variant,
             "devices": {
@@ -132,7 +133,7 @@ class Plan:
                     "reserve": d.reserve,
                     "held": d.held,
                     "weights": d.planned if d.weights is None else d.weights,
-                    "runtime": d.runtime,
+                    "runtime": d.run_bytes,
                 }
                 for d in self.devices
             },
@@ -147,7 +148,7 @@ class Plan:
                 name: {"bytes": n, **self.needs.get(name, Needs()).to_json()}
                 for name, n in self.components.items()
             },
-            "runtime": run_json(self.runtime),
+            "runtime": run_json(self.shape),
             "execution_device": self.execution_device,
             "peak_gpu": self.peak_gpu,
             "held_for_offload": self.held_for_offload,
@@ -212,7 +213,7 @@ def plan_from_json(doc: Mapping[str, Any], path: Path | None = None) -> Plan:
             "(write one with bigmodel plan -o)",
             path,
         )
-    if doc["version"] != PLAN_VERSION:
+    if type(doc["version"]) is not int or doc["version"] != PLAN_VERSION:  # true is not 1
         raise BigmodelError(
             f"plan version {doc['version']!r} is not supported (this bigmodel reads "
             f"version {PLAN_VERSION}); re-run bigmodel plan",
@@ -233,13 +234,14 @@ def plan_from_json(doc: Mapping[str, Any], path: Path | None = None) -> Plan:
         source=doc["source"],
         fingerprint=doc["fingerprint"],
         strategy=_strategy(doc, path),
+        strategy_reason=_optional_str(doc, "strategy_reason", path),
         dtype=_dtype_name(doc, path),
         variant=_optional_str(doc, "variant", path),
         devices=devices,
         device_map=device_map,
-        component_maps=_component_maps(doc.get("component_maps"), split, path),
+        component_maps=_component_maps(doc, "component_maps", split, path),
         components=_components(doc.get("components"), path),
-        offloaded=tuple(str(n) for n in doc.get("offloaded") or ()),
+        offloaded=_names(doc, "offloaded", path),
         fits=bool(doc.get("fits", True)),
         peak_fits=doc.get("peak_fits") if isinstance(doc.get("peak_fits"), bool) else None,
         execution_device=None if execution is None else device_key(execution, path),
@@ -247,13 +249,13 @@ def plan_from_json(doc: Mapping[str, Any], path: Path | None = None) -> Plan:
         held_for_offload=doc["held_for_offload"] if _count(doc.get("held_for_offload")) else 0,
         detected=bool(doc.get("detected", False)),
         block_bytes=_split_bytes(doc.get("split_bytes"), path),
-        skipped=tuple(str(n) for n in doc.get("skipped") or ()),
+        skipped=_names(doc, "skipped", path),
         path=path,
         world=world_from_json(doc, path),
-        runtime=run_from_json(doc.get("runtime"), path),
+        shape=run_from_json(doc.get("runtime"), path),
         needs=_needs(doc.get("components"), path),
-        stored_maps=_component_maps(doc.get("stored_maps"), [], path),
-        names=_names(doc.get("names"), path),
+        stored_maps=_component_maps(doc, "stored_maps", [], path),
+        names={n: dict(r) for n, r in _objects(doc, "names", "records", path).items()},
     )
 
 
@@ -269,6 +271,14 @@ def device_key(value: object, path: Path | None) -> DeviceKey:
 
 def _count(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _names(doc: Mapping[str, Any], key: str, path: Path | None) -> tuple[str, ...]:
+    """A list of component names (absent: none)."""
+    value = doc.get(key) or []
+    if not isinstance(value, list) or not all(isinstance(n, str) for n in value):
+        raise BigmodelError(f"plan {key!r} is not a list of component names", path)
+    return tuple(value)
 
 
 def _optional_str(doc: Mapping[str, Any], key: str, path: Path | None) -> str | None:
@@ -306,7 +316,7 @@ def _devices(raw: Any, path: Path | None) -> tuple[DevicePlan, ...]:
             )
         budget = entry.get("budget", capacity)
         reserve = entry.get("reserve", 0)
-        held, weights, runtime = (entry.get(k, 0) for k in ("held", "weights", "runtime"))
+        held, weights, run_bytes = (entry.get(k, 0) for k in ("held", "weights", "runtime"))
         devices.append(
             DevicePlan(
                 device_key(key, path),
@@ -315,7 +325,7 @@ def _devices(raw: Any, path: Path | None) -> tuple[DevicePlan, ...]:
                 planned,
                 held if _count(held) else 0,
                 weights if _count(weights) and "weights" in entry else None,
-                runtime if _count(runtime) else 0,
+                run_bytes if _count(run_bytes) else 0,
             )
         )
     return tuple(devices)
@@ -327,26 +337,20 @@ def _device_map(raw: Any, path: Path | None) -> dict[str, Where]:
     return {name: SPLIT if v == SPLIT else device_key(v, path) for name, v in raw.items()}
 
 
+def _objects(doc: Mapping[str, Any], key: str, what: str, path: Path | None) -> dict[str, Any]:
+    raw = {} if (raw := doc.get(key)) is None else raw  # absent: empty
+    if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
+        raise BigmodelError(f"plan {key!r} is not an object of {what}", path)
+    return raw
+
+
 def _component_maps(
-    raw: Any, split: list[str], path: Path | None
+    doc: Mapping[str, Any], key: str, split: list[str], path: Path | None
 ) -> dict[str, dict[str, DeviceKey]]:
-    raw = raw if raw is not None else {}
-    if not isinstance(raw, dict) or not all(isinstance(m, dict) for m in raw.values()):
-        raise BigmodelError("plan 'component_maps' is not an object of module maps", path)
-    lacking = [name for name in split if name not in raw]
-    if lacking:
-        raise BigmodelError(f"plan splits {lacking[0]!r} but has no component_maps entry", path)
-    return {
-        name: {prefix: device_key(v, path) for prefix, v in module_map.items()}
-        for name, module_map in raw.items()
-    }
-
-
-def _names(raw: Any, path: Path | None) -> dict[str, dict[str, Any]]:
-    raw = raw if raw is not None else {}
-    if not isinstance(raw, dict) or not all(isinstance(r, dict) for r in raw.values()):
-        raise BigmodelError("plan 'names' is not an object of per-component records", path)
-    return {name: dict(record) for name, record in raw.items()}
+    raw = _objects(doc, key, "module maps", path)
+    if lacking := [name for name in split if name not in raw]:
+        raise BigmodelError(f"plan splits {lacking[0]!r} but has no {key} entry", path)
+    return {name: {k: device_key(v, path) for k, v in m.items()} for name, m in raw.items()}
 
 
 def _components(raw: Any, path: Path | None) -> dict[str, int]:
@@ -388,4 +392,9 @@ def as_plan(plan: PlanLike) -> Plan:
         return plan
     if isinstance(plan, Mapping):
         return plan_from_json(plan)
-    return read_plan(Path(plan))
+    if isinstance(plan, str | os.PathLike):
+        return read_plan(Path(plan))
+    raise BigmodelError(
+        "plan must be the path of a plan file (plan.json), its JSON document (a dict) or a "
+        f"Plan (bigmodel_cli.plan(...)), not {plan!r}"
+    )
