@@ -1,0 +1,75 @@
+"""What a torchrun rank read, as the kernel counts it, not as bigmodel does.
+
+``python -m tests.helpers.rank_io DIR ARGS...`` runs ``bigmodel ARGS`` as one rank, and
+around the rank's load (:data:`LOAD`, the one call that reads its share, whatever the
+reader) reads the process's own I/O counters from ``/proc/self/io``: ``rchar`` (the bytes
+every ``read``/``pread``/``preadv`` of any thread returned) and ``syscr`` (their number).
+It writes them to ``DIR/rank-RANK.json``. bigmodel's own ``bytes_read`` is counted at its
+read calls; a read it does not count (a stray ``os.pread`` of the whole file) shows here.
+
+A mapped reader (``--reader dcp`` copies out of ``mmap``) reads by page faults, which no
+counter of the process sees: :mod:`tests.helpers.page_cache` checks those from the page
+cache instead.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+# module, function: the rank's load. If a refactor renames it, this fails loudly (below),
+# never silently measuring nothing.
+LOAD = ("bigmodel_cli.run.distributed", "_read")
+
+
+def io_counters() -> dict[str, int]:
+    """This process's ``/proc/self/io``, all its threads together (exited ones included)."""
+    text = Path("/proc/self/io").read_text()
+    return {k: int(v) for k, v in (line.split(": ") for line in text.splitlines())}
+
+
+def probe(out: Path) -> None:
+    """Wrap :data:`LOAD` so that each call records the counters before and after it."""
+    module = importlib.import_module(LOAD[0])
+    real = getattr(module, LOAD[1], None)
+    if real is None:
+        raise SystemExit(f"rank_io: {LOAD[0]}.{LOAD[1]} is gone; point LOAD at the rank's load")
+
+    def measured(*args: Any, **kwargs: Any) -> Any:
+        before = io_counters()
+        try:
+            return real(*args, **kwargs)
+        finally:
+            after = io_counters()
+            found = {k: after[k] - before[k] for k in ("rchar", "syscr", "read_bytes")}
+            rank = os.environ.get("RANK", "0")
+            (out / f"rank-{rank}.json").write_text(json.dumps(found))
+
+    setattr(module, LOAD[1], measured)
+
+
+def read_counts(folder: Path) -> dict[int, dict[str, int]]:
+    """RANK -> the counters its load moved, as the probe wrote them."""
+    found = {}
+    for path in folder.glob("rank-*.json"):
+        found[int(path.stem.removeprefix("rank-"))] = json.loads(path.read_text())
+    return found
+
+
+def main() -> None:
+    out = Path(sys.argv[1])
+    if "--reader" in sys.argv and "dcp" in sys.argv:
+        # what dcp imports on first use (python files read, counted by rchar): before
+        import torch.distributed.checkpoint  # noqa: F401
+    probe(out)
+    from bigmodel_cli.cli import run_main
+
+    sys.exit(run_main(sys.argv[2:]))
+
+
+if __name__ == "__main__":
+    main()
