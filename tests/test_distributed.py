@@ -303,7 +303,7 @@ def one_rank(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize("reader", ["pread", "dcp"])
-def test_both_readers_read_exactly_the_planned_bytes_and_verify(
+def test_both_readers_report_the_planned_bytes_as_read_and_verify_in_one_process(
     one_rank: None, tied_llama: Path, tmp_path: Path, reader: str
 ) -> None:
     plan = make_plan(tied_llama, max_memory="cpu=1GB", procs_per_node=1)

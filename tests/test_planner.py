@@ -80,7 +80,7 @@ def test_balanced_matches_diffusers_or_beats_it(sizes: list[int], caps: list[int
     )
 
 
-def test_balanced_hand_case_diffusers_misses() -> None:
+def test_balanced_puts_on_gpus_the_component_diffusers_leaves_on_cpu() -> None:
     sizes = {"a": 5 * GB, "b": 4 * GB, "c": 4 * GB, "d": 3 * GB, "e": 3 * GB}
     gpus = {0: 10 * GB, 1: 10 * GB}
     theirs = diffusers_balanced(sizes, gpus)
@@ -90,7 +90,7 @@ def test_balanced_hand_case_diffusers_misses() -> None:
     assert ours["a"] == theirs["a"] and ours["b"] == theirs["b"]  # nearest the snake
 
 
-def test_balanced_same_as_diffusers_sdxl_like() -> None:
+def test_balanced_equals_diffusers_on_an_sdxl_sized_pipeline() -> None:
     sizes = {"unet": 5_135 * 10**6, "text_encoder_2": 1_390 * 10**6, "vae": 167 * 10**6}
     sizes["text_encoder"] = 246 * 10**6
     gpus = {0: 8 * GB, 1: 8 * GB}
@@ -110,7 +110,7 @@ def test_balanced_keeps_every_offloaded_component() -> None:
     }
 
 
-def test_balanced_equal_sizes_and_zero_free_memory() -> None:
+def test_balanced_fills_around_a_gpu_with_no_room_where_diffusers_offloads() -> None:
     sizes = {"a": GB, "b": GB, "c": GB, "zero": 0}
     gpus = {0: 0, 1: 2 * GB, 2: GB}
     ours = {p.name: p.device for p in balanced(parts(sizes), bins(gpus)).placements}
@@ -134,7 +134,7 @@ def test_balanced_without_gpus_puts_everything_on_cpu_then_disk() -> None:
 # ---------------------------------------------------------------- sequential
 
 
-def test_sequential_everything_on_cpu_peak_is_largest() -> None:
+def test_sequential_keeps_all_on_cpu_and_needs_the_largest_component_on_gpu_0() -> None:
     layout = sequential(parts({"unet": 5, "vae": 1}), bins({0: 8, 1: 8}))
     assert [p.device for p in layout.placements] == ["cpu", "cpu"]
     assert layout.execution_device == 0 and layout.peak_gpu == 5
@@ -233,7 +233,9 @@ BUDGETS = [(a / 10, b / 10) for a in (2, 3, 4, 5, 6, 8, 11) for b in (1, 2, 3, 5
 
 
 @pytest.mark.parametrize("model_name", ["unet", "llama", "llama-tied"])
-def test_auto_never_offloads_more_than_accelerate(model_name: str) -> None:
+def test_auto_offloads_no_more_than_accelerate_and_holds_the_largest_offloaded_module(
+    model_name: str,
+) -> None:
     import torch
 
     model = {"unet": meta_unet, "llama": meta_llama, "llama-tied": lambda: meta_llama(True)}[
