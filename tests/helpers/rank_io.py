@@ -66,9 +66,10 @@ def main() -> None:
         # what dcp imports on first use (python files read, counted by rchar): before
         import torch.distributed.checkpoint  # noqa: F401
     probe(out)
-    from bigmodel_cli.cli import run_main
+    from bigmodel_cli.cli import main as bigmodel
 
-    sys.exit(run_main(sys.argv[2:]))
+    sys.argv = [sys.argv[0], *sys.argv[2:]]
+    bigmodel()  # as ``-m bigmodel_cli`` (a rank skips the interpreter's teardown)
 
 
 if __name__ == "__main__":
