@@ -5,7 +5,9 @@ and a distributed ``shard`` writes what one process writes, or nothing.
 The planner and the readers are tested in this process (a one-rank gloo group where a
 process group is needed); the torchrun tests are few and small, on CPU with gloo:
 ``--standalone`` with 2 and 4 processes, and two agents on 127.0.0.1 (2 x 2, so RANK
-differs from LOCAL_RANK)."""
+differs from LOCAL_RANK). What a rank read is counted outside bigmodel as well: by its own
+``/proc/self/io`` around its load (:mod:`tests.helpers.rank_io`), and by the page cache for
+the reader that maps the files (:mod:`tests.helpers.page_cache`)."""
 
 from __future__ import annotations
 
