@@ -30,8 +30,8 @@ from bigmodel_cli.sharding.plan import plan_write
 from bigmodel_cli.torchrun import combined
 from tests.helpers.checkpoints import llama_config
 from tests.helpers.cli import FIXTURES, assert_one_line_error, run_cli
-from tests.helpers.page_cache import evict, read_around, resident_bytes
-from tests.helpers.rank_io import read_counts
+from tests.helpers.page_cache import PAGE, evict, read_around
+from tests.helpers.rank_io import PAGES, pages_after, read_counts
 from tests.helpers.torchrun import Finished, agents, free_port, run_world, worker_of
 from tests.helpers.trees import tree_hash
 
@@ -480,36 +480,39 @@ def _gapped_checkpoint(folder: Path, gap: int) -> Path:
 
 @pytest.mark.parametrize("reader", ["pread", "dcp"])
 def test_each_rank_reads_only_its_ranges_as_the_kernel_counts_them(
-    tmp_path: Path, reader: str
+    tmp_path: Path, reader: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Two ranks each read one small tensor; no rank reads the large one between them (a
-    plan with a gap). Counted outside bigmodel: each rank's ``rchar`` around its load, and
-    the page cache, which shows what a mapped reader faulted in (the file's pages dropped
-    first; the gap is 16 x this file system's read-around, whose middle half no readahead
-    of the two ranges reaches)."""
+    """Rank 0 reads a small tensor, rank 1 the large one after it and a small one. Counted
+    outside bigmodel: each rank's ``rchar`` around its load, and the page cache, which shows
+    what a mapped reader faulted in: the file's pages dropped first, the ranks load in turn
+    (:mod:`tests.helpers.rank_io`), and after rank 0 the middle of rank 1's tensor (16 x this
+    file system's read-around long, no readahead reaches its middle half) is not read."""
     source = tmp_path / "gapped"
     source.mkdir()
     around = read_around(tmp_path)
     path = _gapped_checkpoint(source, 16 * around)
-    first, gap, last = load_checkpoint(source).components[0].tensors
+    first, large, last = load_checkpoint(source).components[0].tensors
     doc = make_plan(source, max_memory="cpu=1GB", procs_per_node=2).to_json()
-    for rank, tensor in zip(doc["ranks"], (first, last), strict=True):
-        rank["reads"] = {path.name: [[tensor.start, tensor.nbytes]]}
-        rank["bytes"] = tensor.nbytes
+    shares = ((first.start, first.nbytes), (large.start, large.nbytes + last.nbytes))
+    for rank, (start, length) in zip(doc["ranks"], shares, strict=True):
+        rank["reads"] = {path.name: [[start, length]]}
+        rank["bytes"] = length
     plan_path = tmp_path / "plan.json"
     plan_path.write_text(json.dumps(doc))
     probe = tmp_path / "probe"
     probe.mkdir()
+    monkeypatch.setenv(PAGES, str(path))
     evict(path)
     args = ["run", source, "--plan", plan_path, "--reader", reader, "--json"]
     (finished,) = run_world(args, 2, tmp_path, probe=probe)
     report = _json(finished)
-    assert [r["bytes_read"] for r in report["ranks"]] == [first.nbytes, last.nbytes]
+    assert [r["bytes_read"] for r in report["ranks"]] == [n for _, n in shares]
     _check_kernel_counts(probe, doc, reader)
-    for tensor in (first, last):  # read, so in the page cache
-        assert resident_bytes(path, tensor.start, tensor.end) >= tensor.nbytes
-    middle = (gap.start + 4 * around, gap.end - 4 * around)
-    assert resident_bytes(path, *middle) == 0, "a rank read outside its ranges"
+    after_0, after_1 = (pages_after(probe, r)[str(path)] for r in (0, 1))
+    middle = slice((large.start + 4 * around) // PAGE, (large.end - 4 * around) // PAGE)
+    assert sum(after_0[first.start // PAGE : first.end // PAGE]) > 0
+    assert sum(after_0[middle]) == 0, "rank 0 read outside its range"
+    assert all(after_1[large.start // PAGE + 1 : large.end // PAGE])  # rank 1 read its own
     evict(path)
 
 

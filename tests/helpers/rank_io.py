@@ -24,6 +24,9 @@ from typing import Any
 # module, function: the rank's load. If a refactor renames it, this fails loudly (below),
 # never silently measuring nothing.
 LOAD = ("bigmodel_cli.run.distributed", "_read")
+# env: files (os.pathsep) whose page-cache residency each rank records after its load; the
+# ranks then load one after another (rank r waits for r - 1), so each rank's pages show
+PAGES = "RANK_IO_PAGES"
 
 
 def io_counters() -> dict[str, int]:
@@ -40,16 +43,42 @@ def probe(out: Path) -> None:
         raise SystemExit(f"rank_io: {LOAD[0]}.{LOAD[1]} is gone; point LOAD at the rank's load")
 
     def measured(*args: Any, **kwargs: Any) -> Any:
+        rank = int(os.environ.get("RANK", "0"))
+        files = [Path(f) for f in os.environ.get(PAGES, "").split(os.pathsep) if f]
+        if files:  # one load at a time, so that each rank's pages show apart
+            _wait_for(out / f"loaded-{rank - 1}", rank > 0)
         before = io_counters()
         try:
             return real(*args, **kwargs)
         finally:
             after = io_counters()
             found = {k: after[k] - before[k] for k in ("rchar", "syscr", "read_bytes")}
-            rank = os.environ.get("RANK", "0")
             (out / f"rank-{rank}.json").write_text(json.dumps(found))
+            if files:
+                from tests.helpers.page_cache import resident
+
+                pages = {str(f): resident(f).hex() for f in files}
+                (out / f"pages-{rank}.json").write_text(json.dumps(pages))
+                (out / f"loaded-{rank}").touch()
 
     setattr(module, LOAD[1], measured)
+
+
+def _wait_for(path: Path, needed: bool, seconds: float = 120) -> None:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while needed and not path.exists():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"rank_io: {path} never appeared")
+        time.sleep(0.01)
+
+
+def pages_after(folder: Path, rank: int) -> dict[str, bytes]:
+    """File -> its page-cache residency (one byte a page) once ``rank`` had loaded (the
+    ranks load in turn under :data:`PAGES`)."""
+    found = json.loads((folder / f"pages-{rank}.json").read_text())
+    return {f: bytes.fromhex(h) for f, h in found.items()}
 
 
 def read_counts(folder: Path) -> dict[int, dict[str, int]]:
