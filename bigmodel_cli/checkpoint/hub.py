@@ -35,14 +35,15 @@ from bigmodel_cli.checkpoint.hub_http import (
     retrying,
     timeout,
 )
+from bigmodel_cli.checkpoint.model_index import MODEL_INDEX, pipeline_entries
 from bigmodel_cli.checkpoint.names import index_files, weight_files
 from bigmodel_cli.errors import BigmodelError
+from bigmodel_cli.formats.files import MAX_INDEX_BYTES, MAX_JSON_BYTES, read_small_file
+from bigmodel_cli.formats.json import parse_json_object
 from bigmodel_cli.formats.pickle import PICKLE
 from bigmodel_cli.formats.safetensors import SAFETENSORS
 
 WORKERS = 64  # requests in flight: each waits on the network, not the CPU
-MAX_JSON_BYTES = 10_000_000
-MAX_INDEX_BYTES = 100_000_000
 SKIPPED_JSON = frozenset({"tokenizer.json", "vocab.json"})
 SMALL_PATTERNS = ("*.json", "*.txt", "*.model", "*.tiktoken", "tokenizer*/*", "scheduler/*")
 COMMIT = re.compile(r"^[0-9a-f]{40}$")  # a commit sha, as the Hub names revisions
@@ -59,7 +60,6 @@ class Mirror:
     path: Path
     headers_fetched: int
     bytes_fetched: int
-    from_cache: bool
 
 
 def mirror(
@@ -83,7 +83,7 @@ def mirror(
         commit, files = _list_files(repo_id, revision)  # nothing here: resolve and list at once
     folder = root / (commit if variant is None else f"{commit}.{variant}")
     if folder.is_dir():
-        return Mirror(repo_id, commit, folder / name, 0, 0, True)
+        return Mirror(repo_id, commit, folder / name, 0, 0)
     if offline:
         raise BigmodelError(
             f"offline, and no mirror of {repo_id} at {revision} ({commit[:12]}"
@@ -95,7 +95,7 @@ def mirror(
     headers, nbytes = _build(repo_id, commit, files, variant, folder, name)
     if not COMMIT.match(revision):
         _write_ref(root, revision, commit)
-    return Mirror(repo_id, commit, folder / name, headers, nbytes, False)
+    return Mirror(repo_id, commit, folder / name, headers, nbytes)
 
 
 def download_plan_files(repo_id: str, commit: str, files: list[str]) -> Path:
@@ -132,8 +132,8 @@ def _offline_commit(repo_id: str, revision: str, root: Path) -> str:
     hf_repo = Path(constants.HF_HUB_CACHE) / ("models--" + repo_id.replace("/", "--"))
     for ref in (_ref_file(root, revision), hf_repo / "refs" / revision):
         try:
-            commit = ref.read_text().strip()
-        except OSError:
+            commit = read_small_file(ref, "ref", 1000).decode("ascii").strip()
+        except (BigmodelError, UnicodeDecodeError):
             continue
         if COMMIT.match(commit):
             return commit
@@ -207,19 +207,13 @@ def _wanted_json(rel: str, size: int) -> bool:
 
 def _component_folders(jsons: dict[str, bytes]) -> list[str]:
     """Folder prefixes that may hold a component: each pipeline entry, or the root."""
-    if "model_index.json" not in jsons:
+    if MODEL_INDEX not in jsons:
         return [""]
     try:
-        spec = json.loads(jsons["model_index.json"])
-    except ValueError:
+        spec = parse_json_object(jsons[MODEL_INDEX], Path(MODEL_INDEX), MODEL_INDEX)
+    except BigmodelError:
         return []  # the local reader reports the broken file
-    if not isinstance(spec, dict):
-        return []
-    return [
-        f"{k}/"
-        for k, v in spec.items()
-        if not k.startswith("_") and isinstance(v, list) and len(v) == 2 and "/" not in k
-    ]
+    return [f"{name}/" for name in pipeline_entries(spec)]
 
 
 def _weights_in(

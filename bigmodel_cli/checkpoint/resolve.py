@@ -14,7 +14,8 @@ import re
 from dataclasses import replace
 from pathlib import Path
 
-from bigmodel_cli.checkpoint.discover import Checkpoint, HubSource, read_path
+from bigmodel_cli.checkpoint.checkpoint import Checkpoint, HubSource
+from bigmodel_cli.checkpoint.discover import read_path
 from bigmodel_cli.errors import BigmodelError
 
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from bigmodel_cli.checkpoint import Checkpoint, Component, fingerprint, load_checkpoint
 from bigmodel_cli.devices import Budget, Device, DeviceKey, is_gpu, make_budget
 from bigmodel_cli.errors import UsageError
-from bigmodel_cli.formats.json import read_json_file
+from bigmodel_cli.formats.json import read_config
 from bigmodel_cli.placement.file import DevicePlan, Plan, plan_from_json, read_plan
 from bigmodel_cli.placement.items import Bin, Layout, Part, Placement, widest_gpu
 from bigmodel_cli.placement.order import forward_order
@@ -116,7 +116,7 @@ def _part(
     total = sum(n for _, n in sizes)
     if not with_units or c.name in no_split:
         return Part(c.name, total)
-    units = build_units(sizes, read_json_file(c.folder / "config.json"), no_split, limit)
+    units = build_units(sizes, read_config(c.folder), no_split, limit)
     return Part(c.name, total, forward_order(units))
 
 

@@ -9,17 +9,14 @@ from __future__ import annotations
 import functools
 import os
 import shutil
-import signal
 import tempfile
 import tracemalloc
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 
 from tests.fuzz.mutations import Case, safetensors_cases, sharded_cases
-from tests.helpers.cli import FIXTURES, CliResult, run_cli
+from tests.helpers.cli import FIXTURES, CliResult, run_cli, watchdog
 from tests.helpers.trees import tree_hash
 
 EXAMPLES = int(os.environ.get("BIGMODEL_FUZZ_EXAMPLES", "60"))
@@ -29,24 +26,6 @@ FUZZ = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-
-
-class Hang(BaseException):
-    """Raised by the watchdog: a command ran past its time."""
-
-
-@contextmanager
-def watchdog(seconds: int) -> Iterator[None]:
-    def fire(signum: int, frame: object) -> None:
-        raise Hang(f"command still running after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, fire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def input_bytes(path: Path) -> int:
