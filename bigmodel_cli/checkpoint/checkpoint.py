@@ -57,6 +57,7 @@ class HubSource:
     remote: bool = False  # headers read over HTTP (a mirror), not the downloaded files
     headers_fetched: int = 0
     bytes_fetched: int = 0
+    repaired: str | None = None  # a damaged mirror built again, and why
 
     @property
     def label(self) -> str:
@@ -65,6 +66,10 @@ class HubSource:
     @property
     def note(self) -> str:
         """Where the figures came from, for people."""
+        return self._source_note + (f"; {self.repaired}" if self.repaired else "")
+
+    @property
+    def _source_note(self) -> str:
         if not self.remote:
             return f"read from the Hugging Face cache at {self.commit[:7]}"
         if not self.headers_fetched:

@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -38,14 +39,20 @@ from bigmodel_cli.checkpoint.hub_http import (
 from bigmodel_cli.checkpoint.model_index import MODEL_INDEX, pipeline_entries
 from bigmodel_cli.checkpoint.names import index_files, weight_files
 from bigmodel_cli.errors import BigmodelError
-from bigmodel_cli.formats.files import MAX_INDEX_BYTES, MAX_JSON_BYTES, read_small_file
-from bigmodel_cli.formats.json import parse_json_object
+from bigmodel_cli.formats.files import (
+    MAX_INDEX_BYTES,
+    MAX_JSON_BYTES,
+    read_small_file,
+    safe_path,
+)
+from bigmodel_cli.formats.json import parse_json_object, read_json
 from bigmodel_cli.formats.pickle import PICKLE
 from bigmodel_cli.formats.safetensors import SAFETENSORS
 
 WORKERS = 64  # requests in flight: each waits on the network, not the CPU
 SKIPPED_JSON = frozenset({"tokenizer.json", "vocab.json"})
 SMALL_PATTERNS = ("*.json", "*.txt", "*.model", "*.tiktoken", "tokenizer*/*", "scheduler/*")
+MANIFEST = ".bigmodel-mirror.json"  # beside the mirrored folder: every file and its size
 COMMIT = re.compile(r"^[0-9a-f]{40}$")  # a commit sha, as the Hub names revisions
 T = TypeVar("T")
 R = TypeVar("R")
@@ -60,6 +67,7 @@ class Mirror:
     path: Path
     headers_fetched: int
     bytes_fetched: int
+    repaired: str | None = None  # why a mirror found damaged was built again
 
 
 def mirror(
@@ -82,8 +90,16 @@ def mirror(
     else:
         commit, files = _list_files(repo_id, revision)  # nothing here: resolve and list at once
     folder = root / (commit if variant is None else f"{commit}.{variant}")
-    if folder.is_dir():
+    damage = mirror_damage(folder) if folder.is_dir() else None
+    if folder.is_dir() and damage is None:
         return Mirror(repo_id, commit, folder / name, 0, 0)
+    if damage is not None and offline:
+        raise BigmodelError(
+            f"the mirror at {folder} is damaged ({damage}); run it once online to rebuild it",
+            repo_id,
+        )
+    if damage is not None:
+        _discard(folder)
     if offline:
         raise BigmodelError(
             f"offline, and no mirror of {repo_id} at {revision} ({commit[:12]}"
@@ -95,7 +111,8 @@ def mirror(
     headers, nbytes = _build(repo_id, commit, files, variant, folder, name)
     if not COMMIT.match(revision):
         _write_ref(root, revision, commit)
-    return Mirror(repo_id, commit, folder / name, headers, nbytes)
+    repaired = None if damage is None else f"the mirror was damaged ({damage}) and rebuilt"
+    return Mirror(repo_id, commit, folder / name, headers, nbytes, repaired)
 
 
 def download_plan_files(repo_id: str, commit: str, files: list[str]) -> Path:
@@ -287,9 +304,14 @@ def _fetch_json(repo_id: str, commit: str, rel: str, size: int) -> bytes:
         return fetch_small_file(url, what, size)
 
 
-def _write(base: Path, rel: str, data: bytes, size: int | None = None) -> None:
-    """``data`` at ``base/rel``; with ``size``, extended sparsely to ``size`` bytes."""
-    path = base / rel
+def _target(repo_id: str, base: Path, rel: str) -> Path:
+    """Where the Hub's file ``rel`` goes in the mirror: the safe-path rule, before any
+    byte of it is asked for (a listing naming ``../x`` or ``/x`` is refused)."""
+    return safe_path(base, rel, repo_id, "Hub file")
+
+
+def _write(path: Path, data: bytes, size: int | None = None) -> None:
+    """``data`` at ``path``; with ``size``, extended sparsely to ``size`` bytes."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as f:
         f.write(data)
@@ -312,20 +334,52 @@ def _build(
     try:
         base = tmp / name
         json_names = sorted(r for r, s in files.items() if _wanted_json(r, s))
+        paths = {rel: _target(repo_id, base, rel) for rel in json_names}
         bodies = _parallel(lambda r: _fetch_json(repo_id, commit, r, files[r]), json_names)
         jsons = dict(zip(json_names, bodies, strict=True))
         for rel, data in jsons.items():
-            _write(base, rel, data)
+            _write(paths[rel], data)
         weights = needed_weights(repo_id, files, jsons, variant)
+        paths = {rel: _target(repo_id, base, rel) for rel in weights}
         headers = _parallel(lambda r: fetch_header(repo_id, commit, r, files[r]), weights)
         for rel, (raw, _) in zip(weights, headers, strict=True):
-            _write(base, rel, raw, files[rel])
+            _write(paths[rel], raw, files[rel])
         base.mkdir(parents=True, exist_ok=True)
+        sizes = {rel: len(data) for rel, data in jsons.items()} | {r: files[r] for r in weights}
+        _write(tmp / MANIFEST, json.dumps({"name": name, "files": sizes}).encode())
         nbytes = sum(map(len, bodies)) + sum(n for _, n in headers)
         _publish(tmp, folder)
         return len(weights), nbytes
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def mirror_damage(folder: Path) -> str | None:
+    """What is missing from a mirror on disk (its manifest lists every file it was built
+    with, and their sizes), or None when all is there."""
+    try:
+        manifest = read_json(folder / MANIFEST, "mirror manifest", MAX_INDEX_BYTES)
+    except BigmodelError as exc:
+        return exc.reason
+    name, sizes = manifest.get("name"), manifest.get("files")
+    if not isinstance(name, str) or not isinstance(sizes, dict):
+        return "its manifest lists no files"
+    base = folder / name
+    for rel, size in sizes.items():
+        try:
+            found = os.lstat(safe_path(base, rel, folder / MANIFEST, "file"))
+        except (BigmodelError, OSError):
+            return f"{rel} is missing"
+        if not stat.S_ISREG(found.st_mode) or found.st_size != size:
+            return f"{rel} is not the file it was ({size} bytes)"
+    return None
+
+
+def _discard(folder: Path) -> None:
+    """Move a damaged mirror out of the way (one rename), then remove it."""
+    old = Path(tempfile.mkdtemp(prefix=f".tmp-{folder.name}-damaged-", dir=folder.parent))
+    os.rename(folder, old / folder.name)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _publish(tmp: Path, folder: Path) -> None:

@@ -71,7 +71,9 @@ def _from_repo(
             f"no such local path, and as a Hub repo: {exc.reason}", exc.path
         ) from None
     ckpt = read_path(found.path, name, variant)
-    hub = HubSource(repo_id, found.commit, True, found.headers_fetched, found.bytes_fetched)
+    hub = HubSource(
+        repo_id, found.commit, True, found.headers_fetched, found.bytes_fetched, found.repaired
+    )
     return replace(ckpt, repo=hub)
 
 
