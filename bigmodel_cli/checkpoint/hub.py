@@ -98,8 +98,6 @@ def mirror(
             f"the mirror at {folder} is damaged ({damage}); run it once online to rebuild it",
             repo_id,
         )
-    if damage is not None:
-        _discard(folder)
     if offline:
         raise BigmodelError(
             f"offline, and no mirror of {repo_id} at {revision} ({commit[:12]}"
@@ -108,9 +106,16 @@ def mirror(
         )
     if files is None:
         files = _list_files(repo_id, commit)[1]
-    headers, nbytes = _build(repo_id, commit, files, variant, folder, name)
-    if not COMMIT.match(revision):
-        _write_ref(root, revision, commit)
+    try:
+        if damage is not None:
+            _discard(folder)
+        headers, nbytes = _build(repo_id, commit, files, variant, folder, name)
+        if not COMMIT.match(revision):
+            _write_ref(root, revision, commit)
+    except OSError as exc:  # a read-only HF_HOME, no permission, a full disk
+        raise BigmodelError(
+            f"cannot write the mirror in {root} ({exc.strerror})", repo_id
+        ) from None
     repaired = None if damage is None else f"the mirror was damaged ({damage}) and rebuilt"
     return Mirror(repo_id, commit, folder / name, headers, nbytes, repaired)
 

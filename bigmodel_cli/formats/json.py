@@ -82,14 +82,19 @@ def write_json_atomically(path: Path, doc: object) -> None:
         raise BigmodelError("exists and is not a regular file; refusing to replace it", path)
     if not folder.is_dir():
         raise BigmodelError("folder does not exist", folder)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    except OSError as exc:  # a read-only file system, /proc, no permission
+        raise BigmodelError(f"cannot write here ({exc.strerror or exc})", path) from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise BigmodelError(f"cannot write ({exc.strerror or exc})", path) from None
         raise

@@ -109,6 +109,8 @@ def signals_deferred() -> Iterator[None]:
 
 
 def _remove(path: Path) -> None:
+    if not os.path.lexists(path):  # unlink would say EROFS, not ENOENT, on a read-only fs
+        return
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     else:
