@@ -74,10 +74,10 @@ def load_trace(key: str) -> tuple[dict[str, Any] | None, str | None]:
     try:
         found = read_json(path, "file")
     except BigmodelError as exc:
-        return None, f"kept trace {path.name} unreadable ({exc.reason}); traced again"
+        return None, f"kept trace {path.name} passed over ({exc.reason}); traced again"
     problem = trace_problem(found)
     if problem is not None:
-        return None, f"kept trace {path.name} damaged ({problem}); traced again"
+        return None, f"kept trace {path.name} passed over ({problem}); traced again"
     return found, None
 
 
