@@ -11,6 +11,7 @@ import functools
 import importlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -32,7 +33,7 @@ from tests.helpers.cli import FIXTURES, CliResult, run_cli, watchdog
 from tests.helpers.hub_env import hub_env
 from tests.helpers.hub_server import HubServer
 
-EXAMPLES = int(os.environ.get("BIGMODEL_FUZZ_EXAMPLES", "60"))
+EXAMPLES = int(os.environ.get("BIGMODEL_FUZZ_EXAMPLES", "30"))  # `make test`: a short pass
 SECONDS_PER_COMMAND = 30  # a bound on hangs on a busy machine, not a timing
 FUZZ = settings(
     max_examples=EXAMPLES,
@@ -161,24 +162,24 @@ def trace_cases(draw: st.DrawFn) -> tuple[str, bytes]:
 
 
 @functools.cache
-def warm_up_traces() -> None:
-    """Plan once with the run's shape, so that first-time imports are not timed."""
+def kept_traces() -> dict[str, bytes]:
+    """The trace files a plan with the run's shape keeps (one per component), made once."""
     with tempfile.TemporaryDirectory() as tmp, trace_cache(Path(tmp)):
         assert run_cli(*TRACED).code == 0
+        return {p.name: p.read_bytes() for p in sorted(Path(tmp).glob("*.json"))}
 
 
 @FUZZ
 @given(cases=st.lists(trace_cases(), min_size=3, max_size=3))
 def test_hostile_kept_traces(cases: list[tuple[str, bytes]]) -> None:
-    warm_up_traces()
+    kept = kept_traces()
+    assert len(kept) == 3
     with tempfile.TemporaryDirectory() as tmp, trace_cache(Path(tmp)):
-        run("kept traces", *TRACED, allowed=(0,))  # keeps one trace per component
-        for path, (special, raw) in zip(sorted(Path(tmp).glob("*.json")), cases, strict=True):
-            path.unlink()
+        for name, (special, raw) in zip(kept, cases, strict=True):
             if special:
-                write_special(path, special)
+                write_special(Path(tmp) / name, special)
             else:
-                path.write_bytes(raw)
+                (Path(tmp) / name).write_bytes(raw)
         result = run("kept traces", *TRACED, allowed=(0,))  # a damaged trace is traced again
     doc = json.loads(result.stdout, parse_constant=lambda c: pytest.fail(f"{c} in a plan"))
     for name, component in doc["components"].items():
@@ -202,16 +203,29 @@ def listing_cases(draw: st.DrawFn) -> dict[str, bytes]:
     return files
 
 
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubServer]:
+    """One stand-in Hub for every example, serving a small pipeline (its text encoder and
+    VAE: two headers, four JSON files), and whatever extra files an example lists."""
+    repo = tmp_path_factory.mktemp("repo") / "pipe"
+    repo.mkdir()
+    shutil.copy(PIPE / "model_index.json", repo)
+    for part in ("scheduler", "text_encoder", "vae"):
+        shutil.copytree(PIPE / part, repo / part)
+    with HubServer({"test/pipe": repo}) as server:
+        yield server
+
+
 @FUZZ
 @given(files=listing_cases())
-def test_hostile_hub_listings(files: dict[str, bytes]) -> None:
+def test_hostile_hub_listings(hub: HubServer, files: dict[str, bytes]) -> None:
     with tempfile.TemporaryDirectory() as tmp, pytest.MonkeyPatch.context() as mp:
         root = Path(tmp)
         outside = root / "outside"
         extra = {name.replace("{outside}", str(outside)): body for name, body in files.items()}
-        with HubServer({"test/pipe": PIPE}, extra={"test/pipe": extra}) as hub:
-            hub_env(mp, hub, root / "hf")
-            mp.setattr("huggingface_hub.constants.HF_HUB_DOWNLOAD_TIMEOUT", 2)
-            run("Hub listings", "inspect", "test/pipe", "--json", allowed=(0, 2))
+        hub.extra = {"test/pipe": extra}
+        hub_env(mp, hub, root / "hf")
+        mp.setattr("huggingface_hub.constants.HF_HUB_DOWNLOAD_TIMEOUT", 2)
+        run("Hub listings", "inspect", "test/pipe", "--json", allowed=(0, 2))
         stray = [p for p in root.rglob("*") if p != root / "hf" and root / "hf" not in p.parents]
         assert stray == [], stray
