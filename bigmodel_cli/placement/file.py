@@ -222,7 +222,7 @@ def plan_from_json(doc: Mapping[str, Any], path: Path | None = None) -> Plan:
         device_map=device_map,
         component_maps=_component_maps(doc.get("component_maps"), split, path),
         components=_components(doc.get("components"), path),
-        offloaded=tuple(str(n) for n in doc.get("offloaded") or ()),
+        offloaded=_names(doc, "offloaded", path),
         fits=bool(doc.get("fits", True)),
         peak_fits=doc.get("peak_fits") if isinstance(doc.get("peak_fits"), bool) else None,
         execution_device=None if execution is None else device_key(execution, path),
@@ -230,7 +230,7 @@ def plan_from_json(doc: Mapping[str, Any], path: Path | None = None) -> Plan:
         held_for_offload=doc["held_for_offload"] if _count(doc.get("held_for_offload")) else 0,
         detected=bool(doc.get("detected", False)),
         block_bytes=_split_bytes(doc.get("split_bytes"), path),
-        skipped=tuple(str(n) for n in doc.get("skipped") or ()),
+        skipped=_names(doc, "skipped", path),
         path=path,
         world=world_from_json(doc, path),
         runtime=run_from_json(doc.get("runtime"), path),
@@ -246,6 +246,13 @@ def device_key(value: object, path: Path | None) -> DeviceKey:
             f"plan names an unknown device {value!r} (expected a GPU index, cpu or disk)", path
         )
     return key
+
+
+def _names(doc: Mapping[str, Any], key: str, path: Path | None) -> tuple[str, ...]:
+    value = doc.get(key) or []
+    if not isinstance(value, list) or not all(isinstance(n, str) for n in value):
+        raise BigmodelError(f"plan {key!r} is not a list of component names", path)
+    return tuple(value)
 
 
 def _optional_str(doc: Mapping[str, Any], key: str, path: Path | None) -> str | None:

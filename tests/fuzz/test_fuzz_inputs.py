@@ -118,6 +118,16 @@ def test_hostile_plan_files(plans: object, case: tuple[Path, bytes]) -> None:
             run("plan JSON", "plan", source, "--max-memory", "cpu=1GB", "-o", plan)
 
 
+@pytest.mark.parametrize(("key", "value"), [("skipped", 2**64), ("offloaded", 5), ("skipped", [1])])
+def test_what_the_fuzz_found_in_plans(plans: Any, tmp_path: Path, key: str, value: object) -> None:
+    """``"skipped": 18446744073709551616`` ended in a TypeError (exit 1)."""
+    source, doc = plans["single"]
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps(doc | {key: value}))
+    result = run("plan JSON", "run", source, "--plan", plan, allowed=(2,))
+    assert f"plan {key!r} is not a list of component names" in result.stderr
+
+
 @pytest.mark.parametrize("kind", SPECIAL_FILES)
 def test_plan_files_that_are_not_small_regular_files(kind: str, tmp_path: Path) -> None:
     plan = tmp_path / "plan.json"
