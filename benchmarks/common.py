@@ -5,11 +5,10 @@ Peak RSS is read from the child's own rusage (``os.wait4``), so no external tool
 
 from __future__ import annotations
 
-import json
+import math
 import os
 import shutil
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
@@ -18,6 +17,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from bigmodel_cli.formats.safetensors import HeaderEntry, build_header
+from bigmodel_cli.sizes import DTYPES
 
 VENV_BIN = Path(sys.executable).parent
 BIGMODEL = str(VENV_BIN / "bigmodel")
@@ -54,10 +56,7 @@ def unet_like_entries(total_bytes: int) -> list[tuple[str, tuple[int, ...]]]:
             if name in dict(entries):
                 continue
             entries.append((name, shape))
-            n = 4
-            for d in shape:
-                n *= d
-            size += n
+            size += DTYPES["F32"].nbytes(math.prod(shape))
             if size >= total_bytes:
                 break
         i += 1
@@ -67,27 +66,20 @@ def unet_like_entries(total_bytes: int) -> list[tuple[str, tuple[int, ...]]]:
 def write_safetensors(
     path: Path, entries: list[tuple[str, tuple[int, ...]]], dtype: str = "F32"
 ) -> int:
-    """A valid safetensors file of random bytes in ``entries``' shapes; returns its size."""
-    width = {"F32": 4, "F16": 2, "BF16": 2}[dtype]
-    header: dict[str, object] = {"__metadata__": {"format": "pt"}}
-    offset = 0
-    for name, shape in entries:
-        n = width
-        for d in shape:
-            n *= d
-        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + n]}
-        offset += n
-    raw = json.dumps(header).encode()
-    raw += b" " * (-len(raw) % 8)
+    """A valid safetensors file of random bytes in ``entries``' shapes; returns its size.
+    The header is the package's own (``build_header``), widths from its one dtype table."""
+    tensors = [HeaderEntry(name, dtype, shape) for name, shape in entries]
+    header = build_header(tensors, {"format": "pt"})
+    total = sum(t.nbytes for t in tensors)
     chunk = os.urandom(16 << 20)
     with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(raw)) + raw)
-        left = offset
+        f.write(header)
+        left = total
         while left:
             step = min(left, len(chunk))
             f.write(chunk[:step])
             left -= step
-    return 8 + len(raw) + offset
+    return len(header) + total
 
 
 @contextmanager
@@ -174,3 +166,37 @@ def imports_torch(args: list[str]) -> bool:
         check=True,
     )
     return any(line.split("|")[-1].strip() == "torch" for line in proc.stderr.splitlines())
+
+
+# ---------------------------------------------------------------- step reports (gpu_check)
+
+
+def short(cmd: list[str]) -> str:
+    text = " ".join(str(c) for c in cmd).replace(sys.executable, "python")
+    return text if len(text) < 200 else text[:197] + "..."
+
+
+def last_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else "(no output)"
+
+
+def meminfo() -> str:
+    try:
+        rows = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+        return f"RAM total {rows['MemTotal'].strip()}, available {rows['MemAvailable'].strip()}"
+    except (OSError, KeyError, ValueError):
+        return "RAM: unknown"
+
+
+def cells(*values: object) -> str:
+    """A markdown table row."""
+    return "| " + " | ".join(str(v).replace("|", "/") for v in values) + " |"
+
+
+def gb(n: float | None) -> str:
+    return "-" if n is None else f"{n / 1e9:.3f} GB"
+
+
+def mb(n: float | None) -> str:
+    return "-" if n is None else f"{n / 1e6:.2f} MB"

@@ -3,7 +3,8 @@
 #
 # One run, each step independent (a failing step prints FAIL with its reason and the next
 # one runs), a summary table of PASS / FAIL / SKIP per step at the end, within a time budget
-# (GPU_CHECK_BUDGET_S, default 285 s); the steps are in benchmarks/gpu_check.py:
+# (GPU_CHECK_BUDGET_S, default 285 s); benchmarks/gpu_check.py runs the steps of
+# gpu_steps_load.py and gpu_steps_run.py:
 #   1  the machine: python, torch, CUDA, GPUs and free memory, library versions
 #   2  `bigmodel plan` of a GB-scale two-shard checkpoint with no --max-memory (detected)
 #   3  `bigmodel run --verify` of it onto cuda:0 beside safetensors' load_file(device=

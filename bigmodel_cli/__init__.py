@@ -5,7 +5,7 @@ The Python API is the one the ``bigmodel`` command calls::
     import bigmodel_cli as bm
 
     summary = bm.inspect("sdxl/", dtype="fp16")
-    bm.shard("unet/", "unet-sharded/", max_shard_size=5 * 10**9)
+    bm.shard("unet/", "unet-sharded/", max_shard_size="5GB")
     plan = bm.plan("sdxl/", max_memory="0=8GB,1=8GB", dtype="fp16")
     plan.save("plan.json")
     report = bm.run_plan("sdxl/", plan="plan.json", verify=True)
@@ -25,8 +25,9 @@ _API = {
     "shard": ("bigmodel_cli.sharding", "shard"),
     "merge": ("bigmodel_cli.sharding", "merge"),
     "plan": ("bigmodel_cli.placement", "make_plan"),
-    "Plan": ("bigmodel_cli.placement.file", "Plan"),
-    "read_plan": ("bigmodel_cli.placement.file", "read_plan"),
+    "Plan": ("bigmodel_cli.placement.plan", "Plan"),
+    "PlanRequest": ("bigmodel_cli.placement.request", "PlanRequest"),
+    "read_plan": ("bigmodel_cli.placement.plan", "read_plan"),
     "run_plan": ("bigmodel_cli.run", "run_plan"),
     "load": ("bigmodel_cli.run.pipeline", "load"),
     "generate": ("bigmodel_cli.run.pipeline", "generate"),

@@ -9,7 +9,6 @@ exit status; anything else is a bug (exit 1, the traceback only with ``--debug``
 from __future__ import annotations
 
 import os
-import re
 import signal
 import sys
 import traceback
@@ -18,9 +17,10 @@ from typing import Annotated, Any
 
 import typer
 
-from bigmodel_cli import __version__
+from bigmodel_cli import __version__, torchrun
+from bigmodel_cli import cli_generate as gen
 from bigmodel_cli import cli_ranks as ranks
-from bigmodel_cli import cli_runtime as po
+from bigmodel_cli import cli_shape as po
 from bigmodel_cli.cli_options import (
     DTypeOpt,
     ForceOpt,
@@ -30,10 +30,12 @@ from bigmodel_cli.cli_options import (
     RevisionOpt,
     SourceArg,
     VariantOpt,
+    as_flags,
 )
-from bigmodel_cli.errors import EXIT_BUG, EXIT_INTERRUPTED, BigmodelError
-from bigmodel_cli.placement.strategies import DEFAULT_STRATEGY, STRATEGIES
-from bigmodel_cli.sizes import DType, parse_size, parse_target_dtype
+from bigmodel_cli.errors import EXIT_BUG, EXIT_INTERRUPTED, BigmodelError, FitError
+from bigmodel_cli.placement.strategies import STRATEGIES, defaults_help
+from bigmodel_cli.render import print_warnings
+from bigmodel_cli.sizes import DType, as_size, parse_target_dtype
 from bigmodel_cli.torchrun import launched
 
 app = typer.Typer(
@@ -49,7 +51,8 @@ _state = {"debug": False}
 
 # ``--strategy`` values from the registry (an Enum, so that shell completion offers them)
 Strategy = Enum("Strategy", {name: name for name in STRATEGIES}, type=str)  # type: ignore[misc]
-STRATEGY_HELP = "; ".join(f"{s.name}: {s.help}" for s in STRATEGIES.values()) + "."
+STRATEGY_HELP = "; ".join(f"{s.name}: {s.help}" for s in STRATEGIES.values())
+STRATEGY_HELP += f". Default: {defaults_help()}."
 
 
 def _dtype(text: str | None) -> DType | None:
@@ -126,7 +129,7 @@ def shard(
     from bigmodel_cli.render.shard import render_write
     from bigmodel_cli.sharding import shard as shard_checkpoint
 
-    limit = parse_size(max_shard_size, "--max-shard-size")
+    limit = as_size(max_shard_size, "max_shard_size")
     target = _dtype(dtype)
     if ranks.torchrun_write(source, output, "shard", limit, target, variant, force, json):
         return
@@ -170,7 +173,7 @@ def plan(
     ] = None,
     strategy: Annotated[
         Strategy | None,
-        typer.Option("--strategy", help=STRATEGY_HELP, show_default=DEFAULT_STRATEGY),
+        typer.Option("--strategy", help=STRATEGY_HELP, show_default=False),
     ] = None,
     dtype: DTypeOpt = None,
     reserve: Annotated[
@@ -198,7 +201,7 @@ def plan(
     width: po.Width = None,
     frames: po.Frames = None,
     context: po.Context = None,
-    runtime: po.Runtime = False,
+    counted: po.Counted = False,
     quantize: po.Quantize = None,
     no_quantize: po.NoQuantize = None,
     double_quant: po.DoubleQuant = False,
@@ -208,16 +211,15 @@ def plan(
     Example: `bigmodel plan sdxl/ --max-memory 0=8GB,1=8GB --dtype fp16 -o plan.json`;
     with activations at the run's shape: `... --batch 2 --height 1024 --width 1024`
     """
-    from bigmodel_cli.placement import make_plan
-    from bigmodel_cli.render.plan import render_plan
+    from bigmodel_cli.placement import PlanRequest, make_plan
+    from bigmodel_cli.render.plan import render_plan, summary
 
-    result = make_plan(
-        source,
+    request = PlanRequest(
         max_memory=max_memory,
         strategy=None if strategy is None else strategy.value,
         dtype=_dtype(dtype),
         reserve=reserve,
-        no_split=no_split or (),
+        no_split=tuple(no_split or ()),
         variant=variant,
         revision=revision,
         offline=offline,
@@ -225,9 +227,12 @@ def plan(
         procs_per_node=procs_per_node,
         **po.run_shape(locals()),  # --batch ... --double-quant
     )
+    result = make_plan(source, request)
     if output is not None:
         result = result.save(output)
-    render_plan(result, as_json=json, output=output, require_fit=require_fit)
+    render_plan(result, as_json=json, output=output)
+    if require_fit and not result.fits:  # policy: the command's, after the plan is shown
+        raise FitError(f"the plan does not fit (--require-fit): {summary(result)}")
 
 
 @app.command()
@@ -259,29 +264,18 @@ def run(
     ] = False,
     variant: VariantOpt = None,
     offline: OfflineOpt = False,
-    generate: Annotated[
-        str | None,
-        typer.Option(
-            "--generate",
-            help="Load with diffusers/transformers as the plan says and generate from this "
-            "prompt: an image (-o) or text.",
-        ),
-    ] = None,
-    steps: Annotated[int, typer.Option("--steps", help="--generate: denoising steps.")] = 20,
-    seed: Annotated[int, typer.Option("--seed", help="--generate: random seed.")] = 0,
-    height: Annotated[int | None, typer.Option("--height", help="--generate: pixels.")] = None,
-    width: Annotated[int | None, typer.Option("--width", help="--generate: pixels.")] = None,
-    max_new_tokens: Annotated[
-        int, typer.Option("--max-new-tokens", help="--generate: tokens for a causal LM.")
-    ] = 32,
-    output: Annotated[
-        str | None,
-        typer.Option("-o", "--output", help="--generate: the image file (PNG)."),
-    ] = None,
+    generate: gen.Generate = None,
+    steps: gen.Steps = 20,
+    seed: gen.Seed = 0,
+    height: gen.Height = None,
+    width: gen.Width = None,
+    max_new_tokens: gen.MaxNewTokens = 32,
+    output: gen.ImageOut = None,
     reader: ranks.ReaderOpt = ranks.DEFAULT_READER,
     input_ids: ranks.InputIdsOpt = None,
     microbatches: ranks.MicrobatchesOpt = None,
     forward_output: ranks.ForwardOutputOpt = None,
+    verbose: gen.Verbose = False,
     json: JsonOpt = False,
 ) -> None:
     """Load a checkpoint onto the devices of a plan and report what it really cost.
@@ -293,19 +287,20 @@ def run(
     Example: `bigmodel run sdxl/ --plan plan.json --verify`;
     `bigmodel run sd15/ --plan plan.json --generate "a cat" -o cat.png`
     """
-    flags = (reader, input_ids, microbatches, forward_output)  # under torchrun: cli_ranks.py
-    if ranks.torchrun_run(source, plan_file, dtype, verify, forward, flags, variant, offline, json):
+    request = ranks.RunRequest(
+        source, plan_file, dtype, verify, forward, variant, offline, json, reader.value,
+        input_ids=input_ids, microbatches=microbatches, forward_output=forward_output,
+    )  # fmt: skip
+    if ranks.torchrun_run(request):  # under torchrun: cli_ranks.py
         return
-    from bigmodel_cli.render.run import render_generate, render_run
+    from bigmodel_cli.render.run import render_run
     from bigmodel_cli.run import run_plan
-    from bigmodel_cli.run.generate import Generation, generate_run
 
     if generate is not None:
+        from bigmodel_cli.run.generate import Generation
+
         how = Generation(steps, seed, height, width, max_new_tokens)
-        made = generate_run(
-            source, plan=plan_file, prompt=generate, how=how, output=output, quiet=True
-        )
-        render_generate(made, json)
+        gen.run_generate(source, plan_file, generate, how, output, json, verbose)
         return
 
     report = run_plan(
@@ -319,6 +314,7 @@ def run(
         offline=offline,
         copy=copy,
     )
+    print_warnings(report.warnings)
     render_run(report, json)
 
 
@@ -330,30 +326,21 @@ def _names(error: BaseException) -> set[str]:
     return {cls.__name__ for cls in type(error).__mro__}
 
 
-# API argument names whose flag is not ``--`` + the name with dashes
-FLAG_NAMES = {"output": "-o", "plan_path": "--plan"}
-
-
-def as_flags(error: BigmodelError) -> str:
-    """The error's line with the API argument it names spelled as the CLI's flag:
-    the library says ``max_shard_size must be positive``, the CLI ``--max-shard-size ...``."""
-    text = str(error)
-    if error.argument is None:
-        return text
-    flag = FLAG_NAMES.get(error.argument, "--" + error.argument.replace("_", "-"))
-    return re.sub(rf"(?<![\w-]){re.escape(error.argument)}(?![\w-])", flag, text)
-
-
 def run_main(args: list[str] | None = None) -> int:
     """Run the command line on ``args`` (default: ``sys.argv``) and return the exit status.
 
     The one place errors become output: project errors and click's usage errors are one
     ``bigmodel: error:`` line (standalone, click would draw a box around usage errors)."""
     command = typer.main.get_command(app)
+    torchrun.error_text = as_flags  # errors agreed across torchrun ranks: spelled as here,
+    torchrun.show_error = _show_error  # and shown by rank 0 for all
     try:
         code = command.main(args=args, prog_name="bigmodel", standalone_mode=False)
     except BigmodelError as error:
-        return _error(as_flags(error), error.exit_code) if error.shown else error.exit_code
+        if not error.shown:
+            return error.exit_code
+        print_warnings(error.warnings)
+        return _error(as_flags(error), error.exit_code)
     except KeyboardInterrupt:
         return _error("interrupted", EXIT_INTERRUPTED, prefix="bigmodel: ")
     except Exception as error:  # click's exceptions (typer may vendor its own click), bugs
@@ -366,6 +353,11 @@ def run_main(args: list[str] | None = None) -> int:
 def _error(message: str, code: int, prefix: str = "bigmodel: error: ") -> int:
     sys.stderr.write(f"{prefix}{message}\n")
     return code
+
+
+def _show_error(message: str) -> None:
+    _error(message, 0)
+    sys.stderr.flush()
 
 
 def _other(command: Any, error: Exception) -> int:

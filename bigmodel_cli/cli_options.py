@@ -1,11 +1,15 @@
 """The options several commands share (SOURCE, --json, --dtype, --variant, --revision,
---offline, -o, --force), typed once for :mod:`bigmodel_cli.cli`."""
+--offline, -o, --force), typed once for :mod:`bigmodel_cli.cli`; and how an error that names
+an API argument is spelled with these flags (:func:`as_flags`)."""
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 import typer
+
+from bigmodel_cli.errors import BigmodelError
 
 SourceArg = Annotated[
     str | None,
@@ -42,3 +46,17 @@ OutputOpt = Annotated[
         "-o", "--output", help="Output folder. Default: beside SOURCE, SOURCE-sharded / -merged."
     ),
 ]
+
+
+# API argument names whose flag is not ``--`` + the name with dashes
+FLAG_NAMES = {"output": "-o", "plan_path": "--plan", "counted": "--runtime"}
+
+
+def as_flags(error: BigmodelError) -> str:
+    """The error's line with the API argument it names spelled as the CLI's flag:
+    the library says ``max_shard_size must be positive``, the CLI ``--max-shard-size ...``."""
+    text = str(error)
+    for argument in error.arguments:
+        flag = FLAG_NAMES.get(argument, "--" + argument.replace("_", "-"))
+        text = re.sub(rf"(?<![\w-]){re.escape(argument)}(?![\w-])", flag, text)
+    return text

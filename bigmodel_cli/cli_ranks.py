@@ -8,6 +8,7 @@ rank 0 render the one report. No torch import at start-up.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import Enum
 from typing import Annotated, Literal
 
@@ -19,8 +20,26 @@ from bigmodel_cli.torchrun import DEFAULT_IDS, READERS, launched
 
 Reader = Enum("Reader", {name: name for name in READERS}, type=str)  # type: ignore[misc]
 DEFAULT_READER = Reader[READERS[0]]
-# --reader, --input-ids, --microbatches, --forward-output
-Flags = tuple[Reader, str | None, int | None, str | None]
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """``bigmodel run``'s flags that a torchrun rank needs (``--reader`` and the three of
+    ``--forward`` under torchrun only outside it: they are refused there)."""
+
+    source: str | None
+    plan: str
+    dtype: str | None
+    verify: bool
+    forward: bool
+    variant: str | None
+    offline: bool
+    json: bool
+    reader: str = READERS[0]
+    input_ids: str | None = None
+    microbatches: int | None = None
+    forward_output: str | None = None
+
 
 NodesOpt = Annotated[
     int | None,
@@ -89,38 +108,31 @@ def torchrun_write(
     return True
 
 
-def torchrun_run(
-    source: str | None,
-    plan_file: str,
-    dtype: str | None,
-    verify: bool,
-    forward: bool,
-    flags: Flags,
-    variant: str | None,
-    offline: bool,
-    json: bool,
-) -> bool:
+def torchrun_run(request: RunRequest) -> bool:
     """Under torchrun, this rank's part of ``run`` (rank 0 prints the report of all ranks),
     and True; outside torchrun, False, after refusing the flags that need torchrun."""
-    reader, input_ids, microbatches, forward_output = flags
+    r = request
     if not launched():
-        if any(flag is not None for flag in flags[1:]):
+        if (r.input_ids, r.microbatches, r.forward_output) != (None, None, None):
             raise UsageError("--input-ids, --microbatches and --forward-output run under torchrun")
         return False
+    from bigmodel_cli.render import print_warnings
     from bigmodel_cli.render.world_run import render_world_run
     from bigmodel_cli.run.distributed import run_world
-    from bigmodel_cli.run.stage import stage_request
+    from bigmodel_cli.run.pipeline_stage import pipeline_request
 
+    stage = pipeline_request(r.input_ids, r.microbatches, r.forward_output) if r.forward else None
     report = run_world(
-        source,
-        plan=plan_file,
-        dtype=None if dtype is None else parse_target_dtype(dtype),
-        verify=verify,
-        reader=reader.value,
-        stage=stage_request(input_ids, microbatches, forward_output) if forward else None,
-        variant=variant,
-        offline=offline,
+        r.source,
+        plan=r.plan,
+        dtype=None if r.dtype is None else parse_target_dtype(r.dtype),
+        verify=r.verify,
+        reader=r.reader,
+        stage=stage,
+        variant=r.variant,
+        offline=r.offline,
     )
     if report is not None:
-        render_world_run(report, json)
+        print_warnings(report.warnings)
+        render_world_run(report, r.json)
     return True

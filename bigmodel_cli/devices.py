@@ -10,7 +10,7 @@ GPU for activations.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -21,7 +21,11 @@ from bigmodel_cli.sizes import parse_size
 
 DeviceKey = int | str  # a GPU index, "cpu" or "disk"
 HOSTS = ("cpu", "disk")
-_GPU_ID = re.compile(r"^(?:cuda:)?(\d+)$", re.IGNORECASE)
+MAX_GPU_INDEX = 10**6  # more GPUs than any machine has: a larger index is a mistake
+# ASCII digits only: "٣" (an Arabic-Indic three) is not GPU 3
+_GPU_ID = re.compile(r"^(?:cuda:)?([0-9]{1,7})$", re.IGNORECASE | re.ASCII)
+# accelerate's and transformers' max_memory: {0: "8GB", "cuda:1": 8_000_000_000, "disk": None}
+MaxMemory = str | Mapping[int | str, int | str | None]
 
 # ---------------------------------------------------------------- the device-id codec
 
@@ -29,14 +33,14 @@ _GPU_ID = re.compile(r"^(?:cuda:)?(\d+)$", re.IGNORECASE)
 def parse_device(value: object) -> DeviceKey | None:
     """``0`` / ``"0"`` / ``"cuda:0"`` / ``"cuda"`` -> ``0``; ``"cpu"``; ``"disk"``; else None."""
     if isinstance(value, int) and not isinstance(value, bool):
-        return value if value >= 0 else None
+        return value if 0 <= value <= MAX_GPU_INDEX else None
     if not isinstance(value, str):
         return None
     text = value.strip().lower()
     if text in HOSTS:
         return text
     match = _GPU_ID.match("0" if text == "cuda" else text)
-    return int(match.group(1)) if match else None
+    return int(match.group(1)) if match and int(match.group(1)) <= MAX_GPU_INDEX else None
 
 
 def is_gpu(key: DeviceKey) -> TypeGuard[int]:
@@ -113,15 +117,52 @@ class Reserve:
         return int(budget * self.percent / 100)
 
 
-def parse_max_memory(text: str) -> list[tuple[DeviceKey, int | None]]:
-    """``"0=8GB,cpu=32GB,disk"`` -> ``[(0, 8e9), ("cpu", 32e9), ("disk", None)]``, ordered."""
+def parse_max_memory(value: MaxMemory) -> list[tuple[DeviceKey, int | None]]:
+    """``"0=8GB,cpu=32GB,disk"``, or accelerate's ``{0: "8GB", "cpu": 32e9, "disk": None}``
+    -> ``[(0, 8e9), ("cpu", 32e9), ("disk", None)]``, ordered."""
+    if isinstance(value, Mapping):
+        entries = [_dict_entry(key, budget) for key, budget in value.items()]
+        text = repr(dict(value))
+    elif isinstance(value, str):
+        entries = [_parse_entry(entry.strip(), value) for entry in value.split(",")]
+        text = value
+    else:
+        raise UsageError(
+            "max_memory must be a string such as '0=8GB,1=8GB,cpu=32GB,disk' or a dict such "
+            f"as {{0: '8GB', 'cuda:1': 8_000_000_000, 'cpu': '32GB', 'disk': None}}, not "
+            f"{type(value).__name__}",
+            argument="max_memory",
+        )
     found: dict[DeviceKey, int | None] = {}
-    for entry in text.split(","):
-        key, budget = _parse_entry(entry.strip(), text)
+    for key, budget in entries:
         if key in found:
-            raise UsageError(f"invalid --max-memory {text!r}: device {key} is listed twice")
+            raise UsageError(
+                f"invalid max_memory {text!r}: device {key} is listed twice", argument="max_memory"
+            )
         found[key] = budget
     return [(k, found[k]) for k in sorted(found, key=device_order)]
+
+
+def _dict_entry(name: object, budget: object) -> tuple[DeviceKey, int | None]:
+    """One ``{device: budget}`` pair of a max_memory dict (accelerate's form)."""
+    key = parse_device(name) if name != "cuda" else None
+    if key is None:
+        raise UsageError(
+            f"invalid max_memory device {name!r}: expected a GPU index (0), 'cuda:N', 'cpu' "
+            "or 'disk'",
+            argument="max_memory",
+        )
+    if budget is None and key == "disk":
+        return key, None
+    if isinstance(budget, str):
+        return key, parse_size(budget, f"max_memory size for {key}", "max_memory")
+    if isinstance(budget, int) and not isinstance(budget, bool) and budget >= 0:
+        return key, budget
+    raise UsageError(
+        f"invalid max_memory budget {budget!r} for {key}: expected bytes (int) or a size "
+        "such as '8GB' (None: unlimited, disk only)",
+        argument="max_memory",
+    )
 
 
 def _parse_entry(entry: str, text: str) -> tuple[DeviceKey, int | None]:
@@ -129,29 +170,45 @@ def _parse_entry(entry: str, text: str) -> tuple[DeviceKey, int | None]:
     key = parse_device(name) if name.strip().lower() != "cuda" else None
     if key is None:
         raise UsageError(
-            f"invalid --max-memory entry {entry!r} in {text!r}: expected DEVICE=SIZE with "
-            "DEVICE one of N, cuda:N, cpu, disk (e.g. 0=8GB,1=8GB,cpu=32GB,disk)"
+            f"invalid max_memory entry {entry!r} in {text!r}: expected DEVICE=SIZE with "
+            "DEVICE one of N, cuda:N, cpu, disk (e.g. 0=8GB,1=8GB,cpu=32GB,disk)",
+            argument="max_memory",
         )
     if not sep:
         if key != "disk":
-            raise UsageError(f"invalid --max-memory entry {entry!r}: {key} needs a size, e.g. =8GB")
+            raise UsageError(
+                f"invalid max_memory entry {entry!r}: {key} needs a size, e.g. =8GB",
+                argument="max_memory",
+            )
         return key, None
-    return key, parse_size(value, f"--max-memory size for {key}")
+    return key, parse_size(value, f"max_memory size for {key}", "max_memory")
 
 
-def parse_reserve(text: str | None) -> Reserve:
-    """``None`` -> nothing held; ``"2GB"`` -> 2e9 bytes; ``"10%"`` -> a tenth of each GPU."""
+def parse_reserve(text: str | int | None) -> Reserve:
+    """``None`` -> nothing held; ``"2GB"`` or 2e9 -> 2e9 bytes; ``"10%"`` -> a tenth of each
+    GPU."""
     if text is None:
         return Reserve()
+    if isinstance(text, int) and not isinstance(text, bool) and text >= 0:
+        return Reserve(nbytes=text)
+    if not isinstance(text, str):
+        raise UsageError(
+            f"reserve must be bytes (int), a size such as '2GB' or a percentage such as '10%', "
+            f"not {text!r}",
+            argument="reserve",
+        )
     stripped = text.strip()
     if not stripped.endswith("%"):
-        return Reserve(nbytes=parse_size(stripped, "--reserve"))
+        return Reserve(nbytes=parse_size(stripped, "reserve", "reserve"))
     try:
         percent = Decimal(stripped[:-1].strip())
     except InvalidOperation:
         percent = Decimal(-1)
     if not percent.is_finite() or not 0 <= percent <= 100:
-        raise UsageError(f"invalid --reserve {text!r}: a percentage must be between 0% and 100%")
+        raise UsageError(
+            f"invalid reserve {text!r}: a percentage must be between 0% and 100%",
+            argument="reserve",
+        )
     return Reserve(percent=percent)
 
 
@@ -184,7 +241,7 @@ def available_ram() -> int:
         return 0
 
 
-def make_budget(max_memory: str | None, reserve: str | None) -> Budget:
+def make_budget(max_memory: MaxMemory | None, reserve: str | int | None) -> Budget:
     """The devices of a plan, from ``--max-memory`` or detected, with the reserve applied."""
     held = parse_reserve(reserve)
     if max_memory is None:

@@ -15,21 +15,29 @@ class BigmodelError(Exception):
 
     exit_code = EXIT_BAD_INPUT
     shown = True  # False: another process (torchrun's rank 0) prints it
+    warnings: tuple[str, ...] = ()  # what the failed command would have warned about
 
     def __init__(
         self,
         reason: str,
         path: str | Path | None = None,
         tensor: str | None = None,
-        argument: str | None = None,
+        argument: str | tuple[str, ...] | None = None,
     ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.path = None if path is None else str(path)
         self.tensor = tensor
-        # The API argument the reason names, spelled as the API spells it
-        # (``max_shard_size``); the CLI rewrites that word to its flag (``--max-shard-size``).
+        # The API argument(s) the reason names, spelled as the API spells them
+        # (``max_shard_size``); the CLI rewrites each to its flag (``--max-shard-size``).
         self.argument = argument
+
+    @property
+    def arguments(self) -> tuple[str, ...]:
+        """The API arguments the reason names (none, one or several)."""
+        if self.argument is None:
+            return ()
+        return (self.argument,) if isinstance(self.argument, str) else self.argument
 
     def __str__(self) -> str:
         where = f"{self.path}: " if self.path else ""

@@ -27,20 +27,35 @@ _UNITS = {
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*$", re.IGNORECASE)
 
 
-def parse_size(text: str, flag: str = "size") -> int:
-    """``"5GB"`` -> 5_000_000_000; ``"1.5GiB"`` -> 1_610_612_736; ``"123"`` -> 123 bytes."""
+def parse_size(text: str, what: str = "size", argument: str | None = None) -> int:
+    """``"5GB"`` -> 5_000_000_000; ``"1.5GiB"`` -> 1_610_612_736; ``"123"`` -> 123 bytes.
+    ``what`` names the value in the error (``argument``: the API argument it names)."""
     match = _SIZE.match(str(text))
     unit = match.group(2).lower() if match else ""
     if not match or unit not in _UNITS:
         raise UsageError(
-            f"invalid {flag} {text!r}: expected bytes or a number with a unit "
-            "(KB MB GB TB, KiB MiB GiB TiB), e.g. 5GB"
+            f"invalid {what} {text!r}: expected bytes or a number with a unit "
+            "(KB MB GB TB, KiB MiB GiB TiB), e.g. 5GB",
+            argument=argument,
         )
     try:
         value = Decimal(match.group(1)) * _UNITS[unit]
     except InvalidOperation as exc:  # pragma: no cover - the regex admits only numbers
-        raise UsageError(f"invalid {flag} {text!r}") from exc
+        raise UsageError(f"invalid {what} {text!r}", argument=argument) from exc
     return int(value)
+
+
+def as_size(value: int | str, argument: str) -> int:
+    """A size argument as the ecosystem writes it: bytes (``5_000_000_000``) or a string
+    (``"5GB"``, ``"500MiB"``), as ``save_pretrained(max_shard_size=...)`` takes it."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        return parse_size(value, argument, argument)
+    raise UsageError(
+        f"{argument} must be bytes (int) or a size such as '5GB' or '500MiB', not {value!r}",
+        argument=argument,
+    )
 
 
 def format_size(n: int | float) -> str:
@@ -120,22 +135,50 @@ def parse_dtype(text: str) -> DType:
     return DTYPES[code]
 
 
+if TYPE_CHECKING:  # a dtype argument's forms (torch is not imported to say so)
+    DTypeLike = DType | str | torch.dtype
+
+
+def as_target_dtype(value: DTypeLike | None) -> DType | None:
+    """A ``dtype`` argument in any of its forms: our names (``"fp16"``), torch's
+    (``"float16"``, ``torch.float16``), safetensors' codes (``"F16"``), or a :class:`DType`;
+    None stays None. Floating only (:func:`parse_target_dtype`)."""
+    if value is None:
+        return None
+    if isinstance(value, DType):
+        return parse_target_dtype(value.code)
+    if isinstance(value, str):
+        return parse_target_dtype(value)
+    if type(value).__module__ == "torch" and type(value).__name__ == "dtype":
+        return parse_target_dtype(str(value))  # "torch.float16"
+    raise UsageError(
+        "dtype must be a name ('fp16', 'bfloat16'), a safetensors code ('F16') or a torch "
+        f"dtype (torch.float16), not {value!r}",
+        argument="dtype",
+    )
+
+
 def parse_target_dtype(text: str) -> DType:
-    """A ``--dtype`` target: floating only (integer and bool tensors never change)."""
+    """A ``dtype`` target: floating only (integer and bool tensors never change)."""
     dtype = parse_dtype(text)
     if not dtype.floating:
         raise UsageError(
-            f"--dtype {text!r} is not a floating dtype; a target dtype applies to floating "
-            "tensors only (e.g. fp16, bf16, fp32, fp8)"
+            f"dtype {text!r} is not a floating type; a target applies to floating "
+            "tensors only (e.g. fp16, bf16, fp32, fp8)",
+            argument="dtype",
         )
     return dtype
 
 
+def cast_to(dtype: DType, target: DType | None) -> DType:
+    """A ``dtype`` tensor's dtype once cast to ``target``: floating tensors take it, the
+    others (integers, bool, complex) keep theirs, as accelerate casts (the one rule)."""
+    return target if target is not None and dtype.floating else dtype
+
+
 def bytes_at(dtype: DType, numel: int, target: DType | None) -> int:
-    """Size of a tensor once cast to ``target``: floating tensors change, others keep theirs."""
-    if target is None or not dtype.floating:
-        return dtype.nbytes(numel)
-    return target.nbytes(numel)
+    """Size of a tensor once cast to ``target`` (:func:`cast_to`)."""
+    return cast_to(dtype, target).nbytes(numel)
 
 
 # ---------------------------------------------------------------- torch dtypes (lazy torch)

@@ -7,8 +7,9 @@ them. Outside torchrun none of this runs (:func:`launched` is false) and nothing
 
 Errors stay one line. A step that every rank runs goes through :meth:`Group.agree`: the
 ranks exchange their errors, rank 0 prints one line for all (naming the rank when they
-differ; in the CLI's ``bigmodel: error:`` form, and before any rank exits, since torchrun's
-agent stops the others as soon as one exits) and every rank exits with that status. A
+differ; through :data:`show_error`, which the CLI sets to print its ``bigmodel: error:``
+line, before any rank exits, since torchrun's agent stops the others as soon as one
+exits) and every rank exits with that status. A
 rank that dies makes the others' next collective fail (gloo sees the closed connection at
 once; otherwise after ``BIGMODEL_DIST_TIMEOUT`` seconds, 600 by default): each then exits
 non-zero with one line saying it lost contact. torch is imported only inside :class:`Group`.
@@ -17,7 +18,6 @@ non-zero with one line saying it lost contact. torch is imported only inside :cl
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,6 +32,18 @@ DEFAULT_TIMEOUT = 600.0
 READERS = ("pread", "dcp")  # how a rank reads its byte ranges (run/ranges.py); the first: default
 DEFAULT_IDS = "1,2,3,4,5,6,7,8"  # the prompt of --forward under torchrun without --input-ids
 _NEEDED = ("RANK", "LOCAL_RANK", "WORLD_SIZE")
+# How an agreed error reads: its own text, or as the command line spells it (the CLI sets
+# this to its ``as_flags``, which writes an API argument as its --flag) ...
+error_text: Callable[[BigmodelError], str] = str
+
+
+def _unshown(message: str) -> None:
+    """A library caller's default: the error is raised on every rank, shown by none."""
+
+
+# ... and how rank 0 shows it, once for all ranks, before any rank exits (torchrun's agent
+# stops the others as soon as one exits): the CLI sets this to write its error line
+show_error: Callable[[str], None] = _unshown
 
 
 def launched() -> bool:
@@ -73,8 +85,8 @@ class ReportedElsewhere(BigmodelError):
 
     shown = False
 
-    def __init__(self, exit_code: int) -> None:
-        super().__init__("reported by rank 0")
+    def __init__(self, exit_code: int, message: str = "reported by rank 0") -> None:
+        super().__init__(message)
         self.exit_code = exit_code
 
 
@@ -172,15 +184,14 @@ class Group:
         try:
             result = step()
         except BigmodelError as exc:
-            error = (str(exc), exc.exit_code)
+            error = (error_text(exc), exc.exit_code)
         found = combined(self.gather(error, doing))
         if found is not None:
             message, code = found
-            if self.rank == 0:  # printed here, before any rank exits: torchrun's agent stops
-                sys.stderr.write(f"bigmodel: error: {message}\n")  # the rest when one exits
-                sys.stderr.flush()
+            if self.rank == 0:  # shown now, before any rank exits
+                show_error(message)
             self.gather(None, "reporting an error")
-            raise ReportedElsewhere(code)
+            raise ReportedElsewhere(code, message)
         return result  # type: ignore[return-value]
 
     def broadcast(self, value: T, doing: str) -> T:

@@ -129,7 +129,8 @@ def test_the_live_byte_count_is_torch_memtrackers_to_the_byte(component: str) ->
 
     from bigmodel_cli.runtime.estimate import model_of
     from bigmodel_cli.runtime.inputs import kind_of
-    from bigmodel_cli.runtime.trace import activations, build
+    from bigmodel_cli.runtime.library import build_on_meta as build
+    from bigmodel_cli.runtime.trace import activations
 
     plan = make_plan(PIPELINE, max_memory="cpu=1GB", batch=2, height=64, width=64)
     shapes = plan.needs[component].inputs
@@ -159,13 +160,14 @@ def test_the_forward_order_is_the_order_modules_run_not_their_registration() -> 
 
     from bigmodel_cli.checkpoint import load_checkpoint
     from bigmodel_cli.runtime.estimate import model_of
-    from bigmodel_cli.runtime.trace import build, trace
+    from bigmodel_cli.runtime.library import build_on_meta as build
+    from bigmodel_cli.runtime.trace import trace
 
     ckpt = load_checkpoint(PIPELINE)
     m = model_of(ckpt, next(c for c in ckpt.components if c.name == "unet"))
     registered = [name for name, _ in build(m, torch.float32).named_modules()]
     assert registered.index("up_blocks") < registered.index("mid_block")
-    shapes = make_plan(PIPELINE, max_memory="cpu=1GB", runtime=True).needs["unet"].inputs
+    shapes = make_plan(PIPELINE, max_memory="cpu=1GB", counted=True).needs["unet"].inputs
     built, _ = trace(m, torch.float32, shapes)
     assert built.order.index("mid_block") < built.order.index("up_blocks")
     assert built.order.index("conv_out") > built.order.index("up_blocks.1")

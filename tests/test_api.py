@@ -5,13 +5,14 @@ from __future__ import annotations
 import ast
 import importlib
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
 
 import bigmodel_cli as bm
 from tests.helpers import FIXTURES, ROOT
-from tests.helpers.cli import run_cli
+from tests.helpers.cli import BIGMODEL, run_cli
 
 PIPELINE = FIXTURES / "tiny-pipeline"
 VERBS = ("inspect", "shard", "merge", "plan", "read_plan", "run_plan", "load", "generate")
@@ -27,12 +28,13 @@ def test_each_verb_stays_a_function_after_every_stage_is_imported(name: str) -> 
 
 
 def _called_by_cli() -> set[str]:
-    """Names the CLI module imports from the package (its calls go through them)."""
-    tree = ast.parse((ROOT / "bigmodel_cli" / "cli.py").read_text())
+    """Names the CLI modules (cli.py, cli_*.py) import from the package (its calls go
+    through them)."""
     names = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("bigmodel_cli"):
-            names.update(a.name for a in node.names)
+    for path in (ROOT / "bigmodel_cli").glob("cli*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("bigmodel_cli"):
+                names.update(a.name for a in node.names)
     return names
 
 
@@ -53,7 +55,7 @@ def test_the_cli_calls_the_api_not_a_second_code_path(name: str) -> None:
     assert reached in _called_by_cli()
     if name in ("read_plan", "load", "generate"):
         caller = {
-            "read_plan": "bigmodel_cli.placement.file",
+            "read_plan": "bigmodel_cli.placement.plan",
             "load": "bigmodel_cli.run.generate",
             "generate": "bigmodel_cli.run.generate",
         }[name]
@@ -86,9 +88,33 @@ def test_run_generate_writes_a_png_and_reports_the_peak(tmp_path: Path) -> None:
     doc = json.loads(result.stdout)
     assert doc["image"] == str(image) and image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert doc["devices"]["cpu"]["planned"] > 0 and doc["devices"]["cpu"]["peak"] > 0
+    cpu = doc["devices"]["cpu"]  # the process before loading, and what the run added
+    assert 0 < cpu["baseline"] <= cpu["peak"] and cpu["added"] == cpu["peak"] - cpu["baseline"]
     from PIL import Image
 
     assert Image.open(image).size == (32, 32)
+
+
+def test_run_generate_writes_only_our_lines_and_verbose_adds_the_libraries(
+    tmp_path: Path,
+) -> None:
+    """The demo's ``run --generate``: in a fresh process (the libraries imported, and
+    talking, inside the run), stderr holds no line this project did not write; with
+    --verbose it holds the libraries' own (held back, not lost), never in the JSON."""
+    plan = tmp_path / "plan.json"
+    assert run_cli("plan", PIPELINE, "--max-memory", "cpu=1GB", "-o", plan).code == 0
+    args = ("--steps", "1", "--height", "32", "--width", "32", "-o", tmp_path / "cat.png")
+    command = [*BIGMODEL, "run", PIPELINE, "--plan", plan, "--generate", "a cat", *args]
+    runs = [
+        subprocess.run([*map(str, command), *extra], capture_output=True, text=True, timeout=600)
+        for extra in ((), ("--verbose", "--json"))
+    ]
+    quiet, verbose = runs
+    assert quiet.returncode == 0 and verbose.returncode == 0, verbose.stderr
+    assert "image written to" in quiet.stdout
+    assert [line for line in quiet.stderr.splitlines() if not line.startswith("bigmodel:")] == []
+    assert "warning" in verbose.stderr  # accelerate's offload notice at least
+    assert "library_output" not in json.loads(verbose.stdout)
 
 
 def test_run_generate_refuses_a_plan_for_another_checkpoint(tmp_path: Path) -> None:

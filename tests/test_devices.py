@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from bigmodel_cli import devices
+from bigmodel_cli.cli import as_flags
 from bigmodel_cli.devices import Device, Reserve, make_budget, parse_max_memory, parse_reserve
 from bigmodel_cli.errors import UsageError
 
@@ -36,9 +37,10 @@ def test_max_memory_disk_may_have_a_size() -> None:
     ],
 )
 def test_bad_max_memory_is_a_usage_error(text: str, needle: str) -> None:
-    with pytest.raises(UsageError, match="max-memory") as info:
+    with pytest.raises(UsageError, match="invalid max_memory") as info:
         parse_max_memory(text)
     assert needle in str(info.value)
+    assert as_flags(info.value).startswith("invalid --max-memory")  # the CLI's word
     assert "\n" not in str(info.value)
 
 
@@ -51,8 +53,10 @@ def test_reserve_size_or_percent() -> None:
 
 @pytest.mark.parametrize("text", ["150%", "-5%", "x%", "%", "nan%", "five"])
 def test_bad_reserve_is_a_usage_error(text: str) -> None:
-    with pytest.raises(UsageError, match="--reserve"):
+    with pytest.raises(UsageError, match="invalid reserve") as info:
         parse_reserve(text)
+    assert info.value.argument == "reserve"  # the CLI says --reserve (as_flags)
+    assert as_flags(info.value).startswith("invalid --reserve")
 
 
 def test_reserve_is_held_on_gpus_only(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -20,11 +20,11 @@ import pytest
 from bigmodel_cli.checkpoint import load_checkpoint
 from bigmodel_cli.errors import BigmodelError
 from bigmodel_cli.placement import make_plan
-from bigmodel_cli.placement.file import plan_from_json
-from bigmodel_cli.placement.stages import cut, stage_units
+from bigmodel_cli.placement.plan import plan_from_json
+from bigmodel_cli.placement.spans import cut, forward_units
 from bigmodel_cli.run.ranges import rank_share
 from bigmodel_cli.sharding.distributed import divide
-from bigmodel_cli.sharding.layout import plan_write
+from bigmodel_cli.sharding.plan import plan_write
 from bigmodel_cli.torchrun import combined
 from tests.helpers.checkpoints import llama_config
 from tests.helpers.cli import FIXTURES, assert_one_line_error, run_cli
@@ -85,7 +85,7 @@ def test_stage_units_put_the_embedding_first_and_the_norm_and_tied_head_last() -
     names = ["lm_head.weight", "model.embed_tokens.weight", "model.norm.weight"]
     names += [f"model.layers.{i}.mlp.weight" for i in (10, 2, 0, 1)]
     config = {"tie_word_embeddings": True, "architectures": ["LlamaForCausalLM"]}
-    units = stage_units([(n, 100) for n in names if n != "lm_head.weight"], config)
+    units = forward_units([(n, 100) for n in names if n != "lm_head.weight"], config)
     assert [u.prefixes for u in units] == [
         ("model.embed_tokens",),
         ("model.layers.0",),
@@ -192,6 +192,16 @@ def test_read_plan_refuses_an_inconsistent_world(
         doc["ranks"][1].setdefault("bytes", doc["ranks"][1]["bytes"])
     with pytest.raises(BigmodelError, match=needle):
         plan_from_json(doc)
+
+
+def test_a_plan_written_with_each_ranks_runtime_still_reads(tied_llama: Path) -> None:
+    """Plans over ranks once carried ``runtime`` per rank (always 0); they read the same."""
+    plan = make_plan(tied_llama, max_memory="cpu=1GB", procs_per_node=2)
+    doc = plan.to_json()
+    assert all("runtime" not in r for r in doc["ranks"])
+    for r in doc["ranks"]:
+        r["runtime"] = 0
+    assert plan_from_json(doc).world == plan.world
 
 
 def test_a_range_that_splits_a_tensor_is_refused(tied_llama: Path) -> None:

@@ -19,7 +19,7 @@ import pytest
 
 from bigmodel_cli import generate, load
 from bigmodel_cli.errors import BigmodelError
-from bigmodel_cli.placement.file import plan_from_json
+from bigmodel_cli.placement.plan import plan_from_json
 from tests.helpers import FIXTURES
 from tests.helpers.plans import hand_plan
 

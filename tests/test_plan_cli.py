@@ -14,7 +14,7 @@ from bigmodel_cli import devices
 from bigmodel_cli.checkpoint import fingerprint, load_checkpoint
 from bigmodel_cli.errors import BigmodelError
 from bigmodel_cli.placement import make_plan
-from bigmodel_cli.placement.file import read_plan
+from bigmodel_cli.placement.plan import read_plan
 from tests.helpers.checkpoints import llama_config
 from tests.helpers.cli import FIXTURES, ROOT, assert_one_line_error, run_cli, run_subprocess
 from tests.helpers.plans import diffusers_balanced, keys_for

@@ -14,7 +14,7 @@ from bigmodel_cli.placement.auto import auto
 from bigmodel_cli.placement.balanced import balanced, gpu_assignment
 from bigmodel_cli.placement.hops import changes, runs_on
 from bigmodel_cli.placement.items import Bin, Part, Unit
-from bigmodel_cli.placement.strategies import sequential
+from bigmodel_cli.placement.sequential import sequential
 from bigmodel_cli.placement.units import build_units, coarsen, tied_names
 from tests.helpers.checkpoints import meta_llama, meta_unet, saved_sizes
 from tests.helpers.plans import (

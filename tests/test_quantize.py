@@ -90,7 +90,7 @@ def test_quantize_of_one_component_leaves_the_others() -> None:
     some = make_plan(pipe, max_memory="cpu=1GB", quantize="unet=int8")
     assert some.components["vae"] == full.components["vae"]
     assert some.components["unet"] < full.components["unet"]
-    assert some.runtime.quantize == {"unet": "int8"}
+    assert some.shape.quantize == {"unet": "int8"}
 
 
 # ---------------------------------------------------------------- against the quantizers
@@ -124,7 +124,7 @@ def test_bitsandbytes_int8_at_bf16_is_within_1_percent() -> None:
 
 def test_nf4_with_the_class_built_is_within_1_percent() -> None:
     real = allocated_bytes(_llama(_bnb(load_in_4bit=True, bnb_4bit_quant_type="nf4")))
-    _close(_planned(LLAMA, "nf4", runtime=True), real)
+    _close(_planned(LLAMA, "nf4", counted=True), real)
 
 
 @pytest.mark.parametrize(
@@ -152,7 +152,7 @@ def test_diffusers_unet_under_torchao_is_within_1_percent(
         device_map="cpu",
         torch_dtype=torch.bfloat16,
     )
-    _close(_planned(UNET, method, runtime=counted, dtype="bf16"), allocated_bytes(model))
+    _close(_planned(UNET, method, counted=counted, dtype="bf16"), allocated_bytes(model))
 
 
 def test_get_memory_footprint_misses_the_quantization_state() -> None:

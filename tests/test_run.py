@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from bigmodel_cli.checkpoint import load_checkpoint
 from bigmodel_cli.errors import BigmodelError
-from bigmodel_cli.placement.file import read_plan
+from bigmodel_cli.placement.plan import read_plan
 from bigmodel_cli.run import run_plan
 from bigmodel_cli.run.load import load_tensors
 from bigmodel_cli.run.place import missing_devices, module_device, placements, shortfalls
@@ -247,7 +247,7 @@ def test_missing_plan_file_is_exit_2(tmp_path: Path) -> None:
 def test_not_enough_free_memory_warns_or_exits_3_with_require_fit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("bigmodel_cli.run.available_ram", lambda: 1000)
+    monkeypatch.setattr("bigmodel_cli.run.checks.available_ram", lambda: 1000)
     plan = write_plan(tmp_path / "plan.json", hand_plan(PIPELINE, ALL_CPU))
     warned = run_cli("run", PIPELINE, "--plan", plan, "--json")
     assert warned.code == 0
@@ -295,7 +295,7 @@ def test_forward_without_the_library_is_a_clear_exit_2(
             raise ImportError("No module named 'diffusers'")
         return real(name, package)
 
-    monkeypatch.setattr("bigmodel_cli.run.forward.importlib.import_module", no_diffusers)
+    monkeypatch.setattr("bigmodel_cli.runtime.library.importlib.import_module", no_diffusers)
     plan = write_plan(tmp_path / "plan.json", hand_plan(PIPELINE, ALL_CPU))
     result = run_cli("run", PIPELINE, "--plan", plan, "--forward")
     assert_one_line_error(result, 2, "needs the diffusers library", "bigmodel-cli[diffusers]")

@@ -16,9 +16,9 @@ import pytest
 from bigmodel_cli.errors import UsageError
 from bigmodel_cli.placement import make_plan
 from bigmodel_cli.placement.balanced import balanced
-from bigmodel_cli.placement.file import plan_from_json, read_plan
 from bigmodel_cli.placement.items import Bin, Part, charge
-from bigmodel_cli.placement.strategies import sequential
+from bigmodel_cli.placement.plan import plan_from_json, read_plan
+from bigmodel_cli.placement.sequential import sequential
 from bigmodel_cli.runtime.inputs import Model, Resolved, input_shapes
 from bigmodel_cli.runtime.kv import kv_bytes_per_layer
 from bigmodel_cli.runtime.shape import RunShape, parse_quantize
@@ -156,7 +156,7 @@ def test_kv_cache_is_split_across_devices_by_layer(tmp_path: Path) -> None:
     for device in plan.devices:  # a device's run time: its layers' KV, and activations
         count = sum(1 for d in layers.values() if d == device.key)
         runs_here = isinstance(device.key, int)  # the GPUs run it; cpu only holds layers
-        assert device.runtime == count * per_layer + (activations if runs_here else 0)
+        assert device.run_bytes == count * per_layer + (activations if runs_here else 0)
 
 
 # ---------------------------------------------------------------- placement counting run time
@@ -213,7 +213,7 @@ def test_table_shows_weights_and_run_time_apart() -> None:
 def test_counted_plan_reads_back_and_older_plans_read_as_weights_only(tmp_path: Path) -> None:
     doc = _plan(PIPELINE, "--max-memory", "0=1GB", "--runtime", "--quantize", "unet=int8")
     plan = plan_from_json(doc)
-    assert plan.runtime.counted and plan.runtime.quantize == {"unet": "int8"}
+    assert plan.shape.counted and plan.shape.quantize == {"unet": "int8"}
     assert plan.needs["unet"].inputs == {
         k: tuple(v) for k, v in doc["components"]["unet"]["inputs"].items()
     }
@@ -221,7 +221,7 @@ def test_counted_plan_reads_back_and_older_plans_read_as_weights_only(tmp_path: 
     old = hand_plan(PIPELINE, {"unet": 0, "vae": 0, "text_encoder": 0})
     (tmp_path / "old.json").write_text(json.dumps(old))
     again = read_plan(tmp_path / "old.json")
-    assert not again.runtime.counted and again.needs == {}
+    assert not again.shape.counted and again.needs == {}
     assert again.devices[0].weights is None  # an older plan: planned is all weights
 
 
@@ -253,7 +253,7 @@ def test_without_the_library_there_is_no_estimate_and_the_output_says_how_to_get
     if where == "here":
         import importlib
 
-        from bigmodel_cli.runtime import trace
+        from bigmodel_cli.runtime import library
 
         real = importlib.import_module
 
@@ -263,7 +263,7 @@ def test_without_the_library_there_is_no_estimate_and_the_output_says_how_to_get
             return real(name, *args)
 
         monkeypatch.setenv("BIGMODEL_TRACE_WORKERS", "0")
-        monkeypatch.setattr(trace.importlib, "import_module", no_diffusers)
+        monkeypatch.setattr(library.importlib, "import_module", no_diffusers)
     else:  # a worker process finds a diffusers that will not import
         shadow = tmp_path / "shadow" / "diffusers"
         shadow.mkdir(parents=True)

@@ -21,7 +21,8 @@ from bigmodel_cli.checkpoint import load_checkpoint
 from bigmodel_cli.checkpoint.names import shard_names
 from bigmodel_cli.formats.safetensors import read_header
 from bigmodel_cli.progress import NullProgress
-from bigmodel_cli.sharding import layout, shard, write
+from bigmodel_cli.sharding import plan as write_plan
+from bigmodel_cli.sharding import shard, write
 from bigmodel_cli.sharding.output import AtomicFolder
 from bigmodel_cli.sizes import DTYPES
 from tests.helpers.checkpoints import (
@@ -62,7 +63,7 @@ def copy_of(src: Path, dst: Path) -> Path:
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.integers(0, 1000), max_size=40), st.integers(1, 1200))
 def test_split_sizes_fills_greedily_and_keeps_order(sizes: list[int], limit: int) -> None:
-    runs = layout.split_sizes(sizes, limit)
+    runs = write_plan.split_sizes(sizes, limit)
     assert [i for run in runs for i in run] == list(range(len(sizes)))
     for run in runs:
         total = sum(sizes[i] for i in run)
@@ -84,7 +85,7 @@ def test_split_sizes_matches_huggingface_hub_when_no_tensor_is_too_big(
     hf = split_state_dict_into_shards_factory(
         state, get_storage_size=lambda n: n, filename_pattern="m{suffix}", max_shard_size=limit
     )
-    ours = [[f"t{i:03d}" for i in run] for run in layout.split_sizes(sizes, limit)]
+    ours = [[f"t{i:03d}" for i in run] for run in write_plan.split_sizes(sizes, limit)]
     assert ours == list(hf.filename_to_tensors.values())
 
 
@@ -103,7 +104,7 @@ def test_shard_names_follow_diffusers_and_transformers() -> None:
 
 def test_plan_is_data_and_writes_nothing(tmp_path: Path) -> None:
     ckpt = load_checkpoint(FIXTURES / "tiny-pipeline")
-    plan = layout.plan_write(ckpt, tmp_path / "out", "shard", 500_000, None)
+    plan = write_plan.plan_write(ckpt, tmp_path / "out", "shard", 500_000, None)
     assert not (tmp_path / "out").exists()
     unet = next(c for c in plan.components if c.name == "unet")
     assert unet.folder == "unet" and len(unet.files) > 1
@@ -230,7 +231,7 @@ def test_index_is_byte_identical_to_huggingface_hub(models: Path, tmp_path: Path
 
     src = models / "unet" / "diffusion_pytorch_model.safetensors"
     ckpt = load_checkpoint(src)
-    order = [t.name for t in layout.source_order(ckpt.components[0].tensors)]
+    order = [t.name for t in write_plan.source_order(ckpt.components[0].tensors)]
     state = tensors_of(src)
     limit = 400_000  # larger than every tensor: the same greedy cut as huggingface_hub
     assert max(t.nbytes for t in ckpt.components[0].tensors) <= limit
@@ -323,12 +324,12 @@ def test_small_chunks_give_the_same_bytes(
 
 def test_pieces_merge_adjacent_tensors_into_one_copy(tmp_path: Path) -> None:
     ckpt = load_checkpoint(FIXTURES / "single.safetensors")
-    plan = layout.plan_component(ckpt.components[0], "", None, None, None)
+    plan = write_plan.plan_component(ckpt.components[0], "", None, None, None)
     (only,) = plan.files
     assert write.pieces(only.tensors) == [
         write.ByteRange(only.tensors[0].file, only.tensors[0].start, only.tensors[-1].end)
     ]
-    cast = layout.plan_component(ckpt.components[0], "", None, DTYPES["F16"], None)
+    cast = write_plan.plan_component(ckpt.components[0], "", None, DTYPES["F16"], None)
     kinds = [type(p).__name__ for p in write.pieces(cast.files[0].tensors)]
     # I64 head.bias copied; F32 embed and BF16 blocks.0 cast; F16 blocks.1 + BOOL mask copied.
     assert kinds == ["ByteRange", "TensorSlot", "TensorSlot", "ByteRange"]

@@ -4,10 +4,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from bigmodel_cli.cli import as_flags
 from bigmodel_cli.errors import UsageError
 from bigmodel_cli.sizes import (
     DTYPES,
     bytes_at,
+    cast_to,
     format_size,
     parse_dtype,
     parse_size,
@@ -41,8 +43,9 @@ def test_parse_size_accepts_spec_forms(text: str, expected: int) -> None:
 
 @pytest.mark.parametrize("text", ["", "GB", "5XB", "-5GB", "5 G B", "five", "1e9", "5GB5", "nan"])
 def test_parse_size_rejects_anything_else_naming_the_value(text: str) -> None:
-    with pytest.raises(UsageError, match="invalid --max-shard-size"):
-        parse_size(text, "--max-shard-size")
+    with pytest.raises(UsageError, match="invalid max_shard_size") as info:
+        parse_size(text, "max_shard_size", "max_shard_size")
+    assert as_flags(info.value).startswith("invalid --max-shard-size")
 
 
 @given(st.integers(min_value=0, max_value=10**15))
@@ -110,6 +113,22 @@ def test_target_dtype_changes_floating_tensors_only() -> None:
 
 @pytest.mark.parametrize("name", ["int8", "uint8", "bool", "complex64", "I64"])
 def test_target_dtype_must_be_floating(name: str) -> None:
-    with pytest.raises(UsageError, match="not a floating dtype"):
+    with pytest.raises(UsageError, match="not a floating type"):
         parse_target_dtype(name)
     assert parse_target_dtype("bf16").code == "BF16"
+
+
+@pytest.mark.parametrize("code", sorted(DTYPES))
+def test_a_cast_changes_floating_tensors_only_as_torch_would(code: str) -> None:
+    """The one rule (plan sizes, shard's output dtypes, run's loaded dtypes): a floating
+    tensor takes the target, any other keeps its own, the same answer torch's is_floating_point
+    gives where torch has the dtype."""
+    import torch
+
+    target = DTYPES["F16"]
+    found = cast_to(DTYPES[code], target)
+    dtype = getattr(torch, DTYPES[code].name, None)
+    if dtype is not None:
+        assert (found == target) == (dtype.is_floating_point or DTYPES[code] == target)
+    assert cast_to(DTYPES[code], None) == DTYPES[code]
+    assert bytes_at(DTYPES[code], 8, target) == found.nbytes(8)

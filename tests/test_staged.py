@@ -1,6 +1,7 @@
-"""The GPU loader's staging (two buffers, stretches of the file, parts of tensors copied
-across stretches), checked on cpu where it runs the same code; and the peak counters
-reset only once CUDA is initialised (a failure only a GPU showed)."""
+"""The one GPU reader's staging (two buffers, stretches of the file, parts of tensors
+copied across stretches), checked on cpu where it runs the same code, for a load's files,
+a torchrun rank's byte ranges and Hub ranges; and the peak counters reset only once CUDA
+is initialised (a failure only a GPU showed)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,17 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from bigmodel_cli.checkpoint import load_checkpoint
 from bigmodel_cli.devices import reset_gpu_peaks
 from bigmodel_cli.errors import BigmodelError
 from bigmodel_cli.formats import format_of
 from bigmodel_cli.formats.base import TensorInfo
-from bigmodel_cli.run.staged import Stager, stretches
+from bigmodel_cli.placement import make_plan
+from bigmodel_cli.progress import NullProgress
+from bigmodel_cli.run.gpu_reader import FileSource, StagedReader, stretches
+from bigmodel_cli.run.hub_ranges import read_hub
+from bigmodel_cli.run.ranges import Share, file_source, rank_share, read_ranges
+from tests.helpers.cli import FIXTURES
 
 
 def _info(name: str, start: int, end: int) -> TensorInfo:
@@ -54,12 +61,10 @@ def test_staged_tensors_equal_safe_open_s(checkpoint: Path, subset: str) -> None
     infos = list(fmt.read(checkpoint).tensors)
     if subset == "some":  # gaps between the tensors read, as when a file is split
         infos = [t for t in infos if t.name in ("big", "ints", "f8", "empty")]
-    stager = Stager(pinned=False, threads=2, size=1024)
     done: list[int] = []
-    try:
-        got = stager.load(checkpoint, infos, "cpu", done.append)
-    finally:
-        stager.close()
+    with StagedReader(pinned=False, threads=2, size=1024) as reader, FileSource(checkpoint) as f:
+        got = reader.load(f, infos, "cpu", done.append)
+    assert reader.bytes_read == sum(done)
     assert sum(done) == sum(t.nbytes for t in infos)
     assert max(done) <= 1024
     with safe_open(checkpoint, framework="pt") as f:
@@ -76,13 +81,64 @@ def test_a_short_file_is_one_error_naming_it(checkpoint: Path) -> None:
     infos = list(fmt.read(checkpoint).tensors)
     with checkpoint.open("r+b") as f:
         f.truncate(checkpoint.stat().st_size - 100)
-    stager = Stager(pinned=False, threads=1, size=1024)
-    try:
-        with pytest.raises(BigmodelError, match="shorter than its header") as err:
-            stager.load(checkpoint, infos, "cpu", lambda n: None)
-    finally:
-        stager.close()
+    short = pytest.raises(BigmodelError, match="shorter than its header")
+    reader = StagedReader(pinned=False, threads=1, size=1024)
+    with reader, FileSource(checkpoint) as f, short as err:
+        reader.load(f, infos, "cpu", lambda n: None)
     assert err.value.path == str(checkpoint)
+
+
+def _equal_to_the_files(tensors: list[tuple[TensorInfo, torch.Tensor]]) -> None:
+    for info, tensor in tensors:
+        with safe_open(info.file, framework="pt") as f:
+            want = f.get_tensor(info.name)
+        assert tensor.dtype == want.dtype and tensor.shape == want.shape, info.name
+        assert torch.equal(tensor.reshape(-1).view(torch.uint8), want.reshape(-1).view(torch.uint8))
+
+
+def _shares(source: str | Path) -> list[Share]:
+    plan = make_plan(source, max_memory="cpu=1GB", procs_per_node=2)
+    assert plan.world is not None
+    ckpt = load_checkpoint(source)
+    return [rank_share(ckpt, rank, None) for rank in plan.world.ranks]
+
+
+@pytest.mark.parametrize("staged", [False, True], ids=["direct", "staged"])
+def test_a_ranks_ranges_read_directly_or_through_the_gpu_reader_are_the_files(
+    staged: bool,
+) -> None:
+    """The ranks' reader: on cpu into one buffer per range; on a GPU through the one
+    StagedReader, run here on cpu with small buffers (so stretches cross tensors)."""
+    shares = _shares(FIXTURES / "tiny-llama")
+    for share in shares:
+        reader = StagedReader(pinned=False, threads=2, size=4096) if staged else None
+        read = read_ranges(share, file_source, "cpu", None, NullProgress(), reader)
+        assert read.bytes_read == share.nbytes > 0
+        assert [i for i, _ in read.tensors] == list(share.tensors)
+        _equal_to_the_files(read.tensors)
+    assert sum(s.nbytes for s in shares) >= sum(
+        c.nbytes for c in load_checkpoint(FIXTURES / "tiny-llama").components
+    )
+
+
+def test_hub_ranges_go_through_the_gpu_reader_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.helpers.hub_env import serve
+
+    local = {(i.name, i.start): i for s in _shares(FIXTURES / "tiny-llama") for i in s.tensors}
+    with serve(monkeypatch, tmp_path / "hf", test__llama=FIXTURES / "tiny-llama") as hub:
+        ckpt = load_checkpoint("test/llama")
+        shares = _shares("test/llama")
+        hub.reset_counts()
+        for share in shares:
+            reader = StagedReader(pinned=False, threads=2, size=4096)
+            read = read_hub(ckpt, share, "cpu", None, NullProgress(), reader)
+            assert read.bytes_read == reader.bytes_read == share.nbytes  # all through it
+            for info, tensor in read.tensors:  # the same bytes as the local files'
+                _equal_to_the_files([(local[(info.name, info.start)], tensor)])
+        sent = sum(n for p, n in hub.bytes_sent.items() if p.endswith(".safetensors"))
+    assert sent == sum(s.nbytes for s in shares)
 
 
 def test_gpu_peaks_are_reset_only_after_cuda_is_initialised(

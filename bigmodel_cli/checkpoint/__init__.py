@@ -10,12 +10,16 @@ from tensor names (:mod:`.blocks`); file names follow Hugging Face's rules (:mod
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from bigmodel_cli.checkpoint.checkpoint import Checkpoint, Component, HubSource, fingerprint
 from bigmodel_cli.checkpoint.discover import find_component
 from bigmodel_cli.checkpoint.resolve import is_repo_id, load_checkpoint
 from bigmodel_cli.checkpoint.summary import CheckpointSummary, summarize
-from bigmodel_cli.sizes import DType, parse_target_dtype
+from bigmodel_cli.sizes import as_target_dtype
+
+if TYPE_CHECKING:
+    from bigmodel_cli.sizes import DTypeLike
 
 __all__ = [
     "Checkpoint",
@@ -34,7 +38,7 @@ __all__ = [
 def inspect(
     source: str | os.PathLike[str] | None = None,
     *,
-    dtype: DType | str | None = None,
+    dtype: DTypeLike | None = None,
     variant: str | None = None,
     revision: str | None = None,
     offline: bool = False,
@@ -45,7 +49,7 @@ def inspect(
     >>> summary = inspect("sdxl/", dtype="fp16")  # doctest: +SKIP
     >>> summary.total("bytes_at_dtype")  # doctest: +SKIP
     """
-    target = parse_target_dtype(dtype) if isinstance(dtype, str) else dtype
+    target = as_target_dtype(dtype)
     path = None if source is None else os.fspath(source)
     ckpt = load_checkpoint(path, variant, revision=revision, offline=offline)
     return summarize(ckpt, target)

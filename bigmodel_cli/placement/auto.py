@@ -15,8 +15,8 @@ from bigmodel_cli.placement.balanced import gpu_assignment
 from bigmodel_cli.placement.hops import changes, runs_on, untangle
 from bigmodel_cli.placement.items import (
     SPLIT,
+    Assignment,
     Bin,
-    Layout,
     Part,
     Peaks,
     Placement,
@@ -30,7 +30,7 @@ from bigmodel_cli.placement.items import (
 )
 
 
-def auto(parts: Sequence[Part], bins: Sequence[Bin]) -> Layout:
+def auto(parts: Sequence[Part], bins: Sequence[Bin]) -> Assignment:
     """Whole components where they fit a GPU; the others split block by block over the
     GPUs' room; what stays off the GPUs goes whole to ``cpu`` where it fits (smallest
     first), and a component that does not is split between ``cpu`` and ``disk``."""
@@ -57,7 +57,7 @@ def auto(parts: Sequence[Part], bins: Sequence[Bin]) -> Layout:
     for part in (p for p in off if p.name not in placed):
         placed[part.name] = _over_hosts(part, hosts, room)
     runs = [p.execution_device for p in placed.values() if p.execution_device is not None]
-    return Layout(tuple(placed[p.name] for p in parts), runs[0] if runs else None)
+    return Assignment(tuple(placed[p.name] for p in parts), runs[0] if runs else None)
 
 
 def _fits(room: Room, key: DeviceKey, nbytes: int) -> bool:

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 
 from bigmodel_cli.devices import DeviceKey
 from bigmodel_cli.placement.items import (
+    Assignment,
     Bin,
-    Layout,
     Part,
     Peaks,
     Placement,
@@ -48,7 +48,7 @@ def snake(parts: Sequence[Part], gpus: Sequence[Bin]) -> dict[str, DeviceKey]:
     return placed
 
 
-def balanced(parts: Sequence[Part], bins: Sequence[Bin]) -> Layout:
+def balanced(parts: Sequence[Part], bins: Sequence[Bin]) -> Assignment:
     """Whole components to devices; every component appears exactly once."""
     room = room_of(bins)
     peaks: Peaks = {}
@@ -59,7 +59,7 @@ def balanced(parts: Sequence[Part], bins: Sequence[Bin]) -> Layout:
     hosts = [b.key for b in bins if not b.is_gpu]
     off = sorted((p for p in parts if p.name not in on_gpu), key=lambda p: p.nbytes, reverse=True)
     devices = on_gpu | {p.name: to_host(room, hosts, p.nbytes + p.activations) for p in off}
-    return Layout(tuple(Placement(p.name, devices[p.name]) for p in parts))
+    return Assignment(tuple(Placement(p.name, devices[p.name]) for p in parts))
 
 
 def gpu_assignment(parts: Sequence[Part], bins: Sequence[Bin]) -> dict[str, DeviceKey]:

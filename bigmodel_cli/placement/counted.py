@@ -1,5 +1,5 @@
 """Plans that count the run: the planner's items from a run-time estimate
-(:mod:`bigmodel_cli.runtime.estimate`), and what the layout puts on each device.
+(:mod:`bigmodel_cli.runtime.estimate`), and what the assignment puts on each device.
 
 A part's bytes are its weights (after ``--dtype`` and ``--quantize``) plus its KV cache,
 each layer's share in the unit of that layer; its activations are counted on the devices
@@ -12,25 +12,18 @@ activations among those it runs, not their sum.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from bigmodel_cli.devices import DeviceKey, is_gpu
-from bigmodel_cli.placement.items import Layout, Part, Placement, Unit
+from bigmodel_cli.placement.describe import DeviceUse
+from bigmodel_cli.placement.items import Assignment, Part, Placement, Unit
 from bigmodel_cli.placement.order import forward_order
 from bigmodel_cli.placement.units import build_units
 from bigmodel_cli.runtime.estimate import ComponentRuntime, Estimate
 
 
-@dataclass(frozen=True)
-class DeviceUse:
-    """What a layout puts on one device: weights, and run time (KV cache, activations)."""
-
-    weights: int = 0
-    runtime: int = 0
-
-
 def counted_part(
-    runtime: ComponentRuntime,
+    needs: ComponentRuntime,
     config: Mapping[str, object] | None,
     no_split: Sequence[str],
     with_units: bool,
@@ -39,15 +32,15 @@ def counted_part(
 ) -> Part:
     """The planner's part for a component: weights (+ KV cache when ``counted``), its
     units in forward order (the class's when it was built), its activations."""
-    kv_total = runtime.kv.total if counted and runtime.kv else 0
-    activations = (runtime.activations or 0) if counted else 0
-    nbytes = runtime.weight_bytes + kv_total
-    if not with_units or runtime.name in no_split:
-        return Part(runtime.name, nbytes, activations=activations)
-    units = build_units(list(runtime.weights), config, no_split, limit)
-    if counted and runtime.kv is not None:
-        units = _with_kv(units, runtime.kv.layers, runtime.kv.per_layer)
-    return Part(runtime.name, nbytes, forward_order(units, runtime.order), activations)
+    kv_total = needs.kv.total if counted and needs.kv else 0
+    activations = (needs.activations or 0) if counted else 0
+    nbytes = needs.weight_bytes + kv_total
+    if not with_units or needs.name in no_split:
+        return Part(needs.name, nbytes, activations=activations)
+    units = build_units(list(needs.weights), config, no_split, limit)
+    if counted and needs.kv is not None:
+        units = _with_kv(units, needs.kv.layers, needs.kv.per_layer)
+    return Part(needs.name, nbytes, forward_order(units, needs.order), activations)
 
 
 def _with_kv(units: Sequence[Unit], layers: Sequence[str], per_layer: int) -> tuple[Unit, ...]:
@@ -73,15 +66,15 @@ def execution_devices(p: Placement, runner: DeviceKey | None, peak_style: bool) 
 
 
 def device_use(
-    layout: Layout, parts: Sequence[Part], estimate: Estimate, peak_style: bool
+    assignment: Assignment, parts: Sequence[Part], estimate: Estimate, peak_style: bool
 ) -> dict[DeviceKey, DeviceUse]:
-    """Weights and run-time bytes per device under ``layout``."""
+    """Weights and run-time bytes per device under ``assignment``."""
     by_name = {p.name: p for p in parts}
     weights: dict[DeviceKey, int] = {}
     kv: dict[DeviceKey, int] = {}
     acts: dict[DeviceKey, int] = {}
     counted = estimate.shape.counted
-    for placement in layout.placements:
+    for placement in assignment.placements:
         part = by_name[placement.name]
         comp = estimate.components[placement.name]
         if placement.units:
@@ -93,7 +86,7 @@ def device_use(
             kv[placement.device] = kv.get(placement.device, 0) + part.nbytes - comp.weight_bytes
         if not counted or peak_style:  # sequential: its peak_gpu counts them
             continue
-        for key in execution_devices(placement, layout.execution_device, peak_style):
+        for key in execution_devices(placement, assignment.execution_device, peak_style):
             acts[key] = max(acts.get(key, 0), part.activations)
     keys = set(weights) | set(kv) | set(acts)
     return {

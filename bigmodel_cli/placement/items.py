@@ -1,7 +1,7 @@
 """The planner's plain model: items with sizes, devices with capacities, and placements.
 
 A :class:`Part` is a component (with its :class:`Unit` blocks, for strategies that split);
-a :class:`Bin` a device and what may be put on it. A strategy returns a :class:`Layout`:
+a :class:`Bin` a device and what may be put on it. A strategy returns a :class:`Assignment`:
 one :class:`Placement` per part. Nothing here reads a file: a plan is data.
 """
 
@@ -68,7 +68,7 @@ class Placement:
 
 
 @dataclass(frozen=True)
-class Layout:
+class Assignment:
     """A strategy's answer: one placement per component, in the order given."""
 
     placements: tuple[Placement, ...]

@@ -26,15 +26,15 @@ _OUTPUT = re.compile(
     r"(^|[._])(norm_out|conv_norm_out|conv_out|proj_out|lm_head|embed_out|final\w*|head|"
     r"ln_f|norm|post_quant_conv|output\w*)$"
 )
-# the stage of a block list by its name, for lists that run one after another
-_STAGES = (("down", 0), ("encoder", 0), ("mid", 1), ("up", 2), ("decoder", 2), ("single", 3))
+# the phase of a block list by its name, for lists that run one after another
+_PHASES = (("down", 0), ("encoder", 0), ("mid", 1), ("up", 2), ("decoder", 2), ("single", 3))
 # inside a block: resnets and attentions alternate by index; the samplers come last
 _INNER = (("resnets", 0), ("attentions", 1), ("downsamplers", 9), ("upsamplers", 9))
 
 
-def _list_stage(name: str) -> int:
+def _list_phase(name: str) -> int:
     last = name.rsplit(".", 1)[-1]
-    found = [stage for word, stage in _STAGES if last.startswith(word) or f".{word}" in name]
+    found = [phase for word, phase in _PHASES if last.startswith(word) or f".{word}" in name]
     return found[0] if found else 1
 
 
@@ -51,7 +51,7 @@ def _key(parts: list[str], top: bool) -> tuple[tuple[object, ...], ...]:
         return ((0 if _INPUT.search(text) else 1, 1, natural_key(text)),)
     owner, index = ".".join(parts[:numbered]), int(parts[numbered])
     if top:  # lists run one after another: down_blocks, mid_block, up_blocks
-        head: tuple[object, ...] = (1, _list_stage(owner), natural_key(owner), index)
+        head: tuple[object, ...] = (1, _list_phase(owner), natural_key(owner), index)
     else:  # inside a block: resnets.0, attentions.0, resnets.1, ..., downsamplers.0
         rank = _inner_rank(owner)
         head = (1, rank // 9, index, rank, natural_key(owner))

@@ -2,38 +2,42 @@
 
 ``--max-memory`` is one rank's budget: ``0=80GB`` is each rank's own GPU
 (``cuda:LOCAL_RANK``, backend nccl), ``cpu=64GB`` a cpu rank (backend gloo). The strategy
-(:mod:`.stages`) places units on ranks; :func:`describe_world` turns that into what each
+(:mod:`.spans`) places units on ranks; :func:`describe_world` turns that into what each
 rank holds and the byte ranges it reads (adjacent tensors of a file merged into one range).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from bigmodel_cli.checkpoint import Checkpoint, Component, fingerprint
+from bigmodel_cli.checkpoint import Checkpoint, Component
 from bigmodel_cli.checkpoint.blocks import group_blocks
-from bigmodel_cli.devices import DeviceKey, is_gpu, parse_max_memory, parse_reserve
+from bigmodel_cli.devices import DeviceKey, MaxMemory, is_gpu, parse_max_memory, parse_reserve
 from bigmodel_cli.errors import BigmodelError, UsageError
 from bigmodel_cli.formats.json import read_config
-from bigmodel_cli.placement.file import DevicePlan, Plan
-from bigmodel_cli.placement.items import SPLIT, Bin, Layout, Part, Placement, Unit
-from bigmodel_cli.placement.stages import absent_ties, stage_units
+from bigmodel_cli.placement.describe import assemble
+from bigmodel_cli.placement.items import SPLIT, Assignment, Bin, Part, Placement, Unit
+from bigmodel_cli.placement.plan import DevicePlan, Plan
+from bigmodel_cli.placement.request import PlanRequest
+from bigmodel_cli.placement.spans import absent_ties, forward_units
 from bigmodel_cli.placement.strategies import RANKS_STRATEGY, STRATEGIES
 from bigmodel_cli.placement.units import coarsen
-from bigmodel_cli.placement.world import Duplicate, RankPlan, World, WorldPlan, ranges_bytes
+from bigmodel_cli.placement.world import (
+    Duplicate,
+    RankPlan,
+    World,
+    WorldPlan,
+    coverage_gap,
+    ranges_bytes,
+)
 from bigmodel_cli.sizes import DTYPES, DType, bytes_at
-
-# The hook for run-shape flags (activations per rank): bytes a rank needs beyond its
-# weights to run ``modules`` of a component. Without run-shape flags it is not given and
-# every rank's ``runtime`` is 0; the cut balances weights, the fit counts both.
-RuntimeEstimate = Callable[[Component, Sequence[str]], int]
 
 
 @dataclass(frozen=True)
 class RankBudget:
-    """``--max-memory`` for one rank: its device, budget and reserve."""
+    """``max_memory`` for one rank: its device, budget and reserve."""
 
     key: DeviceKey  # 0: the rank's own GPU; "cpu"
     budget: int
@@ -48,18 +52,20 @@ class RankBudget:
         return "cuda" if is_gpu(self.key) else "cpu"
 
 
-def rank_budget(max_memory: str | None, reserve: str | None) -> RankBudget:
-    """One rank's device from ``--max-memory``: ``0=80GB`` (its own GPU) or ``cpu=64GB``."""
+def rank_budget(max_memory: MaxMemory | None, reserve: str | int | None) -> RankBudget:
+    """One rank's device from ``max_memory``: ``0=80GB`` (its own GPU) or ``cpu=64GB``."""
     if max_memory is None:
         raise UsageError(
             "a plan over torchrun ranks is for other machines: give one rank's budget with "
-            "--max-memory (0=80GB for a GPU per rank, cpu=64GB for cpu ranks)"
+            "max_memory (0=80GB for a GPU per rank, cpu=64GB for cpu ranks)",
+            argument="max_memory",
         )
     entries = parse_max_memory(max_memory)
     if len(entries) != 1 or entries[0][0] not in (0, "cpu"):
         raise UsageError(
-            f"invalid --max-memory {max_memory!r} for a plan over ranks: name one rank's "
-            "device, 0=SIZE (its own GPU, cuda:LOCAL_RANK) or cpu=SIZE"
+            f"invalid max_memory {max_memory!r} for a plan over ranks: name one rank's "
+            "device, 0=SIZE (its own GPU, cuda:LOCAL_RANK) or cpu=SIZE",
+            argument="max_memory",
         )
     key, budget = entries[0]
     assert budget is not None  # only disk may be unlimited, and it is refused above
@@ -74,30 +80,34 @@ class RankRequest:
     strategy: str
     budget: RankBudget
     world: World
+    reason: str | None = None  # why the strategy, when it was not asked for
 
     @staticmethod
-    def parse(
-        strategy: str,
-        max_memory: str | None,
-        reserve: str | None,
-        nodes: int | None,
-        procs_per_node: int | None,
-    ) -> RankRequest:
+    def of(asked: PlanRequest) -> RankRequest:
+        strategy, reason = asked.chosen_strategy(None)
         if not STRATEGIES[strategy].over_ranks:
             raise UsageError(
-                f"--strategy {strategy} places on this machine's devices; --nodes and "
-                f"--procs-per-node plan over ranks with --strategy {RANKS_STRATEGY}"
+                f"strategy {strategy} places on this machine's devices; nodes and "
+                f"procs_per_node plan over ranks with strategy {RANKS_STRATEGY}",
+                argument=("strategy", "nodes", "procs_per_node"),
             )
-        for flag, value in (("--nodes", nodes), ("--procs-per-node", procs_per_node)):
+        for name, value in (("nodes", asked.nodes), ("procs_per_node", asked.procs_per_node)):
             if value is not None and value < 1:
-                raise UsageError(f"{flag} must be at least 1, not {value}")
-        budget = rank_budget(max_memory, reserve)
+                raise UsageError(f"{name} must be at least 1, not {value}", argument=name)
+        budget = rank_budget(asked.max_memory, asked.reserve)
         backend = "nccl" if budget.device == "cuda" else "gloo"
-        return RankRequest(strategy, budget, World(nodes or 1, procs_per_node or 1, backend))
+        world = World(asked.nodes or 1, asked.procs_per_node or 1, backend)
+        return RankRequest(strategy, budget, world, reason)
+
+
+def plan_ranks(source: str | os.PathLike[str] | None, asked: PlanRequest) -> Plan:
+    """The plan of ``source`` over the torchrun ranks ``asked`` names."""
+    target, request = asked.target(), RankRequest.of(asked)
+    return plan_world(asked.load(source), request, target, asked.no_split)
 
 
 def world_parts(ckpt: Checkpoint, dtype: DType | None, no_split: Sequence[str]) -> tuple[Part, ...]:
-    """Each component with its units in forward order (:func:`stage_units`)."""
+    """Each component with its units in forward order (:func:`forward_units`)."""
     parts = []
     for c in ckpt.components:
         if any(t.start < 0 for t in c.tensors):
@@ -108,7 +118,7 @@ def world_parts(ckpt: Checkpoint, dtype: DType | None, no_split: Sequence[str]) 
             )
         sizes = [(t.name, bytes_at(DTYPES[t.dtype], t.numel, dtype)) for t in c.tensors]
         config = read_config(c.folder)
-        parts.append(Part(c.name, sum(n for _, n in sizes), stage_units(sizes, config, no_split)))
+        parts.append(Part(c.name, sum(n for _, n in sizes), forward_units(sizes, config, no_split)))
     return tuple(parts)
 
 
@@ -117,39 +127,24 @@ def plan_world(
     request: RankRequest,
     dtype: DType | None,
     no_split: Sequence[str] = (),
-    runtime: RuntimeEstimate | None = None,
 ) -> Plan:
     """The plan over the ranks of ``request.world``, each with ``request.budget``."""
     budget, world = request.budget, request.world
     parts = world_parts(ckpt, dtype, no_split)
     bins = [Bin(r, budget.capacity) for r in range(world.size)]
-    layout = STRATEGIES[request.strategy].place(parts, bins)
-    ranks, duplicates = describe_world(ckpt, layout, world, budget.device, dtype, no_split)
-    if runtime is not None:
-        ranks = tuple(_with_runtime(ckpt, r, runtime) for r in ranks)
-    largest = max((r.planned for r in ranks), default=0)
-    device = DevicePlan(budget.key, budget.budget, budget.reserve, largest)
-    return Plan(
-        source=ckpt.origin if ckpt.repo is not None else str(ckpt.source.resolve()),
-        fingerprint=fingerprint(ckpt),
-        strategy=request.strategy,
-        dtype=dtype.name if dtype else None,
-        variant=ckpt.variant,
-        devices=(device,),
+    assignment = STRATEGIES[request.strategy].place(parts, bins)
+    ranks, duplicates = describe_world(ckpt, assignment, world, budget.device, dtype, no_split)
+    largest = max((r.weights for r in ranks), default=0)
+    return assemble(
+        ckpt,
+        (request.strategy, request.reason),
+        dtype,
+        devices=(DevicePlan(budget.key, budget.budget, budget.reserve, largest),),
         device_map={c.name: budget.key for c in ckpt.components},
         components={p.name: p.nbytes for p in parts},
-        fits=all(r.planned <= budget.capacity for r in ranks),
-        skipped=ckpt.skipped,
-        notes=(ckpt.repo.note,) if ckpt.repo is not None else (),
+        fits=all(r.weights <= budget.capacity for r in ranks),
         world=WorldPlan(world, ranks, duplicates),
     )
-
-
-def _with_runtime(ckpt: Checkpoint, r: RankPlan, runtime: RuntimeEstimate) -> RankPlan:
-    from dataclasses import replace
-
-    extra = sum(runtime(c, r.modules) for c in ckpt.components)
-    return replace(r, runtime=extra)
 
 
 # ---------------------------------------------------------------- what each rank reads
@@ -202,7 +197,7 @@ class _Shares:
 
 def describe_world(
     ckpt: Checkpoint,
-    layout: Layout,
+    assignment: Assignment,
     world: World,
     device: str,
     dtype: DType | None,
@@ -215,7 +210,7 @@ def describe_world(
         {r: {} for r in range(world.size)},
         [],
     )
-    by_name = {p.name: p for p in layout.placements}
+    by_name = {p.name: p for p in assignment.placements}
     for c in ckpt.components:
         shares.add(ckpt, c, by_name[c.name], no_split)
     infos = {(c.name, t.name): t for c in ckpt.components for t in c.tensors}
@@ -239,10 +234,24 @@ def describe_world(
     return tuple(result), tuple(shares.duplicates)
 
 
+def check_reads(ckpt: Checkpoint, plan: Plan) -> None:
+    """Refuse a plan over ranks whose reads do not cover ``ckpt``'s tensors exactly once
+    (before any rank reads: a rank given another's reads would load half the model)."""
+    if plan.world is None:
+        return
+    spans: dict[str, list[tuple[int, int]]] = {}
+    for c in ckpt.components:
+        for t in c.tensors:
+            spans.setdefault(_rel(ckpt, t.file), []).append((t.start, t.end))
+    problem = coverage_gap(plan.world, spans)
+    if problem is not None:
+        raise BigmodelError(f"plan ranks: {problem}", plan.path)
+
+
 def _units(
     c: Component, config: Mapping[str, object] | None, no_split: Sequence[str]
 ) -> tuple[Unit, ...]:
-    return stage_units([(t.name, t.nbytes) for t in c.tensors], config, no_split)
+    return forward_units([(t.name, t.nbytes) for t in c.tensors], config, no_split)
 
 
 def _rel(ckpt: Checkpoint, file: os.PathLike[str]) -> str:

@@ -1,38 +1,38 @@
-"""``make_plan`` with the run's shape: estimate each component's run-time needs, place the
-parts that count them, and describe the result with weights and run time apart."""
+"""A plan that counts the run: estimate each component's run-time needs, place the parts
+that count them, and describe the result with weights and run time apart."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 
 from bigmodel_cli.checkpoint import Checkpoint
 from bigmodel_cli.devices import Budget
 from bigmodel_cli.formats.json import read_config
-from bigmodel_cli.placement.counted import DeviceUse, counted_part, device_use
-from bigmodel_cli.placement.file import Plan
-from bigmodel_cli.placement.items import Bin, Layout, Part, widest_gpu
+from bigmodel_cli.placement.counted import counted_part, device_use
+from bigmodel_cli.placement.describe import Chosen, Counted, describe
+from bigmodel_cli.placement.items import Bin, widest_gpu
 from bigmodel_cli.placement.needs import Needs
+from bigmodel_cli.placement.plan import Plan
 from bigmodel_cli.placement.strategies import STRATEGIES
 from bigmodel_cli.runtime.estimate import Estimate, estimate
 from bigmodel_cli.runtime.shape import RunShape
 from bigmodel_cli.sizes import DType
 
-Describe = Callable[[Checkpoint, Budget, str, DType | None, Sequence[Part], Layout], Plan]
-
 
 def plan_counted(
     ckpt: Checkpoint,
     budget: Budget,
-    strategy: str,
+    chosen: Chosen,
     target: DType | None,
     shape: RunShape,
     no_split: Sequence[str],
-    bins: Sequence[Bin],
-    describe: Describe,
 ) -> Plan:
-    """The plan of ``ckpt`` at ``shape`` (``describe``: the weights-only description)."""
+    """The plan of ``ckpt`` on ``budget``'s devices at ``shape`` (``chosen``: the strategy,
+    and why when it was not asked for)."""
+    strategy = chosen[0]
     found = estimate(ckpt, shape, target)
+    bins = [Bin(d.key, d.capacity) for d in budget.devices]
     splits = STRATEGIES[strategy].splits_blocks
     parts = [
         counted_part(
@@ -45,21 +45,14 @@ def plan_counted(
         )
         for c in ckpt.components
     ]
-    layout = STRATEGIES[strategy].place(parts, bins)
-    plan = describe(ckpt, budget, strategy, target, parts, layout)
-    use = device_use(layout, parts, found, STRATEGIES[strategy].reports_peak)
-    devices = tuple(
-        replace(d, planned=u.weights + u.runtime, weights=u.weights, runtime=u.runtime)
-        for d in plan.devices
-        for u in [use.get(d.key, DeviceUse())]
-    )
-    return replace(
-        plan,
-        devices=devices,
-        components={name: c.weight_bytes for name, c in found.components.items()},
-        runtime=_run_info(found),
+    assignment = STRATEGIES[strategy].place(parts, bins)
+    counted = Counted(
+        use=device_use(assignment, parts, found, STRATEGIES[strategy].reports_peak),
+        weights={name: c.weight_bytes for name, c in found.components.items()},
+        shape=_run_info(found),
         needs=_needs(found),
     )
+    return describe(ckpt, budget, chosen, target, (parts, assignment), counted)
 
 
 def _run_info(found: Estimate) -> RunShape:

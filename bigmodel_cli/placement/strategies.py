@@ -2,32 +2,22 @@
 
 The CLI's ``--strategy`` choice and help, the plan file reader's allowed names and the
 renderer's wording are all derived from :data:`STRATEGIES`. Adding a strategy is one
-pure function from parts and bins to a :class:`~bigmodel_cli.placement.items.Layout` and one
-entry here.
+pure function from parts and bins to an :class:`~bigmodel_cli.placement.items.Assignment`
+in a module of ``placement/`` and one entry here. The registry names that function; it is
+imported when a plan is made, so that reading a plan imports no strategy.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from bigmodel_cli.devices import is_gpu
-from bigmodel_cli.placement.auto import auto
-from bigmodel_cli.placement.balanced import balanced
-from bigmodel_cli.placement.items import Bin, Layout, Part, Placement, room_of, to_host
-from bigmodel_cli.placement.stages import pipeline
+if TYPE_CHECKING:
+    from bigmodel_cli.placement.items import Assignment, Bin, Part
 
-
-def sequential(parts: Sequence[Part], bins: Sequence[Bin]) -> Layout:
-    """diffusers' model CPU offload: all on ``cpu``, each moved to the first GPU in turn."""
-    room = room_of(bins)
-    hosts = [b.key for b in bins if not b.is_gpu]
-    by_size = sorted(parts, key=lambda p: p.nbytes, reverse=True)
-    devices = {p.name: to_host(room, hosts, p.nbytes) for p in by_size}
-    runner = next((b.key for b in bins if is_gpu(b.key)), None)
-    largest = max((p.nbytes + p.activations for p in parts), default=0)
-    peak = largest if runner is not None else None
-    return Layout(tuple(Placement(p.name, devices[p.name]) for p in parts), runner, peak)
+Place = Callable[[Sequence["Part"], Sequence["Bin"]], "Assignment"]
 
 
 @dataclass(frozen=True)
@@ -35,11 +25,20 @@ class Strategy:
     """A placement strategy and what the rest of the program needs to know of it."""
 
     name: str
-    place: Callable[[Sequence[Part], Sequence[Bin]], Layout]
+    function: str  # "module:function" in bigmodel_cli.placement: the pure placement
     help: str
     splits_blocks: bool  # needs the components' blocks (units) to place them
     reports_peak: bool  # components move to the execution GPU in turn: a peak, not a sum
-    over_ranks: bool = False  # places on torchrun ranks (--nodes/--procs-per-node), not devices
+    over_ranks: bool = False  # places on torchrun ranks (nodes/procs_per_node), not devices
+    # the default for a single model (True), for a pipeline (False), or never (None)
+    default_for_model: bool | None = None
+    default_reason: str | None = None  # why, for people (the plan and --help say it)
+
+    @property
+    def place(self) -> Place:
+        module, name = self.function.split(":")
+        found: Place = getattr(importlib.import_module(f"bigmodel_cli.placement.{module}"), name)
+        return found
 
 
 STRATEGIES: dict[str, Strategy] = {
@@ -47,35 +46,57 @@ STRATEGIES: dict[str, Strategy] = {
     for s in (
         Strategy(
             "balanced",
-            balanced,
-            "whole components, as diffusers' device_map='balanced' (the default)",
+            "balanced:balanced",
+            "whole components, as diffusers' device_map='balanced'",
             splits_blocks=False,
             reports_peak=False,
+            default_for_model=False,
+            default_reason="the default for a diffusers pipeline, as diffusers' own "
+            "device_map='balanced'",
         ),
         Strategy(
             "auto",
-            auto,
-            "whole components where they fit; split at block level what fits no GPU",
+            "auto:auto",
+            "whole components where they fit; split at block level what fits no GPU, as "
+            "transformers' device_map='auto'",
             splits_blocks=True,
             reports_peak=False,
+            default_for_model=True,
+            default_reason="the default for a single model, as transformers' device_map='auto'",
         ),
         Strategy(
             "sequential",
-            sequential,
+            "sequential:sequential",
             "model CPU offload: all on cpu, each component moved to GPU 0 in turn",
             splits_blocks=False,
             reports_peak=True,
         ),
         Strategy(
             "pipeline",
-            pipeline,
-            "contiguous stages of blocks over torchrun ranks (the default with --nodes or "
-            "--procs-per-node)",
+            "spans:span_ranks",
+            "contiguous spans of blocks over torchrun ranks",
             splits_blocks=True,
             reports_peak=False,
             over_ranks=True,
+            default_reason="the default over torchrun ranks",
         ),
     )
 }
-DEFAULT_STRATEGY = next(iter(STRATEGIES))
+DEFAULT_STRATEGY = next(iter(STRATEGIES))  # of a plan file that names none (an early plan)
 RANKS_STRATEGY = next(s.name for s in STRATEGIES.values() if s.over_ranks)
+
+
+SINGLE_MODEL_KINDS = ("model", "file")  # a checkpoint's kinds other than a pipeline
+
+
+def default_strategy(kind: str) -> Strategy:
+    """The strategy a checkpoint of ``kind`` (a pipeline, a model or a file) is planned
+    with when none is asked for: its library's convention."""
+    single = kind in SINGLE_MODEL_KINDS
+    return next(s for s in STRATEGIES.values() if s.default_for_model is single)
+
+
+def defaults_help() -> str:
+    """For --help: which strategy is the default, and when."""
+    found = [f"{s.name} ({s.default_reason})" for s in STRATEGIES.values() if s.default_reason]
+    return "; ".join(found)

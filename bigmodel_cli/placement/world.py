@@ -4,7 +4,7 @@ A plan made with ``--nodes`` / ``--procs-per-node`` carries a :class:`WorldPlan`
 world torchrun will start, and per rank what it holds (``modules``) and every byte range
 it reads (``reads``: file -> ``[[offset, length], ...]``, absolute offsets, tensor data
 only). A tensor read by more than one rank (a tied head that reads its embedding again on
-the last stage) is listed in ``duplicates``. Plain data and its JSON, both ways; nothing
+the last span) is listed in ``duplicates``. Plain data and its JSON, both ways; nothing
 here imports torch.
 """
 
@@ -47,12 +47,7 @@ class RankPlan:
     modules: tuple[str, ...]  # module prefixes (``unet.down_blocks.0`` in a pipeline)
     reads: Mapping[str, Ranges]  # file (relative to the checkpoint) -> ranges
     weights: int = 0  # bytes held at the plan's dtype
-    runtime: int = 0  # activations counted for this rank (0 without run-shape flags)
     tied: Mapping[str, str] = field(default_factory=dict)  # tensor -> the saved one it reads
-
-    @property
-    def planned(self) -> int:
-        return self.weights + self.runtime
 
 
 @dataclass(frozen=True)
@@ -83,7 +78,6 @@ class WorldPlan:
                     "device": r.device,
                     "bytes": r.bytes,
                     "weights": r.weights,
-                    "runtime": r.runtime,
                     "modules": list(r.modules),
                     "reads": {f: [list(x) for x in ranges] for f, ranges in r.reads.items()},
                     "tied": dict(r.tied),
@@ -126,7 +120,62 @@ def world_from_json(doc: Mapping[str, Any], path: Path | None) -> WorldPlan | No
             path,
         )
     ranks = tuple(_rank(entry, r, world, path) for r, entry in enumerate(entries))
-    return WorldPlan(world, ranks, _duplicates(doc.get("duplicates"), path))
+    found = WorldPlan(world, ranks, _duplicates(doc.get("duplicates"), path))
+    problem = read_twice(found)
+    if problem is not None:
+        raise BigmodelError(f"plan ranks: {problem}", path)
+    return found
+
+
+def read_twice(plan: WorldPlan) -> str | None:
+    """Bytes that two ranks (or one rank twice) read, other than a listed duplicate (a tied
+    tensor re-read on another rank): what is wrong, or None."""
+    by_file: dict[str, list[tuple[int, int, int]]] = {}
+    for rank in plan.ranks:
+        for file, ranges in rank.reads.items():
+            by_file.setdefault(file, []).extend((a, a + n, rank.rank) for a, n in ranges if n)
+    for file, spans in by_file.items():
+        spans.sort()
+        end, r = spans[0][1], spans[0][2]  # the span reaching furthest so far
+        for b, b_end, s in spans[1:]:
+            overlap = min(end, b_end) - b
+            if overlap > 0 and not _listed(plan.duplicates, file, {r, s}, overlap):
+                return f"ranks {r} and {s} both read bytes {b}-{b + overlap} of {file}"
+            if b_end > end:
+                end, r = b_end, s
+    return None
+
+
+def _listed(duplicates: tuple[Duplicate, ...], file: str, ranks: set[int], n: int) -> bool:
+    return any(
+        d.file == file and ranks <= set(d.ranks) and len(ranks) > 1 and n <= d.bytes
+        for d in duplicates
+    )
+
+
+def coverage_gap(plan: WorldPlan, spans: Mapping[str, list[tuple[int, int]]]) -> str | None:
+    """The ranks' reads against the checkpoint's tensors (``file -> [(start, end)]``):
+    together they must read every tensor byte and nothing else; what is wrong, or None."""
+    wanted = {f: _union(s) for f, s in spans.items()}
+    read: dict[str, list[tuple[int, int]]] = {}
+    for r in plan.ranks:
+        for file, ranges in r.reads.items():
+            read.setdefault(file, []).extend((a, a + n) for a, n in ranges)
+    got = {f: _union(s) for f, s in read.items()}
+    for file in sorted(set(wanted) | set(got)):
+        if wanted.get(file, []) != got.get(file, []):
+            return f"the ranks' reads of {file} do not cover its tensors exactly once"
+    return None
+
+
+def _union(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[tuple[int, int]] = []
+    for a, b in sorted(s for s in spans if s[1] > s[0]):
+        if merged and a <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+        else:
+            merged.append((a, b))
+    return merged
 
 
 def _rank(entry: Any, r: int, world: World, path: Path | None) -> RankPlan:
@@ -157,7 +206,6 @@ def _rank(entry: Any, r: int, world: World, path: Path | None) -> RankPlan:
         modules=tuple(modules),
         reads=reads,
         weights=entry["weights"] if _count(entry.get("weights")) else 0,
-        runtime=entry["runtime"] if _count(entry.get("runtime")) else 0,
         tied=dict(tied),
     )
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # rich is imported on first use: `--json` runs never load it
@@ -28,6 +29,20 @@ def print_json(doc: Any) -> None:
     """One JSON document on stdout, nothing else."""
     sys.stdout.write(json.dumps(doc, indent=2) + "\n")
     sys.stdout.flush()
+
+
+def print_warnings(lines: Sequence[str]) -> None:
+    """Each of the library's warnings as one ``bigmodel: warning:`` line on stderr."""
+    for line in lines:
+        sys.stderr.write(f"bigmodel: warning: {line}\n")
+    sys.stderr.flush()
+
+
+def print_library_lines(lines: Sequence[str]) -> None:
+    """The libraries' own warnings and log lines, as they were held back, on stderr."""
+    for line in lines:
+        sys.stderr.write(f"{line}\n")
+    sys.stderr.flush()
 
 
 def bar(used: int, capacity: int, width: int = 20) -> str:

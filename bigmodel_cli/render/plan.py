@@ -7,9 +7,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from bigmodel_cli.devices import device_label, is_gpu
-from bigmodel_cli.errors import FitError
-from bigmodel_cli.placement.file import DevicePlan, Plan
 from bigmodel_cli.placement.items import SPLIT
+from bigmodel_cli.placement.plan import DevicePlan, Plan
 from bigmodel_cli.placement.strategies import STRATEGIES
 from bigmodel_cli.render import bar, print_json, stdout
 from bigmodel_cli.render.world import print_world_plan, world_summary
@@ -18,21 +17,20 @@ from bigmodel_cli.sizes import format_size
 SHOWN_BLOCKS = 4
 
 
-def render_plan(plan: Plan, as_json: bool, output: str | None, require_fit: bool) -> None:
-    """Print the plan (``output``: where ``-o`` wrote it); then exit 3 under
-    ``--require-fit`` if it does not fit."""
+def render_plan(plan: Plan, as_json: bool, output: str | None) -> None:
+    """Print the plan (``output``: where ``-o`` wrote it)."""
     if as_json:
         print_json(plan.to_json())
     else:
         _print_human(plan, output)
-    if require_fit and not plan.fits:
-        raise FitError(f"the plan does not fit (--require-fit): {summary(plan)}")
 
 
 def _print_human(plan: Plan, output: str | None) -> None:
     console = stdout()
     dtype = plan.dtype or "checkpoint dtypes"
     console.print(f"[bold]{escape(plan.source)}[/]: {plan.strategy} plan at {dtype}")
+    if plan.strategy_reason is not None:
+        console.print(f"strategy {plan.strategy}: {plan.strategy_reason}", markup=False)
     if plan.world is not None:  # a plan over torchrun ranks: a row per rank
         print_world_plan(console, plan)
     for device in () if plan.world is not None else plan.devices:
@@ -57,9 +55,9 @@ def _device_line(plan: Plan, device: DevicePlan) -> str:
     reserve = f" (reserve {format_size(device.reserve)} held back)" if device.reserve else ""
     fill = f"{bar(used, capacity)}  " if capacity is not None else ""
     split = ""
-    if plan.runtime.counted:
-        weights = device.planned - device.runtime
-        split = f" (weights {format_size(weights)}, run time {format_size(device.runtime)})"
+    if plan.shape.counted:
+        weights = device.planned - device.run_bytes
+        split = f" (weights {format_size(weights)}, run time {format_size(device.run_bytes)})"
     return f"{device.label}  {fill}{format_size(used)} of {room}{split}{reserve}"
 
 
@@ -86,8 +84,8 @@ def _device_table(plan: Plan, device: DevicePlan) -> Table:
         )
     if device.held:
         table.add_row("", "held for offloaded blocks", format_size(device.held))
-    if device.runtime:
-        table.add_row("", "run time: KV cache, largest activations", format_size(device.runtime))
+    if device.run_bytes:
+        table.add_row("", "run time: KV cache, largest activations", format_size(device.run_bytes))
     if not table.row_count:
         table.add_row("-", "nothing planned here", "")
     return table
@@ -136,7 +134,7 @@ def summary(plan: Plan) -> str:
 
 def runtime_lines(plan: Plan) -> list[str]:
     """What the run's shape added, and which components have no estimate and why."""
-    run = plan.runtime
+    run = plan.shape
     if not run.counted:
         return []
     side = f", {run.height}x{run.width} px" if run.height and run.width else ""
@@ -166,7 +164,7 @@ def _sequential_sentence(plan: Plan) -> str:
     largest = max(plan.components, key=lambda n: plan.components[n] + _run_time(plan, n))
     gpu = device_label(plan.execution_device) if plan.execution_device is not None else "GPU"
     verdict = "fits" if plan.peak_fits else "does not fit"
-    what = f"{largest} with its run time" if plan.runtime.counted else largest
+    what = f"{largest} with its run time" if plan.shape.counted else largest
     return (
         f"Sequential offload: every component stays on cpu and moves to {gpu} in turn; "
         f"the peak, {format_size(plan.peak_gpu or 0)} ({what} plus the reserve), "

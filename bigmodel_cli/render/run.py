@@ -138,7 +138,12 @@ def render_run(report: RunReport, as_json: bool) -> None:
 def generate_doc(r: GenerateReport) -> dict[str, Any]:
     """The ``--json`` document of ``run --generate`` (devices by plan id)."""
     doc = asdict(r)
-    doc["devices"] = {key_text(d.key): {"planned": d.planned, "peak": d.peak} for d in r.devices}
+    del doc["library_output"]  # shown on stderr with --verbose, never in the document
+    doc["devices"] = {
+        key_text(d.key): {"planned": d.planned, "peak": d.peak}
+        | ({} if d.baseline is None else {"baseline": d.baseline, "added": d.added})
+        for d in r.devices
+    }
     return doc
 
 
@@ -148,11 +153,11 @@ def render_generate(report: GenerateReport, as_json: bool) -> None:
         return
     console = stdout()
     table = Table(title=f"{report.source}: {report.strategy} plan", title_justify="left")
-    for col in ("device", "planned", "peak"):
+    for col in ("device", "planned", "peak", "before loading", "added"):
         table.add_column(col, justify="left" if col == "device" else "right")
     for d in report.devices:
         label = "cpu (peak RSS)" if d.key == "cpu" else torch_device(d.key)
-        table.add_row(label, format_size(d.planned), _opt(d.peak))
+        table.add_row(label, format_size(d.planned), _opt(d.peak), _opt(d.baseline), _opt(d.added))
     console.print(table)
     made = f"image written to {report.image}" if report.image else f"text: {report.text!r}"
     console.print(

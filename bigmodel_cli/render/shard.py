@@ -6,7 +6,7 @@ import sys
 from typing import Any
 
 from bigmodel_cli.render import print_json, stdout
-from bigmodel_cli.sharding import WriteResult
+from bigmodel_cli.sharding.result import WriteResult
 from bigmodel_cli.sizes import format_size
 
 

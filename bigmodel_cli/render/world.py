@@ -1,10 +1,10 @@
-"""Plans over torchrun ranks, for people: a row per rank and one sentence on the stages."""
+"""Plans over torchrun ranks, for people: a row per rank and one sentence on the spans."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from bigmodel_cli.placement.file import Plan
+from bigmodel_cli.placement.plan import Plan
 from bigmodel_cli.render import bar
 from bigmodel_cli.sizes import format_size
 
@@ -39,7 +39,7 @@ def print_world_plan(console: Console, plan: Plan) -> None:
             str(r.node),
             str(r.local_rank),
             "cuda:LOCAL_RANK" if r.device == "cuda" else r.device,
-            bar(r.planned, capacity),
+            bar(r.weights, capacity),
             format_size(r.weights),
             format_size(r.bytes),
             modules_text(r.modules),
@@ -49,21 +49,21 @@ def print_world_plan(console: Console, plan: Plan) -> None:
 
 
 def world_summary(plan: Plan) -> str:
-    """One sentence: the stages' balance, what is read twice, and whether it fits."""
+    """One sentence: the spans' balance, what is read twice, and whether it fits."""
     assert plan.world is not None
     ranks = plan.world.ranks
     (device,) = plan.devices
-    largest = max(ranks, key=lambda r: r.planned)
+    largest = max(ranks, key=lambda r: r.weights)
     idle = [r.rank for r in ranks if not r.modules]
     verdict = (
         "every rank fits its budget"
         if plan.fits
-        else f"rank {largest.rank} needs {format_size(largest.planned)}, more than the "
+        else f"rank {largest.rank} needs {format_size(largest.weights)}, more than the "
         f"{format_size(device.capacity or 0)} a rank has"
     )
     parts = [
         f"{plan.strategy} plan over {len(ranks)} ranks: the largest holds "
-        f"{format_size(largest.planned)} (rank {largest.rank}); {verdict}"
+        f"{format_size(largest.weights)} (rank {largest.rank}); {verdict}"
     ]
     for d in plan.world.duplicates:
         parts.append(

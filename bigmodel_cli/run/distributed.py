@@ -3,7 +3,7 @@
 Each rank joins the process group torchrun's environment describes
 (:class:`~bigmodel_cli.torchrun.Group`), checks its RANK / LOCAL_RANK and the checkpoint
 against the plan, reads only its byte ranges (:mod:`.ranges`), optionally verifies them
-and runs its pipeline stage (:mod:`.stage`, ``--forward``), and sends rank 0 what that
+and runs its pipeline stage (:mod:`.pipeline_stage`, ``--forward``), and sends rank 0 what that
 cost. Rank 0 returns the :class:`WorldRunReport`; the others return None.
 """
 
@@ -18,19 +18,21 @@ from typing import TYPE_CHECKING
 
 from bigmodel_cli.checkpoint import Checkpoint, is_repo_id, load_checkpoint
 from bigmodel_cli.errors import BigmodelError
-from bigmodel_cli.placement.file import Plan, PlanLike, as_plan
+from bigmodel_cli.placement.plan import Plan, PlanLike, as_plan
+from bigmodel_cli.placement.ranks import check_reads
 from bigmodel_cli.placement.world import RankPlan, World
 from bigmodel_cli.progress import NullProgress, Progress, shown
-from bigmodel_cli.run import _prepare, _warn
+from bigmodel_cli.run.checks import prepare
 from bigmodel_cli.run.hub_ranges import is_remote, read_hub
 from bigmodel_cli.run.load import Loaded, verify_tensors
 from bigmodel_cli.run.place import check_source
 from bigmodel_cli.run.ranges import Read, Share, rank_share, read_share
-from bigmodel_cli.sizes import DType, parse_target_dtype
+from bigmodel_cli.sizes import DType, as_target_dtype
 from bigmodel_cli.torchrun import READERS, Group, RankEnv
 
 if TYPE_CHECKING:
-    from bigmodel_cli.run.stage import StageRequest, StageResult
+    from bigmodel_cli.run.pipeline_stage import PipelineRequest, PipelineResult
+    from bigmodel_cli.sizes import DTypeLike
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,7 @@ class WorldRunReport:
     duplicate_bytes: int  # bytes the plan has more than one rank read
     verified: bool
     total_seconds: float
-    forward: StageResult | None = None
+    forward: PipelineResult | None = None
     warnings: tuple[str, ...] = ()
 
     @property
@@ -145,7 +147,7 @@ def _prepare_rank(
     variant: str | None,
     offline: bool,
     env: RankEnv,
-    stage: StageRequest | None,
+    stage: PipelineRequest | None,
     reader: str,
     verify: bool,
 ) -> _Job:
@@ -154,21 +156,24 @@ def _prepare_rank(
     device = _device(me, env)
     ckpt = _from_the_hub(source, the_plan, variant or the_plan.variant, offline)
     if ckpt is None:  # a path, or a repo id in the cache: run's own checks
-        ckpt, target, notes = _prepare(source, the_plan, dtype, variant, offline)
+        ckpt, target, notes = prepare(source, the_plan, dtype, variant, offline)
     else:
         check_source(ckpt, the_plan)
         target, notes = dtype or the_plan.target, []
     if is_remote(ckpt) and (reader != READERS[0] or verify):
+        asked = "verify" if verify else f"reader {reader}"
         raise BigmodelError(
             "this rank fetches its ranges from the Hub (the repo is not in its cache): "
-            f"--verify and --reader {READERS[1]} need the files here (hf download first)",
+            f"{asked} needs the files here (hf download first)",
             ckpt.origin,
+            argument=asked.split()[0],
         )
+    check_reads(ckpt, the_plan)  # the ranks' reads cover every tensor once
     share = rank_share(ckpt, me, the_plan.path)
     if stage is not None:
-        from bigmodel_cli.run.stage import check_stage
+        from bigmodel_cli.run.pipeline_stage import check_pipeline
 
-        check_stage(ckpt, the_plan, stage)
+        check_pipeline(ckpt, the_plan, stage)
     return _Job(the_plan, me, ckpt, target, share, device, tuple(notes))
 
 
@@ -201,17 +206,17 @@ def run_world(
     source: str | os.PathLike[str] | None = None,
     *,
     plan: PlanLike = "plan.json",
-    dtype: DType | str | None = None,
+    dtype: DTypeLike | None = None,
     verify: bool = False,
     reader: str = READERS[0],
-    stage: StageRequest | None = None,
+    stage: PipelineRequest | None = None,
     variant: str | None = None,
     offline: bool = False,
     progress: Progress | None = None,
 ) -> WorldRunReport | None:
     """This rank's part of a plan over ranks; rank 0 gets the report of all of them."""
     began = time.perf_counter()
-    wanted = parse_target_dtype(dtype) if isinstance(dtype, str) else dtype
+    wanted = as_target_dtype(dtype)
     with Group() as group:
         env = group.env
         job = group.agree(
@@ -220,17 +225,14 @@ def run_world(
             ),
             "checking the plan",
         )
-        if env.rank == 0:
-            for note in job.notes:
-                _warn(note)
         with shown(progress if env.rank == 0 else NullProgress()) as bar:
             read = group.agree(lambda: _read(job, reader, bar), "loading")
         verify_seconds = group.agree(lambda: _verify(job, read), "verifying") if verify else None
         result = None
         if stage is not None:
-            from bigmodel_cli.run.stage import run_stage
+            from bigmodel_cli.run.pipeline_stage import run_pipeline
 
-            result = run_stage(
+            result = run_pipeline(
                 group, job.ckpt, job.plan, job.me, read, job.share, job.device, stage
             )
         mine = _rank_run(env, job, read, verify_seconds)
@@ -264,7 +266,7 @@ def _report(
     reader: str,
     verify: bool,
     seconds: float,
-    result: StageResult | None,
+    result: PipelineResult | None,
 ) -> WorldRunReport:
     world = job.plan.world
     assert world is not None

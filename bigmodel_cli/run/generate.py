@@ -10,14 +10,14 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bigmodel_cli.devices import DeviceKey, device_order, is_gpu, reset_gpu_peaks
 from bigmodel_cli.errors import BigmodelError
-from bigmodel_cli.placement.file import Plan, PlanLike, as_plan
+from bigmodel_cli.placement.plan import Plan, PlanLike, as_plan
 from bigmodel_cli.run.pipeline import generate, is_pipeline, load
+from bigmodel_cli.runtime.library import Held, held
 
 DEFAULT_IMAGE = "bigmodel-image.png"
 
@@ -27,6 +27,14 @@ class DevicePeak:
     key: DeviceKey
     planned: int
     peak: int | None  # GPU: max allocated; cpu: the process's peak RSS; disk: None
+    baseline: int | None = None  # cpu: the process's peak RSS before loading
+
+    @property
+    def added(self) -> int | None:
+        """What the run added: the peak above the baseline (cpu), else the peak."""
+        if self.peak is None or self.baseline is None:
+            return self.peak
+        return max(self.peak - self.baseline, 0)
 
 
 @dataclass(frozen=True)
@@ -39,6 +47,7 @@ class GenerateReport:
     devices: tuple[DevicePeak, ...]
     image: str | None = None  # where the image was written
     text: str | None = None
+    library_output: tuple[str, ...] = ()  # the libraries' warnings and log lines, held back
 
 
 @dataclass(frozen=True)
@@ -70,7 +79,8 @@ def generate_run(
     """
     the_plan = as_plan(plan)
     reset_gpu_peaks(the_plan.named_devices())
-    with _quiet() if quiet else contextlib.nullcontext():
+    baseline = _peak_rss()  # the process before loading: torch, this package
+    with held() if quiet else contextlib.nullcontext(Held()) as kept:
         began = time.perf_counter()
         obj = load(source, the_plan)
         loaded = time.perf_counter()
@@ -90,30 +100,11 @@ def generate_run(
         prompt=prompt,
         load_seconds=loaded - began,
         generate_seconds=done - loaded,
-        devices=_peaks(the_plan),
+        devices=_peaks(the_plan, baseline),
         image=image,
         text=text,
+        library_output=tuple(kept.lines),
     )
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """The libraries' logs at error level, no progress bars, no Python warnings."""
-    import importlib
-    import logging as std_logging
-    import warnings
-
-    std_logging.getLogger("accelerate").setLevel(std_logging.ERROR)
-    for name in ("diffusers", "transformers"):
-        try:
-            logging = importlib.import_module(f"{name}.utils.logging")
-        except ImportError:
-            continue
-        logging.set_verbosity_error()
-        logging.disable_progress_bar()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
 
 
 def _save(image: object, path: Path) -> None:
@@ -126,9 +117,13 @@ def _save(image: object, path: Path) -> None:
         raise BigmodelError(f"cannot write the image ({exc})", path) from None
 
 
-def _peaks(plan: Plan) -> tuple[DevicePeak, ...]:
+def _peak_rss() -> int:
     import resource
 
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
+def _peaks(plan: Plan, baseline: int) -> tuple[DevicePeak, ...]:
     import torch
 
     peaks = []
@@ -137,6 +132,7 @@ def _peaks(plan: Plan) -> tuple[DevicePeak, ...]:
         if is_gpu(d.key):
             peak = int(torch.cuda.max_memory_allocated(d.key))
         elif d.key == "cpu":
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            peaks.append(DevicePeak(d.key, d.planned, _peak_rss(), baseline))
+            continue
         peaks.append(DevicePeak(d.key, d.planned, peak))
     return tuple(peaks)

@@ -10,18 +10,15 @@ is written to disk; the bytes are counted as they arrive.
 from __future__ import annotations
 
 import os
-import time
-from typing import TYPE_CHECKING
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from bigmodel_cli.checkpoint import Checkpoint
 from bigmodel_cli.checkpoint.hub_http import fetch_bytes, hub_errors
 from bigmodel_cli.progress import Progress
-from bigmodel_cli.run.load import cast
-from bigmodel_cli.run.ranges import CHUNK, Read, Share, tensor_of
+from bigmodel_cli.run.gpu_reader import StagedReader
+from bigmodel_cli.run.ranges import CHUNK, RangeRead, Read, Share, read_ranges
 from bigmodel_cli.sizes import DType
-
-if TYPE_CHECKING:
-    import torch
 
 
 def is_remote(ckpt: Checkpoint) -> bool:
@@ -29,34 +26,43 @@ def is_remote(ckpt: Checkpoint) -> bool:
     return ckpt.repo is not None and ckpt.repo.remote
 
 
+class HubSource:
+    """A file of a repo at a commit, read by Range requests (:data:`CHUNK` bytes each)."""
+
+    piece = CHUNK
+
+    def __init__(self, url: str, what: str, size: int) -> None:
+        self.url, self.what, self.size = url, what, size
+
+    def read_into(self, view: memoryview, offset: int) -> int:
+        body = fetch_bytes(self.url, self.what, offset, offset + len(view) - 1, self.size)
+        view[: len(body)] = body
+        return len(body)
+
+
 def read_hub(
-    ckpt: Checkpoint, share: Share, device: str, target: DType | None, progress: Progress
+    ckpt: Checkpoint,
+    share: Share,
+    device: str,
+    target: DType | None,
+    progress: Progress,
+    reader: StagedReader | None = None,
 ) -> Read:
-    """Every range of ``share`` by Range requests to the Hub, onto ``device``."""
-    import torch
+    """Every range of ``share`` by Range requests to the Hub, onto ``device``
+    (:func:`~.ranges.read_ranges`; a GPU's through the staged ``reader``)."""
     from huggingface_hub import hf_hub_url
 
-    assert ckpt.repo is not None
-    repo_id, commit = ckpt.repo.repo_id, ckpt.repo.commit
-    out = Read([])
-    began = time.perf_counter()
-    progress.start(share.nbytes, "fetching")
-    for r in share.ranges:
+    repo = ckpt.repo
+    assert repo is not None
+
+    @contextmanager
+    def source_of(r: RangeRead) -> Iterator[HubSource]:
         rel = os.path.relpath(r.file, ckpt.root)
-        what = f"{repo_id}/{rel}"
-        url = hf_hub_url(repo_id, rel, revision=commit)
+        what = f"{repo.repo_id}/{rel}"
+        url = hf_hub_url(repo.repo_id, rel, revision=repo.commit)
         size = os.stat(r.file).st_size  # the mirror keeps each file's size (sparse)
-        buf = torch.empty(r.length, dtype=torch.uint8)
-        with hub_errors(repo_id, commit, what):
-            for at in range(0, r.length, CHUNK):
-                end = r.offset + min(at + CHUNK, r.length) - 1
-                body = fetch_bytes(url, what, r.offset + at, end, size)
-                buf[at : at + len(body)] = torch.frombuffer(bytearray(body), dtype=torch.uint8)
-                out.bytes_read += len(body)
-                progress.advance(len(body))
-        moved: torch.Tensor = buf if device == "cpu" else buf.to(device)
-        for info in r.tensors:
-            tensor = tensor_of(moved, info.start - r.offset, info)
-            out.tensors.append((info, cast(tensor, info.dtype, target)))
-    out.seconds = time.perf_counter() - began
-    return out
+        with hub_errors(repo.repo_id, repo.commit, what):
+            yield HubSource(url, what, size)
+
+    progress.start(share.nbytes, "fetching")
+    return read_ranges(share, source_of, device, target, progress, reader)

@@ -4,7 +4,7 @@ The executor half of ``bigmodel run`` (:mod:`.place` decides, :mod:`bigmodel_cli
 reports).
 Every tensor is read one at a time, in file order:
 
-- a GPU: the file's tensors for it through two pinned staging buffers (:mod:`.staged`:
+- a GPU: the file's tensors for it through two pinned staging buffers (:mod:`.gpu_reader`:
   reads overlap the copies; 2.4x ``safe_open(file, device="cuda:N")`` on an H200);
 - ``cpu``: a copy-on-write mapping of the file (as ``safe_open``'s mmap backend gives
   tensors), its pages read in now, shared with the page cache: nothing is copied. A
@@ -38,8 +38,8 @@ from bigmodel_cli.devices import DeviceKey, is_gpu, torch_device
 from bigmodel_cli.errors import BigmodelError, FitError
 from bigmodel_cli.formats import TensorInfo, format_of
 from bigmodel_cli.progress import Progress
-from bigmodel_cli.run.staged import Stager
-from bigmodel_cli.sizes import DTYPES, DType, torch_dtype
+from bigmodel_cli.run.gpu_reader import FileSource, StagedReader
+from bigmodel_cli.sizes import DTYPES, DType, cast_to, torch_dtype
 
 if TYPE_CHECKING:
     import torch
@@ -72,14 +72,15 @@ class _Job:
     acc: Loaded
     progress: Progress
     copy: bool  # cpu tensors into private memory, not mapped
-    stager: Stager | None = None  # where any tensor goes to a GPU
+    reader: StagedReader | None = None  # where any tensor goes to a GPU
 
     def to_gpu(self, dev: DeviceKey, file: Path, infos: list[TensorInfo]) -> list[torch.Tensor]:
-        """``infos`` of ``file`` onto GPU ``dev`` through the :class:`~.staged.Stager`."""
-        assert self.stager is not None, "a GPU tensor in a load made without a stager"
+        """``infos`` of ``file`` onto GPU ``dev`` through the :class:`~.gpu_reader.StagedReader`."""
+        assert self.reader is not None, "a GPU tensor in a load made without a GPU reader"
         began = time.perf_counter()
         try:
-            tensors = self.stager.load(file, infos, torch_device(dev), self.progress.advance)
+            with FileSource(file) as source:
+                tensors = self.reader.load(source, infos, torch_device(dev), self.progress.advance)
         except OSError as exc:
             raise BigmodelError(f"cannot load ({exc.strerror or exc})", file) from None
         self.acc.time(dev, time.perf_counter() - began)
@@ -88,8 +89,7 @@ class _Job:
 
 def cast_dtype(code: str, target: DType | None) -> torch.dtype:
     """The dtype a ``code`` tensor is loaded at: ``target`` for floating tensors only."""
-    floating = target is not None and DTYPES[code].floating
-    return torch_dtype(target.code if target is not None and floating else code)
+    return torch_dtype(cast_to(DTYPES[code], target).code)
 
 
 def cast(tensor: torch.Tensor, code: str, target: DType | None) -> torch.Tensor:
@@ -304,7 +304,7 @@ def load_tensors(
     import torch
 
     gpus = any(is_gpu(dev) for devices in place.values() for dev in devices.values())
-    job = _Job(target, Loaded(), progress, copy, Stager() if gpus else None)
+    job = _Job(target, Loaded(), progress, copy, StagedReader() if gpus else None)
     progress.start(sum(c.nbytes for c in ckpt.components), "loading")
     try:
         for c in ckpt.components:
@@ -316,8 +316,8 @@ def load_tensors(
                 what = f"out of memory while loading {c.name} ({reason})"
                 raise FitError(what, c.folder) from None
     finally:
-        if job.stager is not None:
-            job.stager.close()
+        if job.reader is not None:
+            job.reader.close()
     return job.acc
 
 

@@ -7,12 +7,12 @@ names, its weight components built one by one with their library's
 offload. A transformers folder (``config.json``) becomes its ``architectures`` class.
 ``disk`` blocks go to a temporary offload folder that lives as long as the object.
 ``generate(obj, prompt)`` runs it: an image, or text (token ids) for a causal LM.
-diffusers and transformers are optional extras, imported only here and only when needed.
+diffusers and transformers are optional extras, imported (:mod:`bigmodel_cli.runtime.library`)
+only when needed.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 import shutil
 import tempfile
@@ -25,36 +25,16 @@ from bigmodel_cli.checkpoint.model_index import pipeline_entries, read_model_ind
 from bigmodel_cli.devices import DeviceKey, is_gpu, torch_device
 from bigmodel_cli.errors import BigmodelError
 from bigmodel_cli.formats.json import read_config
-from bigmodel_cli.placement.file import SPLIT, Plan, PlanLike, as_plan
+from bigmodel_cli.placement.plan import SPLIT, Plan, PlanLike, as_plan
 from bigmodel_cli.placement.strategies import STRATEGIES
 from bigmodel_cli.run.place import check_source
 from bigmodel_cli.runtime.inputs import LIBRARIES
-
-# ---------------------------------------------------------------- libraries
-
-
-def library(name: str) -> Any:
-    """diffusers / transformers, or a BigmodelError naming the extra that provides it."""
-    try:
-        return importlib.import_module(name)
-    except ImportError:
-        raise BigmodelError(
-            f"loading this model needs the {name} library: pip install 'bigmodel-cli[{name}]'"
-        ) from None
-
-
-def _torch_dtype(plan: Plan) -> Any:
-    from bigmodel_cli.sizes import torch_dtype
-
-    return None if plan.target is None else torch_dtype(plan.target.code)
-
-
-def dtype_kwarg(module: Any) -> str:
-    """transformers >= 4.56 calls it ``dtype``; diffusers and older ones ``torch_dtype``."""
-    if module.__name__ != "transformers":
-        return "torch_dtype"
-    major, minor = (int(p) for p in module.__version__.split(".")[:2])
-    return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
+from bigmodel_cli.runtime.library import (
+    Pretrained,
+    component_class,
+    from_pretrained,
+    import_library,
+)
 
 
 class _Offload:
@@ -85,24 +65,11 @@ def _build(
     cls: Any, folder: Path, device_map: dict[str, DeviceKey] | None, plan: Plan, off: _Offload
 ) -> Any:
     """``cls.from_pretrained(folder, device_map=..., dtype, variant, offload_folder)``."""
-    module = importlib.import_module(cls.__module__.split(".")[0])
-    kwargs: dict[str, Any] = {}
-    if device_map is not None:
-        kwargs["device_map"] = device_map
-        if "disk" in device_map.values():
-            kwargs["offload_folder"] = off.folder(folder.name)
-    if plan.target is not None:
-        kwargs[dtype_kwarg(module)] = _torch_dtype(plan)
-    if plan.variant is not None:
-        kwargs["variant"] = plan.variant
-    return cls.from_pretrained(str(folder), **kwargs)
-
-
-def _class(library_name: str, class_name: str, where: Path) -> Any:
-    cls = getattr(library(library_name), class_name, None)
-    if cls is None:
-        raise BigmodelError(f"{library_name} has no class {class_name}", where)
-    return cls
+    disk = device_map is not None and "disk" in device_map.values()
+    how = Pretrained(
+        device_map, plan.target, plan.variant, off.folder(folder.name) if disk else None
+    )
+    return from_pretrained(cls, folder, how)
 
 
 # ---------------------------------------------------------------- load
@@ -120,7 +87,7 @@ def load(source: str | os.PathLike[str] | None, plan: PlanLike) -> Any:
     if view.world is not None:
         raise BigmodelError(
             "is a plan over torchrun ranks; load() builds one process's model: make a plan "
-            "without --nodes / --procs-per-node",
+            "for one process (no nodes / procs_per_node)",
             view.path,
         )
     folder = _checked_folder(source, view)
@@ -154,21 +121,20 @@ def _load_pipeline(folder: Path, plan: Plan, off: _Offload) -> Any:
     for name in plan.device_map:
         if None in entries.get(name, (None, None)):
             raise BigmodelError(f"plan places {name!r}, which model_index.json lacks", folder)
-    diffusers = library("diffusers")
+    diffusers = import_library("diffusers")
     for lib, _ in entries.values():
         if lib in LIBRARIES:
-            library(lib)
+            import_library(lib)
     sequential = STRATEGIES[plan.strategy].reports_peak  # all on cpu, moved in turn
     built = {}
     for name in plan.device_map:
-        cls = _class(*entries[name], folder / name)  # type: ignore[arg-type]
+        cls = component_class(*entries[name], folder / name)  # type: ignore[arg-type]
         placed = None if sequential else plan.module_map(name)
         built[name] = _build(cls, folder / name, placed, plan, off)
         if not sequential and plan.device_map[name] != SPLIT:
             _hook_whole(built[name], plan.device_map[name], _main_device(plan))
     cls = getattr(diffusers, str(index.get("_class_name")), diffusers.DiffusionPipeline)
-    extra = {} if plan.target is None else {"torch_dtype": _torch_dtype(plan)}
-    pipe = cls.from_pretrained(str(folder), **built, **extra)
+    pipe = from_pretrained(cls, folder, Pretrained(dtype=plan.target), **built)
     if sequential:
         pipe.enable_model_cpu_offload(device=_execution_device(plan))
     else:
@@ -207,7 +173,7 @@ def _execution_device(plan: Plan) -> str:
 def _load_model(folder: Path, plan: Plan, off: _Offload) -> Any:
     config = read_config(folder) or {}
     archs = config.get("architectures")
-    transformers = library("transformers")
+    transformers = import_library("transformers")
     name = archs[0] if isinstance(archs, list) and archs and isinstance(archs[0], str) else None
     cls = getattr(transformers, name, None) if name else None
     cls = cls or transformers.AutoModelForCausalLM
@@ -294,7 +260,7 @@ def _tokenizer(model: Any) -> Any:
         raise BigmodelError(
             "no tokenizer in the model's folder; pass input_ids instead of a prompt", folder
         )
-    return library("transformers").AutoTokenizer.from_pretrained(str(folder))
+    return from_pretrained(import_library("transformers").AutoTokenizer, folder, Pretrained())
 
 
 def _text(model: Any, prompt: str | None, seed: int, max_new_tokens: int, input_ids: Any) -> Any:

@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from bigmodel_cli.checkpoint import Checkpoint, fingerprint
 from bigmodel_cli.devices import DeviceKey, is_gpu, torch_device
 from bigmodel_cli.errors import BigmodelError
-from bigmodel_cli.placement.file import Plan
 from bigmodel_cli.placement.items import SPLIT
+from bigmodel_cli.placement.plan import Plan
 from bigmodel_cli.sizes import DTYPES, DType, bytes_at, format_size
 
 Placements = dict[str, dict[str, DeviceKey]]  # component -> tensor -> device

@@ -4,10 +4,10 @@
 every range must be whole tensors, back to back. Two readers then fetch them, each
 counting the bytes at its read calls:
 
-- ``pread`` (the default): ``os.preadv`` per 64 MiB of a range, over a few threads,
-  straight into the memory the tensors keep (cpu), or through one bounded pinned staging
-  buffer into one GPU buffer per range; tensors are views of it. Peak memory is the rank's
-  bytes;
+- ``pread`` (the default): ``os.preadv`` over a few threads, on cpu straight into the
+  memory the tensors keep (one buffer per range, tensors are views of it), on a GPU
+  through the one GPU reader (:class:`~.gpu_reader.StagedReader`, which also serves Hub
+  ranges: :func:`read_ranges`). Peak memory is the rank's bytes;
 - ``dcp``: ``torch.distributed.checkpoint`` with its Hugging Face safetensors reader
   (``HuggingFaceStorageReader``), loading into tensors made for this rank's names. It copies
   out of a mapping of the files, so a rank's peak RSS counts its bytes twice (``make bench``).
@@ -19,8 +19,9 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,15 +31,22 @@ from bigmodel_cli.errors import BigmodelError
 from bigmodel_cli.formats import TensorInfo
 from bigmodel_cli.placement.world import RankPlan
 from bigmodel_cli.progress import Progress
+from bigmodel_cli.run.gpu_reader import (
+    STAGE,
+    FileSource,
+    Source,
+    StagedReader,
+    host_bytes,
+    read_pieces,
+)
 from bigmodel_cli.run.load import cast
-from bigmodel_cli.run.staged import open_for_reading, pread_fully
 from bigmodel_cli.sizes import DType, torch_dtype
 from bigmodel_cli.torchrun import READERS
 
 if TYPE_CHECKING:
     import torch
 
-CHUNK = 64 << 20  # bytes per read call: progress and Ctrl-C stay live, staging stays small
+CHUNK = 64 << 20  # bytes per Range request to the Hub
 
 
 @dataclass(frozen=True)
@@ -108,12 +116,6 @@ class Read:
     seconds: float = 0.0
 
 
-def _bytes_of(tensor: torch.Tensor) -> memoryview:
-    """The writable bytes of a contiguous cpu uint8 tensor."""
-    array: Any = tensor.numpy()
-    return memoryview(array)
-
-
 def tensor_of(buf: torch.Tensor, at: int, info: TensorInfo) -> torch.Tensor:
     """``info``'s tensor as a view of ``buf`` (a copy when its offset is not aligned)."""
     piece = buf[at : at + info.nbytes]
@@ -134,54 +136,66 @@ def read_threads() -> int:
     return max(1, min(4, (cores or 1) // max(1, int(local) if local.isdigit() else 1)))
 
 
-def _pread_pieces(
-    pool: ThreadPoolExecutor, fd: int, view: memoryview, r: RangeRead, progress: Progress
-) -> int:
-    """``r`` into ``view``, :data:`CHUNK` bytes per task of ``pool``; the bytes read."""
-    starts = range(0, r.length, CHUNK)
-    done = pool.map(
-        lambda at: pread_fully(fd, view[at : at + CHUNK], r.offset + at, r.file, progress.advance),
-        starts,
-    )
-    return sum(done)
+SourceOf = Callable[[RangeRead], AbstractContextManager[Source]]
 
 
-def read_pread(share: Share, device: str, target: DType | None, progress: Progress) -> Read:
-    """Every range with ``preadv``: on cpu straight into the memory the tensors keep, in
-    :data:`CHUNK` pieces over :func:`read_threads` threads; on a GPU through one pinned
-    staging buffer of at most :data:`CHUNK` bytes into one buffer per range."""
+def read_ranges(
+    share: Share,
+    source_of: SourceOf,
+    device: str,
+    target: DType | None,
+    progress: Progress,
+    reader: StagedReader | None = None,
+) -> Read:
+    """Every range of ``share`` from its source, counted at the read calls. On cpu
+    straight into the memory the tensors keep (one buffer per range, the tensors views of
+    it: the rank's peak is its bytes), :func:`read_threads` reads at once; on a GPU (or
+    when given a ``reader``) through the :class:`~.gpu_reader.StagedReader`, each tensor
+    its own allocation."""
     import torch
 
     out = Read([])
     began = time.perf_counter()
     largest = max((r.length for r in share.ranges), default=0)
-    staging = None
-    if device != "cpu" and largest:
-        staging = torch.empty(min(CHUNK, largest), dtype=torch.uint8).pin_memory()
-    with ThreadPoolExecutor(read_threads()) as pool:
+    if reader is None and device != "cpu" and largest:
+        reader = StagedReader(threads=read_threads(), size=min(STAGE, largest))
+    with ExitStack() as stack:
+        pool = stack.enter_context(ThreadPoolExecutor(read_threads()))
+        if reader is not None:
+            stack.enter_context(reader)
         for r in share.ranges:
-            fd = open_for_reading(r.file)
-            try:
-                if staging is None:
+            with source_of(r) as source:
+                if reader is None:
                     buf = torch.empty(r.length, dtype=torch.uint8)
-                    out.bytes_read += _pread_pieces(pool, fd, _bytes_of(buf), r, progress)
+                    view = host_bytes(buf)
+                    end = r.offset + r.length
+                    out.bytes_read += read_pieces(
+                        pool, source, view, r.offset, end, progress.advance
+                    )
+                    loaded = [tensor_of(buf, t.start - r.offset, t) for t in r.tensors]
                 else:
-                    buf = torch.empty(r.length, dtype=torch.uint8, device=device)
-                    for at in range(0, r.length, CHUNK):
-                        n = min(CHUNK, r.length - at)
-                        view = _bytes_of(staging)[:n]
-                        got = pread_fully(fd, view, r.offset + at, r.file, progress.advance)
-                        out.bytes_read += got
-                        buf[at : at + n].copy_(staging[:n])
-            finally:
-                os.close(fd)
-            for info in r.tensors:
-                tensor = tensor_of(buf, info.start - r.offset, info)
-                out.tensors.append((info, cast(tensor, info.dtype, target)))
-    if staging is not None:
-        torch.cuda.synchronize()
+                    loaded = reader.load(source, r.tensors, device, progress.advance)
+            out.tensors += [
+                (t, cast(x, t.dtype, target)) for t, x in zip(r.tensors, loaded, strict=True)
+            ]
+        if reader is not None:
+            out.bytes_read += reader.bytes_read
+    if device != "cpu":
+        torch.cuda.synchronize(device)
     out.seconds = time.perf_counter() - began
     return out
+
+
+@contextmanager
+def file_source(r: RangeRead) -> Iterator[Source]:
+    """The local file holding ``r``."""
+    with FileSource(r.file) as source:
+        yield source
+
+
+def read_pread(share: Share, device: str, target: DType | None, progress: Progress) -> Read:
+    """Every range with ``preadv`` (:func:`read_ranges` from the local files)."""
+    return read_ranges(share, file_source, device, target, progress)
 
 
 def read_dcp(share: Share, device: str, target: DType | None, progress: Progress) -> Read:
@@ -217,9 +231,10 @@ def _check_dcp_folder(folder: Path) -> None:
     variants = sorted(p.name for p in folder.glob("*.safetensors") if p.name.count(".") > 1)
     if variants:
         raise BigmodelError(
-            f"--reader dcp reads every .safetensors file of a folder, and this one also holds "
-            f"{variants[0]}; use --reader pread",
+            f"reader dcp reads every .safetensors file of a folder, and this one also holds "
+            f"{variants[0]}; use reader pread",
             folder,
+            argument="reader",
         )
 
 

@@ -26,6 +26,8 @@ DEFAULT_SAMPLE = {"unet": 64, "unet3d": 64, "flux": 128}
 DEFAULT_FRAMES = 16
 MAX_DEFAULT_CONTEXT = 4096  # a causal LM's default context: its positions, at most this
 T5_TOKENS = 512  # Flux's max_sequence_length
+DUMMY_TOKENS = 8  # run --forward without the plan's inputs: tokens of text
+DUMMY_SIDE = 32  # ... and the largest latent side, so that the pass stays cheap
 CLIP_TOKENS = 77  # a UNet's text length when no text encoder says otherwise
 
 
@@ -188,3 +190,22 @@ def _flux(cfg: Mapping[str, Any], batch: int, h: int, w: int, tokens: int) -> di
     if cfg.get("guidance_embeds"):
         shapes["guidance"] = (batch,)
     return shapes
+
+
+def dummy_inputs(m: Model) -> tuple[str, dict[str, Shape]] | None:
+    """``run --forward``'s inputs when the plan counted none: one sample, a few tokens, a
+    latent of at most :data:`DUMMY_SIDE` a side; (how to feed it, shapes), or None for a
+    class this does not feed. A causal LM is fed as a text model: its logits for every
+    token, not a prefill's last."""
+    kind, cfg = kind_of(m), m.config
+    if kind in ("text", "lm"):
+        return "text", {"input_ids": (1, DUMMY_TOKENS)}
+    factor = 2 ** max(len(cfg.get("block_out_channels") or [0]) - 1, 0)
+    size = _side(cfg.get("sample_size")) or DUMMY_SIDE
+    if kind == "vae":
+        side = max(1, min(size // factor, DUMMY_SIDE))
+        return kind, {"latent": (1, int(cfg["latent_channels"]), side, side)}
+    if kind == "unet":
+        side = max(factor, min(size, DUMMY_SIDE) // factor * factor)
+        return kind, _unet(cfg, 1, side, side, None, DUMMY_TOKENS)
+    return None

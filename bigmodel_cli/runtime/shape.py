@@ -27,11 +27,13 @@ class RunShape:
     double_quant: bool = False
 
     def __post_init__(self) -> None:
-        sizes = {"--batch": self.batch, "--height": self.height, "--width": self.width}
-        sizes |= {"--frames": self.frames, "--context": self.context}
-        for flag, value in sizes.items():
+        sizes = {"batch": self.batch, "height": self.height, "width": self.width}
+        sizes |= {"frames": self.frames, "context": self.context}
+        for name, value in sizes.items():
             if value is not None and value < 1:
-                raise UsageError(f"invalid {flag} {value}: expected a positive whole number")
+                raise UsageError(
+                    f"invalid {name} {value}: expected a positive whole number", argument=name
+                )
 
     def method(self, component: str) -> str | None:
         return self.quantize.get(component)
@@ -49,13 +51,20 @@ def parse_quantize(text: str | None, components: Sequence[str]) -> dict[str, str
         name, sep, method = (p.strip() for p in entry.partition("="))
         if not sep:
             raise UsageError(
-                f"invalid --quantize {text!r}: give one METHOD or COMPONENT=METHOD,... "
-                f"(METHOD one of {', '.join(METHODS)})"
+                f"invalid quantize {text!r}: give one METHOD or COMPONENT=METHOD,... "
+                f"(METHOD one of {', '.join(METHODS)})",
+                argument="quantize",
+            )
+        if name in found:
+            raise UsageError(
+                f"invalid quantize {text!r}: component {name!r} is named twice",
+                argument="quantize",
             )
         if name not in components:
             raise UsageError(
-                f"invalid --quantize {text!r}: no component {name!r} "
-                f"(components: {', '.join(components)})"
+                f"invalid quantize {text!r}: no component {name!r} "
+                f"(components: {', '.join(components)})",
+                argument="quantize",
             )
         found[name] = _method(method, text)
     return found
@@ -64,7 +73,8 @@ def parse_quantize(text: str | None, components: Sequence[str]) -> dict[str, str
 def _method(method: str, text: str) -> str:
     if method.lower() not in METHODS:
         raise UsageError(
-            f"invalid --quantize {text!r}: unknown method {method!r} "
-            f"(expected one of {', '.join(METHODS)})"
+            f"invalid quantize {text!r}: unknown method {method!r} "
+            f"(expected one of {', '.join(METHODS)})",
+            argument="quantize",
         )
     return method.lower()

@@ -1,5 +1,5 @@
 """Estimate one forward pass without running it: the component is built from its config
-on the meta device with its own library (diffusers / transformers), turned into fake
+on the meta device with its own library (:mod:`.library`), turned into fake
 tensors (``FakeTensorMode``: shapes and dtypes, no memory), and called once on fake inputs
 while a dispatch mode counts the bytes of the tensors the pass creates while they live
 (:func:`live_bytes`: MemTracker's accounting without its per-module snapshots). The
@@ -9,21 +9,18 @@ Building the model also tells the planner which weights belong to linear layers 
 ``--quantize`` replaces), and tracing it the order in which its modules run (the forward
 order for ``auto``: registration order is not it, a UNet registers ``up_blocks`` before
 ``mid_block``).
-torch and the libraries are imported here only, on first use.
+torch is imported here on first use, the libraries by :mod:`.library`.
 """
 
 from __future__ import annotations
 
-import importlib
-import logging
-import warnings
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from bigmodel_cli.runtime.calls import forward, make_inputs
 from bigmodel_cli.runtime.inputs import Model, Shape, kind_of
+from bigmodel_cli.runtime.library import attribute, build_on_meta, held
 
 if TYPE_CHECKING:
     import torch
@@ -40,66 +37,12 @@ class Built:
     keep: frozenset[str]
 
 
-class LibraryMissing(Exception):
-    """The component's library is not installed: no estimate."""
-
-
-# loggers that talk on import (bitsandbytes' CPU kernels, torchao through torch's pytree
-# registry, diffusers on torchao): the plan says what matters in its own words
-QUIET = ("torch", "bitsandbytes", "torchao", "diffusers", "transformers")
-
-
-@contextmanager
-def quiet() -> Iterator[None]:
-    """Third-party warnings and log lines held back (stderr stays the plan's own)."""
-    loggers = [logging.getLogger(name) for name in QUIET]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
-
-
-def library(name: str) -> Any:
-    try:
-        with quiet():
-            module = importlib.import_module(name)
-    except ImportError:
-        raise LibraryMissing(name) from None
-    module.utils.logging.set_verbosity_error()
-    return module
-
-
-def build(m: Model, dtype: torch.dtype) -> Any:
-    """The component's model on the meta device at ``dtype`` (no memory, no init cost)."""
-    import torch
-
-    lib = library(m.library or "")
-    cls = getattr(lib, m.class_name or "", None)
-    if cls is None:
-        raise LookupError(f"{m.library} has no class {m.class_name}")
-    with torch.device("meta"):
-        if m.library == "transformers":
-            config = cls.config_class.from_dict(dict(m.config))
-            model = cls._from_config(config)
-        else:
-            model = cls.from_config(dict(m.config))
-    return torch.nn.Module.to(model, dtype).eval()
-
-
 def describe(model: Any) -> Built:
     import torch
 
     linear_types: tuple[type, ...] = (torch.nn.Linear,)
     if type(model).__module__.startswith("transformers."):
-        from transformers.pytorch_utils import Conv1D  # GPT-2's linear layers
-
-        linear_types += (Conv1D,)
+        linear_types += (attribute("transformers.pytorch_utils", "Conv1D"),)  # GPT-2's
     modules = list(model.named_modules())
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     return Built(
@@ -206,8 +149,8 @@ def trace(
     m: Model, dtype: torch.dtype, shapes: Mapping[str, Shape] | None
 ) -> tuple[Built, int | None]:
     """Build ``m`` on meta; its description and, when ``shapes`` are known, its activations."""
-    with quiet():
-        model = build(m, dtype)
+    with held():
+        model = build_on_meta(m, dtype)
         built = describe(model)
         kind = kind_of(m)
         if shapes is None or kind is None:

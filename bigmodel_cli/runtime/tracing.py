@@ -84,7 +84,8 @@ def from_doc(doc: Mapping[str, Any]) -> Traced:
 
 def build_and_trace(job: Job) -> Traced:
     """Trace ``job`` in this process; a missing library or a refusal becomes a note."""
-    from bigmodel_cli.runtime.trace import LibraryMissing, trace
+    from bigmodel_cli.runtime.library import LibraryMissing
+    from bigmodel_cli.runtime.trace import trace
 
     m, shapes = job.model, job.shapes
     try:

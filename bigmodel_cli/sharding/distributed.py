@@ -25,9 +25,9 @@ from pathlib import Path
 from bigmodel_cli.checkpoint import load_checkpoint
 from bigmodel_cli.errors import BigmodelError
 from bigmodel_cli.progress import NullProgress, Progress, shown
-from bigmodel_cli.sharding import WriteResult
-from bigmodel_cli.sharding.layout import Mode, WritePlan, plan_write
 from bigmodel_cli.sharding.output import AtomicFolder, check_output, default_output
+from bigmodel_cli.sharding.plan import Mode, WritePlan, plan_write
+from bigmodel_cli.sharding.result import WriteResult
 from bigmodel_cli.sharding.write import check_space, execute, verify
 from bigmodel_cli.sizes import DType
 from bigmodel_cli.torchrun import Group

@@ -73,16 +73,16 @@ def replaceable(out: Path) -> str | None:
     where = Path(os.path.realpath(out))
     here = Path(os.path.realpath(os.curdir))
     if where == here or where in here.parents:
-        return "is the current folder or holds it; --force never replaces that"
+        return "is the current folder or holds it; force never replaces that"
     if os.path.islink(out) or not where.is_dir():
-        return "exists and is not a folder this tool wrote; --force replaces only those"
+        return "exists and is not a folder this tool wrote; force replaces only those"
     try:
         names = os.listdir(where)
     except OSError as exc:
         return f"cannot list it ({exc.strerror})"
     if names and not any(n == MODEL_INDEX or n.endswith(WEIGHT_SUFFIXES) for n in names):
         return (
-            "holds no checkpoint (no weights, index or model_index.json); --force replaces "
+            "holds no checkpoint (no weights, index or model_index.json); force replaces "
             "only an empty folder or one this tool wrote: remove it yourself or choose another -o"
         )
     return None
@@ -166,9 +166,11 @@ class AtomicFolder:
         if not os.path.lexists(self.out):
             os.rename(self.path, self.out)
         elif not self.force:
-            raise BigmodelError("already exists (created during this run); use --force", self.out)
+            raise BigmodelError(
+                "already exists (created during this run); use force", self.out, argument="force"
+            )
         elif (why := replaceable(self.out)) is not None:
-            raise BigmodelError(why, self.out)
+            raise BigmodelError(why, self.out, argument="force")
         else:
             old = sibling(self.out, f"{OLD_TAG}{os.getpid()}")
             os.rename(self.out, old)
@@ -183,10 +185,12 @@ class AtomicFolder:
         if not os.path.lexists(self.out):
             return
         if not self.force:
-            raise BigmodelError("already exists; use --force to replace it", self.out)
+            raise BigmodelError(
+                "already exists; use force to replace it", self.out, argument="force"
+            )
         why = replaceable(self.out)
         if why is not None:
-            raise BigmodelError(why, self.out)
+            raise BigmodelError(why, self.out, argument="force")
 
     def _make_parents(self) -> None:
         missing = [p for p in reversed(self.out.parents) if not p.exists()]

@@ -1,4 +1,4 @@
-"""Execute a :class:`~bigmodel_cli.sharding.layout.WritePlan`: stream bytes into new files.
+"""Execute a :class:`~bigmodel_cli.sharding.plan.WritePlan`: stream bytes into new files.
 
 Each output file gets its header first, then its tensors in order. A tensor whose dtype
 stays is copied range by range in the kernel (``os.copy_file_range``, else ``sendfile``,
@@ -24,7 +24,7 @@ from bigmodel_cli.formats import format_of
 from bigmodel_cli.formats.index import read_index
 from bigmodel_cli.formats.safetensors import ALIGNMENT, build_header, read_header
 from bigmodel_cli.progress import Progress
-from bigmodel_cli.sharding.layout import ComponentPlan, FileCopy, OutputFile, TensorSlot, WritePlan
+from bigmodel_cli.sharding.plan import ComponentPlan, FileCopy, OutputFile, TensorSlot, WritePlan
 from bigmodel_cli.sizes import DTYPES, format_size, torch_dtype
 
 if TYPE_CHECKING:

@@ -11,7 +11,7 @@ from typing import Any
 
 from bigmodel_cli.checkpoint import fingerprint, load_checkpoint
 from bigmodel_cli.devices import DeviceKey
-from bigmodel_cli.placement.items import Bin, Layout, Part
+from bigmodel_cli.placement.items import Assignment, Bin, Part
 from bigmodel_cli.placement.units import build_units
 from bigmodel_cli.sizes import DTYPES, bytes_at, parse_dtype
 
@@ -114,8 +114,8 @@ def auto_part(name: str, sizes: Mapping[str, int], config: Mapping[str, Any] | N
     return Part(name, sum(sizes.values()), units)
 
 
-def on_gpus(layout: Layout) -> dict[str, DeviceKey]:
-    return {p.name: p.device for p in layout.placements if isinstance(p.device, int)}
+def on_gpus(assignment: Assignment) -> dict[str, DeviceKey]:
+    return {p.name: p.device for p in assignment.placements if isinstance(p.device, int)}
 
 
 # ---------------------------------------------------------------- device maps

@@ -23,7 +23,7 @@ Context = Annotated[
     int | None,
     typer.Option("--context", help="Text models: prompt plus generated tokens (KV cache)."),
 ]
-Runtime = Annotated[
+Counted = Annotated[
     bool,
     typer.Option("--runtime", help="Count activations and KV cache at the default run shape."),
 ]
@@ -43,12 +43,13 @@ DoubleQuant = Annotated[
     bool, typer.Option("--double-quant", help="nf4/fp4: quantize their scales too.")
 ]
 
-NAMES: tuple[str, ...] = ("runtime", "batch", "height", "width", "frames", "context")
+NAMES: tuple[str, ...] = ("counted", "batch", "height", "width", "frames", "context")
 NAMES += ("quantize", "no_quantize", "double_quant")
 
 
 def run_shape(values: Mapping[str, Any]) -> dict[str, Any]:
-    """``make_plan``'s run-shape keywords from the plan command's parameters."""
+    """:class:`~bigmodel_cli.placement.PlanRequest`'s run-shape fields from the plan
+    command's parameters."""
     found = {name: values[name] for name in NAMES}
     found["no_quantize"] = tuple(found["no_quantize"] or ())
     return found

@@ -39,7 +39,7 @@ class DevicePlan(Device):
     planned: int = 0
     held: int = 0  # kept free for offloaded blocks run here (auto)
     weights: int | None = None  # of planned, weights (None: all of it, an older plan)
-    runtime: int = 0  # KV cache and activations counted here (runtime.counted)
+    run_bytes: int = 0  # KV cache and activations counted here (shape.counted)
 
 
 @dataclass(frozen=True)
@@ -67,8 +67,9 @@ class Plan:
     path: Path | None = None  # the file it was read from or saved to
     notes: tuple[str, ...] = ()  # for people (where the figures came from); not in the file
     world: WorldPlan | None = None  # a plan over torchrun ranks (--nodes / --procs-per-node)
-    runtime: RunShape = field(default_factory=RunShape)  # the run's shape (plan --batch ...)
+    shape: RunShape = field(default_factory=RunShape)  # the run's shape (plan --batch ...)
     needs: Mapping[str, Needs] = field(default_factory=dict)  # activations, KV cache, inputs
+    strategy_reason: str | None = None  # why this strategy, when it was not asked for
 
     @property
     def gpus(self) -> tuple[DevicePlan, ...]:
@@ -113,6 +114,7 @@ class Plan:
             "source": self.source,
             "fingerprint": self.fingerprint,
             "strategy": self.strategy,
+            "strategy_reason": self.strategy_reason,
             "dtype": self.dtype,
             "variant": self.variant,
             "devices": {
@@ -123,7 +125,7 @@ class Plan:
                     "reserve": d.reserve,
                     "held": d.held,
                     "weights": d.planned if d.weights is None else d.weights,
-                    "runtime": d.runtime,
+                    "runtime": d.run_bytes,
                 }
                 for d in self.devices
             },
@@ -136,7 +138,7 @@ class Plan:
                 name: {"bytes": n, **self.needs.get(name, Needs()).to_json()}
                 for name, n in self.components.items()
             },
-            "runtime": run_json(self.runtime),
+            "runtime": run_json(self.shape),
             "execution_device": self.execution_device,
             "peak_gpu": self.peak_gpu,
             "held_for_offload": self.held_for_offload,
@@ -195,7 +197,7 @@ def plan_from_json(doc: Mapping[str, Any], path: Path | None = None) -> Plan:
             "(write one with bigmodel plan -o)",
             path,
         )
-    if doc["version"] != PLAN_VERSION:
+    if type(doc["version"]) is not int or doc["version"] != PLAN_VERSION:  # true is not 1
         raise BigmodelError(
             f"plan version {doc['version']!r} is not supported (this bigmodel reads "
             f"version {PLAN_VERSION}); re-run bigmodel plan",
@@ -216,6 +218,7 @@ def plan_from_json(doc: Mapping[str, Any], path: Path | None = None) -> Plan:
         source=doc["source"],
         fingerprint=doc["fingerprint"],
         strategy=_strategy(doc, path),
+        strategy_reason=_optional_str(doc, "strategy_reason", path),
         dtype=_dtype_name(doc, path),
         variant=_optional_str(doc, "variant", path),
         devices=devices,
@@ -233,7 +236,7 @@ def plan_from_json(doc: Mapping[str, Any], path: Path | None = None) -> Plan:
         skipped=_names(doc, "skipped", path),
         path=path,
         world=world_from_json(doc, path),
-        runtime=run_from_json(doc.get("runtime"), path),
+        shape=run_from_json(doc.get("runtime"), path),
         needs=_needs(doc.get("components"), path),
     )
 
@@ -249,6 +252,7 @@ def device_key(value: object, path: Path | None) -> DeviceKey:
 
 
 def _names(doc: Mapping[str, Any], key: str, path: Path | None) -> tuple[str, ...]:
+    """A list of component names (absent: none)."""
     value = doc.get(key) or []
     if not isinstance(value, list) or not all(isinstance(n, str) for n in value):
         raise BigmodelError(f"plan {key!r} is not a list of component names", path)
@@ -290,7 +294,7 @@ def _devices(raw: Any, path: Path | None) -> tuple[DevicePlan, ...]:
             )
         budget = entry.get("budget", capacity)
         reserve = entry.get("reserve", 0)
-        held, weights, runtime = (entry.get(k, 0) for k in ("held", "weights", "runtime"))
+        held, weights, run_bytes = (entry.get(k, 0) for k in ("held", "weights", "runtime"))
         devices.append(
             DevicePlan(
                 device_key(key, path),
@@ -299,7 +303,7 @@ def _devices(raw: Any, path: Path | None) -> tuple[DevicePlan, ...]:
                 planned,
                 held if _count(held) else 0,
                 weights if _count(weights) and "weights" in entry else None,
-                runtime if _count(runtime) else 0,
+                run_bytes if _count(run_bytes) else 0,
             )
         )
     return tuple(devices)
@@ -365,4 +369,9 @@ def as_plan(plan: PlanLike) -> Plan:
         return plan
     if isinstance(plan, Mapping):
         return plan_from_json(plan)
-    return read_plan(Path(plan))
+    if isinstance(plan, str | os.PathLike):
+        return read_plan(Path(plan))
+    raise BigmodelError(
+        "plan must be the path of a plan file (plan.json), its JSON document (a dict) or a "
+        f"Plan (bigmodel_cli.plan(...)), not {plan!r}"
+    )

@@ -29,7 +29,7 @@ from bigmodel_cli.formats.files import link_boundary
 from bigmodel_cli.formats.index import index_json
 from bigmodel_cli.formats.json import read_config
 from bigmodel_cli.formats.safetensors import HeaderEntry
-from bigmodel_cli.sizes import DTYPES, DType
+from bigmodel_cli.sizes import DTYPES, DType, cast_to
 
 Mode = Literal["shard", "merge"]
 
@@ -178,7 +178,7 @@ def plan_component(
             t.name,
             t.shape,
             t.dtype,
-            dtype.code if dtype is not None and DTYPES[t.dtype].floating else t.dtype,
+            cast_to(DTYPES[t.dtype], dtype).code,
             t.file,
             t.start,
             t.end,

@@ -24,9 +24,11 @@ from typing import TYPE_CHECKING, Any
 from bigmodel_cli.checkpoint import Checkpoint
 from bigmodel_cli.errors import BigmodelError, UsageError
 from bigmodel_cli.formats.json import read_config
-from bigmodel_cli.placement.file import Plan
+from bigmodel_cli.placement.plan import Plan
 from bigmodel_cli.placement.world import RankPlan
 from bigmodel_cli.run.ranges import Read, Share, by_name
+from bigmodel_cli.runtime.estimate import model_of
+from bigmodel_cli.runtime.library import attribute, build_on_meta
 from bigmodel_cli.torchrun import DEFAULT_IDS, Group
 
 if TYPE_CHECKING:
@@ -37,7 +39,7 @@ EMBED, NORM, HEAD, LAYER = "model.embed_tokens", "model.norm", "lm_head", "model
 
 
 @dataclass(frozen=True)
-class StageRequest:
+class PipelineRequest:
     """``--forward``: the batch (rows of token ids), microbatches, and the output file."""
 
     rows: tuple[tuple[int, ...], ...]
@@ -45,45 +47,54 @@ class StageRequest:
     output: Path | None
 
 
-def stage_request(
+def pipeline_request(
     input_ids: str | None, microbatches: int | None, output: str | None
-) -> StageRequest:
+) -> PipelineRequest:
     """``--input-ids 1,2,3`` (rows separated by ``;``), ``--microbatches M`` (default: one
     per row; it must divide the rows), ``--forward-output FILE``."""
     text = input_ids or DEFAULT_IDS
     try:
         rows = tuple(tuple(int(x) for x in row.split(",")) for row in text.split(";"))
     except ValueError:
-        raise UsageError(f"invalid --input-ids {text!r}: integers separated by commas") from None
+        raise UsageError(
+            f"invalid input_ids {text!r}: integers separated by commas", argument="input_ids"
+        ) from None
     if len({len(r) for r in rows}) != 1 or any(i < 0 for r in rows for i in r):
-        raise UsageError(f"invalid --input-ids {text!r}: rows of equal length, ids >= 0")
+        raise UsageError(
+            f"invalid input_ids {text!r}: rows of equal length, ids >= 0", argument="input_ids"
+        )
     count = microbatches if microbatches is not None else len(rows)
     if count < 1 or len(rows) % count:
         raise UsageError(
-            f"--microbatches {count} must divide the {len(rows)} row(s) of --input-ids "
-            "(rows are separated by ';')"
+            f"microbatches {count} must divide the {len(rows)} row(s) of token ids "
+            "(rows are separated by ';')",
+            argument="microbatches",
         )
-    return StageRequest(rows, count, Path(output) if output is not None else None)
+    return PipelineRequest(rows, count, Path(output) if output is not None else None)
 
 
 def _layers(modules: Sequence[str]) -> list[int]:
     return [int(m[len(LAYER) :]) for m in modules if m.startswith(LAYER)]
 
 
-def check_stage(ckpt: Checkpoint, plan: Plan, request: StageRequest) -> None:
+def check_pipeline(ckpt: Checkpoint, plan: Plan, request: PipelineRequest) -> None:
     """Refuse, before loading, what this forward cannot run."""
     assert plan.world is not None
     c = ckpt.components[0]
     config = read_config(c.folder) or {}
     if len(ckpt.components) != 1 or config.get("model_type") not in FAMILIES:
         raise BigmodelError(
-            "--forward under torchrun runs Llama-family causal LMs "
+            "forward under torchrun runs Llama-family causal LMs "
             f"({', '.join(FAMILIES)}); this checkpoint is not one",
             ckpt.source,
+            argument="forward",
         )
     vocab = _int(config.get("vocab_size"))
     if any(i >= vocab for r in request.rows for i in r):
-        raise UsageError(f"--input-ids must be below the vocabulary size {vocab} of {c.folder}")
+        raise UsageError(
+            f"input_ids must be below the vocabulary size {vocab} of {c.folder}",
+            argument="input_ids",
+        )
     ranks = plan.world.ranks
     order = [i for r in ranks for i in _layers(r.modules)]
     in_order = (
@@ -94,9 +105,10 @@ def check_stage(ckpt: Checkpoint, plan: Plan, request: StageRequest) -> None:
     )
     if not in_order:
         raise BigmodelError(
-            "--forward needs every rank to hold one stage, in forward order (the embedding "
-            "on rank 0, the head on the last); plan it with --strategy pipeline",
+            "forward needs every rank to hold one stage, in the order the model runs (the "
+            "embedding on rank 0, the head on the last); plan it with strategy pipeline",
             plan.path,
+            argument="forward",
         )
 
 
@@ -106,8 +118,7 @@ def _int(value: object) -> int:
 
 def _causal_mask(config: Any, hidden: torch.Tensor, positions: torch.Tensor) -> Any:
     """transformers' own causal mask (None where sdpa's is_causal does it), across versions."""
-    from transformers.masking_utils import create_causal_mask
-
+    create_causal_mask = attribute("transformers.masking_utils", "create_causal_mask")
     params = inspect.signature(create_causal_mask).parameters
     given = {
         "config": config,
@@ -156,17 +167,13 @@ def _stage_module(model: Any, modules: Sequence[str], device: str) -> Any:
     return Stage().eval()
 
 
-def build_stage(
+def build_pipeline_stage(
     ckpt: Checkpoint, me: RankPlan, tensors: Mapping[str, torch.Tensor], device: str
 ) -> Any:
     """This rank's stage: the model on the meta device, its own modules given the weights."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    folder = ckpt.components[0].folder
-    config = AutoConfig.from_pretrained(folder)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
+    c = ckpt.components[0]
+    folder = c.folder
+    model = build_on_meta(model_of(ckpt, c))
     state = dict(tensors)
     for tied, source in me.tied.items():
         state[tied] = state[source]
@@ -181,7 +188,7 @@ def build_stage(
 
 
 @dataclass(frozen=True)
-class StageResult:
+class PipelineResult:
     """The forward pass, as the last stage saw it."""
 
     stages: int
@@ -205,7 +212,7 @@ def _write(path: Path, logits: torch.Tensor, ids: torch.Tensor) -> None:
         raise BigmodelError(f"cannot write the forward output ({exc.strerror})", path) from None
 
 
-def run_stage(
+def run_pipeline(
     group: Group,
     ckpt: Checkpoint,
     plan: Plan,
@@ -213,14 +220,16 @@ def run_stage(
     read: Read,
     share: Share,
     device: str,
-    request: StageRequest,
-) -> StageResult | None:
+    request: PipelineRequest,
+) -> PipelineResult | None:
     """Every rank runs its stage; rank 0 returns what the last stage saw."""
     import torch
     from torch.distributed.pipelining import PipelineStage, ScheduleGPipe
 
     tensors = {name: t for (_, name), t in by_name(read, share).items()}
-    stage = group.agree(lambda: build_stage(ckpt, me, tensors, device), "building the stages")
+    stage = group.agree(
+        lambda: build_pipeline_stage(ckpt, me, tensors, device), "building the stages"
+    )
     last = group.size - 1
     ids = torch.tensor(request.rows, dtype=torch.long)
     began = time.perf_counter()
@@ -231,7 +240,7 @@ def run_stage(
     seconds = time.perf_counter() - began
     result = None
     if group.rank == last:
-        result = StageResult(
+        result = PipelineResult(
             group.size,
             request.microbatches,
             tuple(ids.shape),

@@ -1,17 +1,18 @@
-"""``pipeline``: contiguous stages of blocks over ranks (pure; the planner's ``Bin`` is a rank).
+"""Contiguous spans of blocks over torchrun ranks, pipeline parallelism (the ``pipeline``
+strategy's function, :func:`span_ranks`; pure, the planner's ``Bin`` is a rank).
 
-A component's blocks are put in the order a forward pass meets them (:func:`stage_units`):
+A component's blocks are put in the order a forward pass meets them (:func:`forward_units`):
 the input side first (embeddings, ``conv_in``), then the numbered blocks in natural order
 (``model.layers.0`` ... ``model.layers.31``), then the rest (final norm, head). The input
-side travels with the first stage and the rest with the last. A head tied to the input
+side travels with the first span and the rest with the last. A head tied to the input
 embedding and saved once (transformers' ``tie_word_embeddings``) is a block of the last
-stage that holds the embedding's bytes again: the plan lists that read as a duplicate.
+span that holds the embedding's bytes again: the plan lists that read as a duplicate.
 
-:func:`cut` splits units into exactly ``k`` contiguous stages with the largest stage as
-small as it can be (a bottleneck search over greedy fills). :func:`pipeline` places
+:func:`cut` splits units into exactly ``k`` contiguous spans with the largest span as
+small as it can be (a bottleneck search over greedy fills). :func:`span_ranks` places
 components: whole components to ranks first (largest first, to the rank with the most
-room), and the largest components that fit no rank are split into stages on ranks of
-their own; one component alone is always cut into one stage per rank.
+room), and the largest components that fit no rank are split into spans on ranks of
+their own; one component alone is always cut into one span per rank.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from collections.abc import Mapping, Sequence
 
 from bigmodel_cli.checkpoint.blocks import group_blocks, natural_key
 from bigmodel_cli.devices import DeviceKey
-from bigmodel_cli.placement.items import SPLIT, Bin, Layout, Part, Placement, Unit
+from bigmodel_cli.placement.items import SPLIT, Assignment, Bin, Part, Placement, Unit
 from bigmodel_cli.placement.units import coarsen, tied_names
 
 _NUMBERED = re.compile(r"\.\d+$")
@@ -40,7 +41,7 @@ def _is_input_side(block: str) -> bool:
     return any(_INPUT_SIDE.search(part) for part in block.split("."))
 
 
-def stage_units(
+def forward_units(
     tensors: Sequence[tuple[str, int]],
     config: Mapping[str, object] | None = None,
     no_split: Sequence[str] = (),
@@ -66,11 +67,11 @@ def stage_units(
     return tuple(Unit(tuple(g), sum(blocks[b] for b in g)) for g in groups)
 
 
-# ---------------------------------------------------------------- cutting into stages
+# ---------------------------------------------------------------- cutting into spans
 
 
 def _greedy(sizes: Sequence[int], limit: int) -> list[int]:
-    """Start indexes of stages filled left to right with at most ``limit`` bytes each."""
+    """Start indexes of spans filled left to right with at most ``limit`` bytes each."""
     starts, filled = [0], 0
     for i, size in enumerate(sizes):
         if filled + size > limit and i > starts[-1]:
@@ -84,16 +85,16 @@ def cut(sizes: Sequence[int], k: int) -> list[range]:
     """``sizes`` in ``k`` contiguous non-empty runs whose largest sum is the smallest
     possible (``k`` at most ``len(sizes)``)."""
     if not 1 <= k <= len(sizes):
-        raise ValueError(f"cannot cut {len(sizes)} units into {k} stages")
+        raise ValueError(f"cannot cut {len(sizes)} units into {k} spans")
     low, high = max(sizes), sum(sizes)
-    while low < high:  # the least bottleneck that k greedy stages reach
+    while low < high:  # the least bottleneck that k greedy spans reach
         middle = (low + high) // 2
         if len(_greedy(sizes, middle)) <= k:
             high = middle
         else:
             low = middle + 1
     starts = _greedy(sizes, low)
-    while len(starts) < k:  # more stages than needed: split the fullest (never raises the max)
+    while len(starts) < k:  # more spans than needed: split the fullest (never raises the max)
         bounds = list(zip(starts, [*starts[1:], len(sizes)], strict=True))
         wide = [(sum(sizes[a:b]), a, b) for a, b in bounds if b - a > 1]
         _, a, b = max(wide)
@@ -108,8 +109,8 @@ def _balanced_point(sizes: Sequence[int], a: int, b: int) -> int:
     return min(range(a + 1, b), key=lambda i: max(sum(sizes[a:i]), sum(sizes[i:b])))
 
 
-def stages_needed(sizes: Sequence[int], capacity: int | None) -> int | None:
-    """The fewest contiguous stages of at most ``capacity`` bytes; None when a unit alone
+def spans_needed(sizes: Sequence[int], capacity: int | None) -> int | None:
+    """The fewest contiguous spans of at most ``capacity`` bytes; None when a unit alone
     is larger."""
     if capacity is None:
         return 1
@@ -121,10 +122,10 @@ def stages_needed(sizes: Sequence[int], capacity: int | None) -> int | None:
 # ---------------------------------------------------------------- the strategy
 
 
-def pipeline(parts: Sequence[Part], bins: Sequence[Bin]) -> Layout:
+def span_ranks(parts: Sequence[Part], bins: Sequence[Bin]) -> Assignment:
     """Components over ranks (``bins``, in rank order, all with the same capacity)."""
     if len(parts) == 1:
-        return Layout((_split(parts[0], [b.key for b in bins]),))
+        return Assignment((_split(parts[0], [b.key for b in bins]),))
     order = sorted(parts, key=lambda p: p.nbytes, reverse=True)
     capacity = bins[0].capacity if bins else None
     for n_split in range(len(order) + 1):
@@ -140,9 +141,9 @@ def _try(
     bins: Sequence[Bin],
     capacity: int | None,
     parts: Sequence[Part],
-) -> Layout | None:
+) -> Assignment | None:
     """``whole`` packed onto ranks (all of them when nothing is split, else the fewest that
-    hold them), ``split`` cut into stages on the ranks left; None when that does not fit."""
+    hold them), ``split`` cut into spans on the ranks left; None when that does not fit."""
     keys = [b.key for b in bins]
     tries = [len(keys)] if not split else range(1 if whole else 0, len(keys) + 1)
     for used in tries:
@@ -151,16 +152,16 @@ def _try(
             break
     else:
         return None
-    stages = _share(split, len(keys) - used, capacity)
-    if stages is None:
+    spans = _share(split, len(keys) - used, capacity)
+    if spans is None:
         return None
     placed = {name: Placement(name, key) for name, key in packed.items()}
     free = keys[used:]
     for part in split:
-        count = stages[part.name]
+        count = spans[part.name]
         placed[part.name] = _split(part, free[:count])
         free = free[count:]
-    return Layout(tuple(placed[p.name] for p in parts))
+    return Assignment(tuple(placed[p.name] for p in parts))
 
 
 def _pack(
@@ -182,11 +183,11 @@ def _pack(
 
 
 def _share(split: Sequence[Part], ranks: int, capacity: int | None) -> dict[str, int] | None:
-    """Ranks per split component: at least the stages each needs, the rest to whichever has
-    the most bytes per stage; None when there are too few ranks."""
+    """Ranks per split component: at least the spans each needs, the rest to whichever has
+    the most bytes per span; None when there are too few ranks."""
     counts: dict[str, int] = {}
     for part in split:
-        need = stages_needed([u.nbytes for u in part.units], capacity)
+        need = spans_needed([u.nbytes for u in part.units], capacity)
         if need is None:
             return None
         counts[part.name] = need
@@ -204,7 +205,7 @@ def _share(split: Sequence[Part], ranks: int, capacity: int | None) -> dict[str,
 
 
 def _split(part: Part, keys: Sequence[DeviceKey]) -> Placement:
-    """``part`` cut into one stage per key (fewer when it has fewer units)."""
+    """``part`` cut into one span per key (fewer when it has fewer units)."""
     units = part.units or (Unit((), part.nbytes),)
     runs = cut([u.nbytes for u in units], min(len(keys), len(units)))
     placed = tuple((units[i], keys[s]) for s, run in enumerate(runs) for i in run)
@@ -213,9 +214,9 @@ def _split(part: Part, keys: Sequence[DeviceKey]) -> Placement:
     return Placement(part.name, SPLIT, placed)
 
 
-def _chained(parts: Sequence[Part], bins: Sequence[Bin]) -> Layout:
+def _chained(parts: Sequence[Part], bins: Sequence[Bin]) -> Assignment:
     """Nothing fits: every unit of every component in one chain, cut over all ranks with
-    the smallest largest stage (a plan that does not fit, but the best balanced one)."""
+    the smallest largest span (a plan that does not fit, but the best balanced one)."""
     chain = [(p, u) for p in parts for u in (p.units or (Unit((), p.nbytes),))]
     keys = [b.key for b in bins]
     runs = cut([u.nbytes for _, u in chain], min(len(keys), len(chain)))
@@ -224,4 +225,4 @@ def _chained(parts: Sequence[Part], bins: Sequence[Bin]) -> Layout:
     for p in parts:
         mine = [(u, where[i]) for i, (q, u) in enumerate(chain) if q is p]
         placements.append(Placement(p.name, SPLIT, tuple(mine)))
-    return Layout(tuple(placements))
+    return Assignment(tuple(placements))

@@ -1,0 +1,228 @@
+"""Building a component with its own library (diffusers / transformers): the one place.
+
+Here only are the libraries imported (:func:`import_library`, :func:`attribute`), a class
+resolved from its name (:func:`component_class`), ``from_pretrained``'s arguments
+assembled (:func:`from_pretrained`: ``device_map``, the dtype under the name the library
+takes, ``variant``, ``offload_folder``) and a model built on the meta device from its
+config (:func:`build_on_meta`). ``load()``, ``run --forward``, ``run --generate``, the
+planner's tracing and the torchrun pipeline stages all build through these.
+
+Their output is held back once, by :func:`held`: while a library is imported and called,
+the warnings and log records of the libraries we import (and what those import: torch,
+torchao, bitsandbytes, accelerate), whatever handlers they gave their loggers, are kept
+as lines instead of reaching stderr, and their progress bars are off. The caller decides
+what to do with the lines (``run --generate --verbose`` shows them; an error leaving
+:func:`held` carries them).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bigmodel_cli.errors import BigmodelError
+from bigmodel_cli.runtime.inputs import LIBRARIES, Model
+from bigmodel_cli.sizes import DType, torch_dtype
+
+if TYPE_CHECKING:
+    import torch
+
+# loggers whose lines are held back: the libraries and what they import (bitsandbytes'
+# CPU kernels, torchao's extensions and torch's pytree registry talk on import)
+HELD = ("torch", "bitsandbytes", "torchao", "accelerate", "huggingface_hub", *LIBRARIES)
+
+
+class LibraryMissing(BigmodelError):
+    """A component's library is not installed (exit 2, naming the extra to install)."""
+
+
+# ---------------------------------------------------------------- their output, held
+
+
+_CALL_HANDLERS = logging.Logger.callHandlers  # the logging module's own
+
+
+def _held_name(name: str) -> bool:
+    return name.split(".")[0] in HELD
+
+
+@dataclass
+class Held:
+    """What the libraries said while held (internal, mutable): one line per log record or
+    warning, in order, and the progress bars to turn back on."""
+
+    lines: list[str] = field(default_factory=list)
+    _bars: list[Any] = field(default_factory=list)
+
+    def take_over(self) -> None:
+        """Records of the held loggers (their children too: torch gives many a handler of
+        their own, some while a library is imported) go to :attr:`lines`, whatever their
+        handlers; the libraries' progress bars off (again after an import)."""
+        lines = self.lines
+
+        def call_handlers(logger: logging.Logger, record: logging.LogRecord) -> None:
+            if not _held_name(record.name):
+                _CALL_HANDLERS(logger, record)
+                return
+            lines.append(f"{record.name}: {record.levelname.lower()}: {record.getMessage()}")
+
+        logging.Logger.callHandlers = call_handlers  # type: ignore[method-assign,assignment]
+        for name in LIBRARIES:
+            utils = _imported(f"{name}.utils.logging")
+            if utils is not None and utils.is_progress_bar_enabled():
+                utils.disable_progress_bar()
+                self._bars.append(utils)
+
+    def give_back(self) -> None:
+        logging.Logger.callHandlers = _CALL_HANDLERS  # type: ignore[method-assign]
+        for utils in self._bars:
+            utils.enable_progress_bar()
+        self._bars.clear()
+
+    def warned(self, caught: list[warnings.WarningMessage]) -> None:
+        for w in caught:
+            line = f"{w.category.__name__}: {w.message} ({Path(w.filename).name}:{w.lineno})"
+            if line not in self.lines:
+                self.lines.append(line)
+
+
+def _imported(name: str) -> Any:
+    import sys
+
+    return sys.modules.get(name)
+
+
+_current: list[Held] = []  # the innermost held(), which imports re-apply
+
+
+@contextmanager
+def held() -> Iterator[Held]:
+    """The libraries' warnings, log lines and progress bars held back while inside; their
+    lines are in the :class:`Held` it gives (stderr stays ours), and in the ``warnings``
+    of a :class:`BigmodelError` that leaves it (shown with the error)."""
+    if _current:  # nested: the outer one holds already
+        yield _current[-1]
+        return
+    now = Held()
+    _current.append(now)
+    now.take_over()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                yield now
+            except BigmodelError as error:
+                now.warned(caught)
+                error.warnings += tuple(now.lines)
+                raise
+            finally:
+                now.warned(caught)
+    finally:
+        _current.pop()
+        now.give_back()
+
+
+# ---------------------------------------------------------------- importing, resolving
+
+
+def import_library(name: str, needed_for: str = "loading this model") -> Any:
+    """diffusers / transformers (their output held), or :class:`LibraryMissing` naming
+    the extra that provides it."""
+    with held() as h:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            raise LibraryMissing(
+                f"{needed_for} needs the {name} library: pip install 'bigmodel-cli[{name}]'"
+            ) from None
+        h.take_over()
+    return module
+
+
+def attribute(module: str, name: str) -> Any:
+    """``name`` of a submodule of a library (``transformers.masking_utils``)."""
+    import_library(module.split(".")[0])
+    with held():
+        return getattr(importlib.import_module(module), name)
+
+
+def component_class(
+    library: str,
+    class_name: str,
+    where: str | Path | None = None,
+    needed_for: str = "loading this model",
+) -> Any:
+    """The class a component's ``model_index.json`` entry or ``config.json`` names."""
+    module = import_library(library, needed_for)
+    with held() as h:  # the class's own module may be imported only now
+        cls = getattr(module, class_name, None)
+        h.take_over()
+    if cls is None:
+        version = getattr(module, "__version__", "")
+        raise BigmodelError(f"{library} {version} has no class {class_name}".strip(), where)
+    return cls
+
+
+def dtype_kwarg(library: Any) -> str:
+    """transformers >= 4.56 calls it ``dtype``; diffusers and older ones ``torch_dtype``."""
+    if library.__name__ != "transformers":
+        return "torch_dtype"
+    major, minor = (int(p) for p in library.__version__.split(".")[:2])
+    return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
+
+
+# ---------------------------------------------------------------- building
+
+
+@dataclass(frozen=True)
+class Pretrained:
+    """What ``from_pretrained`` is given besides the folder."""
+
+    device_map: dict[str, Any] | None = None
+    dtype: DType | None = None
+    variant: str | None = None
+    offload_folder: str | None = None
+
+
+def pretrained_kwargs(library: Any, how: Pretrained) -> dict[str, Any]:
+    """``from_pretrained``'s keyword arguments for ``how`` (pure, but for the dtype)."""
+    kwargs: dict[str, Any] = {}
+    if how.device_map is not None:
+        kwargs["device_map"] = how.device_map
+    if how.offload_folder is not None:
+        kwargs["offload_folder"] = how.offload_folder
+    if how.dtype is not None:
+        kwargs[dtype_kwarg(library)] = torch_dtype(how.dtype.code)
+    if how.variant is not None:
+        kwargs["variant"] = how.variant
+    return kwargs
+
+
+def from_pretrained(cls: Any, folder: str | Path, how: Pretrained, **parts: Any) -> Any:
+    """``cls.from_pretrained(folder, ...)`` with ``how`` (and a pipeline's ``parts``), the
+    library's output held."""
+    library = import_library(cls.__module__.split(".")[0])
+    with held():
+        return cls.from_pretrained(str(folder), **pretrained_kwargs(library, how), **parts)
+
+
+def build_on_meta(m: Model, dtype: torch.dtype | None = None) -> Any:
+    """The component's model from its config on the meta device (no memory, no init
+    cost), at ``dtype`` when given; in eval mode."""
+    import torch
+
+    cls = component_class(m.library or "", m.class_name or "", needed_for="tracing")
+    with held(), torch.device("meta"):
+        if m.library == "transformers":
+            model = cls._from_config(cls.config_class.from_dict(dict(m.config)))
+        else:
+            model = cls.from_config(dict(m.config))
+    if dtype is not None:
+        model = torch.nn.Module.to(model, dtype)
+    return model.eval()

@@ -1,0 +1,55 @@
+"""What ``shard`` / ``merge`` carry out: the checkpoint planned (:mod:`.plan`), streamed
+(:mod:`.write`) into an :class:`~.output.AtomicFolder`, verified; and the
+:class:`WriteResult` that says so."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bigmodel_cli.checkpoint import load_checkpoint
+from bigmodel_cli.progress import Progress, shown
+from bigmodel_cli.sharding.output import AtomicFolder, check_output, default_output
+from bigmodel_cli.sharding.plan import Mode, WritePlan, plan_write
+from bigmodel_cli.sharding.write import check_space, execute, verify
+from bigmodel_cli.sizes import DType
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """What ``shard`` / ``merge`` wrote: the plan carried out, bytes and time."""
+
+    plan: WritePlan
+    bytes_written: int
+    seconds: float
+
+    @property
+    def output(self) -> str:
+        return os.path.abspath(self.plan.output)
+
+
+def write_checkpoint(
+    source: str | os.PathLike[str] | None,
+    output: str | os.PathLike[str] | None,
+    mode: Mode,
+    limit: int | None,
+    dtype: DType | None,
+    variant: str | None,
+    force: bool,
+    progress: Progress | None,
+) -> WriteResult:
+    """Plan and write ``source`` into ``output`` (``mode``: shard at ``limit``, or merge)."""
+    started = time.perf_counter()
+    src = None if source is None else os.fspath(source)
+    ckpt = load_checkpoint(src, variant, remote=False)  # the bytes, not a header mirror
+    out = Path(output) if output is not None else default_output(src, ckpt, mode)
+    check_output(ckpt, out)
+    with AtomicFolder(out, force) as folder, shown(progress) as bar:
+        plan = plan_write(ckpt, out, mode, limit, dtype)
+        check_space(plan, folder.path)
+        written = execute(plan, folder.path, bar)
+        verify(plan, folder.path)
+        folder.commit()
+    return WriteResult(plan, written, time.perf_counter() - started)
