@@ -115,6 +115,7 @@ def test_a_fault_at_any_write_loses_nothing(
     if existing:
         out.mkdir()
         (out / "previous.txt").write_text("the OUT of an earlier run")
+        (out / "model.safetensors").write_bytes(b"")  # a checkpoint: --force may replace it
         old = tree_hash(out)
 
     def cleanup() -> None:
@@ -122,6 +123,7 @@ def test_a_fault_at_any_write_loses_nothing(
         if existing:
             out.mkdir()
             (out / "previous.txt").write_text("the OUT of an earlier run")
+            (out / "model.safetensors").write_bytes(b"")
 
     total, complete = count_points(monkeypatch, lambda: run_cli(*args), out, cleanup)
     assert total > 3

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, TypeGuard
+from typing import Any
 
 from bigmodel_cli.errors import BigmodelError
+from bigmodel_cli.formats.files import is_count as _count
 from bigmodel_cli.runtime.shape import RunShape
 
 
@@ -46,10 +47,6 @@ class Needs:
         if self.note is not None:
             doc["note"] = self.note
         return doc
-
-
-def _count(value: Any) -> TypeGuard[int]:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _optional_count(doc: Mapping[str, Any], key: str, where: str, path: Any) -> int | None:

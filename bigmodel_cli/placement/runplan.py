@@ -8,7 +8,7 @@ from dataclasses import replace
 
 from bigmodel_cli.checkpoint import Checkpoint
 from bigmodel_cli.devices import Budget
-from bigmodel_cli.formats.json import read_json_file
+from bigmodel_cli.formats.json import read_config
 from bigmodel_cli.placement.counted import counted_part, device_use
 from bigmodel_cli.placement.describe import Chosen, Counted, describe
 from bigmodel_cli.placement.items import Bin, widest_gpu
@@ -37,7 +37,7 @@ def plan_counted(
     parts = [
         counted_part(
             found.components[c.name],
-            read_json_file(c.folder / "config.json") if ckpt.kind != "file" else None,
+            read_config(c.folder) if ckpt.kind != "file" else None,
             no_split,
             splits,
             shape.counted,

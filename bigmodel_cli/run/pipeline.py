@@ -13,7 +13,6 @@ only when needed.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -22,8 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from bigmodel_cli.checkpoint import load_checkpoint
+from bigmodel_cli.checkpoint.model_index import pipeline_entries, read_model_index
 from bigmodel_cli.devices import DeviceKey, is_gpu, torch_device
 from bigmodel_cli.errors import BigmodelError
+from bigmodel_cli.formats.json import read_config
 from bigmodel_cli.placement.plan import SPLIT, Plan, PlanLike, as_plan
 from bigmodel_cli.placement.strategies import STRATEGIES
 from bigmodel_cli.run.place import check_source
@@ -114,30 +115,11 @@ def _checked_folder(source: str | os.PathLike[str] | None, plan: Plan) -> Path:
     return ckpt.root
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise BigmodelError(f"cannot read ({exc})", path) from None
-    if not isinstance(doc, dict):
-        raise BigmodelError("is not a JSON object", path)
-    return doc
-
-
-def _entries(index: dict[str, Any]) -> dict[str, tuple[str | None, str | None]]:
-    """model_index.json's ``name: [library, class]`` entries (``_class_name`` etc. left out)."""
-    return {
-        name: (value[0], value[1])
-        for name, value in index.items()
-        if not name.startswith("_") and isinstance(value, list) and len(value) == 2
-    }
-
-
 def _load_pipeline(folder: Path, plan: Plan, off: _Offload) -> Any:
-    index = _read_json(folder / "model_index.json")
-    entries = _entries(index)
+    index = read_model_index(folder)
+    entries = pipeline_entries(index)
     for name in plan.device_map:
-        if entries.get(name, (None, None))[0] is None:
+        if None in entries.get(name, (None, None)):
             raise BigmodelError(f"plan places {name!r}, which model_index.json lacks", folder)
     diffusers = import_library("diffusers")
     for lib, _ in entries.values():
@@ -189,7 +171,7 @@ def _execution_device(plan: Plan) -> str:
 
 
 def _load_model(folder: Path, plan: Plan, off: _Offload) -> Any:
-    config = _read_json(folder / "config.json")
+    config = read_config(folder) or {}
     archs = config.get("architectures")
     transformers = import_library("transformers")
     name = archs[0] if isinstance(archs, list) and archs and isinstance(archs[0], str) else None

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from bigmodel_cli.checkpoint import Checkpoint, Component
-from bigmodel_cli.formats.json import read_json_file
+from bigmodel_cli.checkpoint.model_index import read_model_index
+from bigmodel_cli.formats.json import read_config
 from bigmodel_cli.runtime.inputs import LIBRARIES, Model, Resolved, Shape, input_shapes, resolve
 from bigmodel_cli.runtime.kv import KVCache, kv_cache
 from bigmodel_cli.runtime.quantize import HEADS, Tensor, weight_sizes
@@ -51,7 +52,7 @@ class Estimate:
 
 def model_of(ckpt: Checkpoint, c: Component) -> Model:
     """The component's library, class and config (``model_index.json``, else ``config.json``)."""
-    config = (read_json_file(c.folder / "config.json") if ckpt.kind != "file" else None) or {}
+    config = (read_config(c.folder) if ckpt.kind != "file" else None) or {}
     library: str | None = c.library[0] if c.library else None
     class_name: str | None = c.library[1] if c.library else None
     named = config.get("_class_name")
@@ -89,8 +90,7 @@ def estimate(ckpt: Checkpoint, shape: RunShape, target: DType | None) -> Estimat
 def _pipeline_class(ckpt: Checkpoint) -> str | None:
     if ckpt.kind != "pipeline":
         return None
-    index = read_json_file(ckpt.root / "model_index.json") or {}
-    name = index.get("_class_name")
+    name = read_model_index(ckpt.root).get("_class_name")
     return name if isinstance(name, str) else None
 
 
@@ -139,6 +139,7 @@ def _traced(
     not kept run together (:func:`.tracing.trace_all`)."""
     found: dict[str, Traced] = {}
     todo: dict[str, tuple[str, Job]] = {}
+    damaged: dict[str, str] = {}  # kept traces passed over, and why
     for c in ckpt.components:
         m = models[c.name]
         shapes = input_shapes(m, run, models, run.context)
@@ -151,14 +152,17 @@ def _traced(
             continue
         dtype = compute_dtype(c, target)
         key = trace_key(m.library, m.class_name, m.config, dtype.name, shapes)
-        kept = load_trace(key)
+        kept, why = load_trace(key)
         if kept is not None:
             found[c.name] = from_doc(kept)
         else:
             todo[c.name] = (key, Job(m, dtype, shapes, sum(t.nbytes for t in c.tensors)))
+            if why is not None:
+                damaged[c.name] = why
     jobs = [job for _, job in todo.values()]
     for (name, (key, _)), t in zip(todo.items(), trace_all(jobs), strict=True):
         if t.note is None or t.note.startswith("no input shapes"):  # not the machine's
             save_trace(key, to_doc(t))
-        found[name] = t
+        why = damaged.get(name)
+        found[name] = t if why is None else replace(t, note="; ".join(filter(None, (why, t.note))))
     return found
