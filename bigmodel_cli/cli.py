@@ -206,6 +206,8 @@ def plan(
     quantize: po.Quantize = None,
     no_quantize: po.NoQuantize = None,
     double_quant: po.DoubleQuant = False,
+    kv_dtype: po.KVDType = None,
+    encoder_length: po.EncoderLength = None,
 ) -> None:
     """Decide which device holds what, from headers alone (a Hub repo's too: no download).
 

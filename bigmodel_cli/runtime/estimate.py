@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from bigmodel_cli.checkpoint import Checkpoint, Component
 from bigmodel_cli.formats.json import read_json_file
 from bigmodel_cli.runtime.inputs import LIBRARIES, Model, Resolved, Shape, input_shapes, resolve
-from bigmodel_cli.runtime.kv import KVCache, kv_cache
+from bigmodel_cli.runtime.kv import KVCache, Tokens, cache_dtype, kv_cache
 from bigmodel_cli.runtime.quantize import HEADS, Tensor, weight_sizes
 from bigmodel_cli.runtime.shape import RunShape
 from bigmodel_cli.runtime.trace_cache import load_trace, save_trace, trace_key
@@ -35,7 +35,7 @@ class ComponentRuntime:
     inputs: Mapping[str, Shape] | None = None
     order: tuple[str, ...] | None = None  # its modules in the class's order (forward order)
     method: str | None = None  # --quantize
-    note: str | None = None  # why there is no activation estimate
+    note: str | None = None  # why there is no activation estimate; KV layers not known
 
     @property
     def weight_bytes(self) -> int:
@@ -118,7 +118,10 @@ def _component(
     kv = None
     if run is not None:
         context = run.context or 1
-        kv = kv_cache(m.config, [t.name for t in tensors], context, run.batch, dtype.bits // 8)
+        tokens = Tokens(context, run.batch, shape.encoder_length or context)
+        kv_dtype = cache_dtype(shape.kv_dtype, dtype.name)
+        kv = kv_cache(m.config, [t.name for t in tensors], tokens, kv_dtype, dtype.bits // 8)
+    notes = [n for n in (traced.note, kv.note if kv else None) if n]
     return ComponentRuntime(
         c.name,
         tuple(weights),
@@ -127,7 +130,7 @@ def _component(
         traced.inputs,
         traced.order,
         method,
-        traced.note,
+        "; ".join(notes) or None,
     )
 
 
