@@ -50,14 +50,15 @@ class Arch:
         return getattr(transformers, self.model)(config).eval().to(torch.bfloat16)
 
 
+SLIDING = {"sliding_window": WINDOW, "head_dim": 8}
 MAMBA2_KEYS = {"mamba_n_heads": 8, "mamba_d_head": 8, "mamba_n_groups": 1, "mamba_d_state": 8}
 MAMBA2_KEYS |= {"mamba_d_conv": 4, "mamba_expand": 2}
 ARCHS = [
     Arch("llama-mha", "LlamaConfig", "LlamaForCausalLM", {"num_key_value_heads": 4}),
     Arch("llama-gqa", "LlamaConfig", "LlamaForCausalLM"),
     Arch("qwen3-head-dim", "Qwen3Config", "Qwen3ForCausalLM", {"head_dim": 16}),
-    Arch("gemma2", "Gemma2Config", "Gemma2ForCausalLM", {"num_hidden_layers": 4, "sliding_window": WINDOW, "head_dim": 8}),  # fmt: skip
-    Arch("gemma3", "Gemma3TextConfig", "Gemma3ForCausalLM", {"num_hidden_layers": 6, "sliding_window": WINDOW, "head_dim": 8}),  # fmt: skip
+    Arch("gemma2", "Gemma2Config", "Gemma2ForCausalLM", {"num_hidden_layers": 4} | SLIDING),
+    Arch("gemma3", "Gemma3TextConfig", "Gemma3ForCausalLM", {"num_hidden_layers": 6} | SLIDING),
     Arch("mistral", "MistralConfig", "MistralForCausalLM", {"sliding_window": WINDOW}),
     Arch(
         "deepseek-v3",
@@ -228,7 +229,7 @@ def test_each_device_holds_the_cache_of_its_own_layers(tmp_path: Path) -> None:
     activations = plan.needs["jamba"].activations or 0
     total = 0
     for device in plan.devices:
-        mine = [cache.layers[int(k.rsplit(".", 1)[1])] for k, d in layers.items() if d == device.key]
+        mine = [cache.layers[int(k.split(".")[-1])] for k, d in layers.items() if d == device.key]
         real = cache_bytes(cache, mine)
         total += real
         runs_here = isinstance(device.key, int)
@@ -252,9 +253,13 @@ def test_fp8_cache_is_transformers_fp8_quantized_cache(tmp_path: Path) -> None:
         assert planned == real and needs.kv_dtype == "fp8"
 
 
+@pytest.mark.sweep
 def test_int4_cache_is_quantos_at_its_largest_residual(tmp_path: Path) -> None:
     """quanto's int4 cache keeps up to 127 tokens unquantized: prefill, then decode one
-    token at a time until its residual is full (the most it holds at that context)."""
+    token at a time until its residual is full (the most it holds at that context).
+
+    A sweep: needs ``pip install optimum-quanto``, which compiles a C++ extension into its
+    own folder on first use (minutes on a small machine)."""
     pytest.importorskip("optimum.quanto")
     model, folder = _llama(tmp_path)
     context = 200
@@ -279,7 +284,8 @@ def test_kv_dtype_is_recorded_and_sizes_the_cache(tmp_path: Path) -> None:
     assert doc["components"]["llama"]["kv_dtype"] == "bf16"
     assert fp8["components"]["llama"]["kv_dtype"] == "fp8"
     # bf16 to fp8: half the bytes, plus fp8's two float32 scales per layer
-    assert fp8["components"]["llama"]["kv_cache"] == doc["components"]["llama"]["kv_cache"] // 2 + 16
+    half_of_bf16 = doc["components"]["llama"]["kv_cache"] // 2
+    assert fp8["components"]["llama"]["kv_cache"] == half_of_bf16 + 16
 
 
 def _args(folder: Path) -> list[str | Path]:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, TypeGuard
 
 from bigmodel_cli.errors import BigmodelError
-from bigmodel_cli.runtime.kv import KV_DTYPES
+from bigmodel_cli.runtime.kv import AUTO, KV_DTYPES
 from bigmodel_cli.runtime.shape import RunShape
 
 
@@ -74,7 +74,7 @@ def run_from_json(raw: Any, path: Any) -> RunShape:
         _optional_count(raw, k, "runtime", path) or None
         for k in ("height", "width", "frames", "context", "encoder_length")
     )
-    kv_dtype = raw.get("kv_dtype", "auto")
+    kv_dtype = raw.get("kv_dtype", AUTO)
     if kv_dtype not in KV_DTYPES:
         raise BigmodelError(f"plan runtime 'kv_dtype' is not one of {', '.join(KV_DTYPES)}", path)
     quantize = raw.get("quantize") or {}

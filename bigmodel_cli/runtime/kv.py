@@ -16,7 +16,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 from bigmodel_cli.errors import BigmodelError
 from bigmodel_cli.runtime.kv_layers import (
@@ -34,7 +34,9 @@ from bigmodel_cli.runtime.kv_layers import (
 
 _CAUSAL = re.compile(r"(ForCausalLM|LMHeadModel)$")
 _LAYER = re.compile(r"^(.*?)\.(\d+)\.")
-KV_DTYPES = ("auto", "fp16", "bf16", "fp8", "int8", "int4")
+KVDType = Literal["auto", "fp16", "bf16", "fp8", "int8", "int4"]
+KV_DTYPES: tuple[str, ...] = get_args(KVDType)
+AUTO = KV_DTYPES[0]  # the model's dtype
 QUANTIZED = {"fp8": 8, "int8": 8, "int4": 4}  # transformers' QuantizedCache: bits a value
 GROUP = 64  # QuantizedCache's q_group_size
 RESIDUAL = 128  # QuantizedCache's residual_length: tokens kept unquantized, fewer than this
@@ -113,13 +115,13 @@ def layer_blocks(names: Sequence[str], count: int, decoder: bool = False) -> tup
 def cache_dtype(kv_dtype: str | None, model: str) -> str:
     """The cache's dtype name: ``kv_dtype``, or for ``auto`` the model's (``model``: its torch
     name, ``bfloat16`` -> ``bf16``); anything else is refused, naming the argument."""
-    name = (kv_dtype or "auto").lower()
+    name = (kv_dtype or AUTO).lower()
     if name not in KV_DTYPES:
         raise BigmodelError(
             f"invalid kv_dtype {kv_dtype!r}: expected one of {', '.join(KV_DTYPES)}",
             argument="kv_dtype",
         )
-    return _SHORT.get(model, model) if name == "auto" else name
+    return _SHORT.get(model, model) if name == AUTO else name
 
 
 def kv_cache(

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from bigmodel_cli.errors import UsageError
+from bigmodel_cli.runtime.kv import AUTO
 
 METHODS = ("int8", "nf4", "fp4", "fp8")
 
@@ -26,7 +27,7 @@ class RunShape:
     quantize: Mapping[str, str] = field(default_factory=dict)  # component -> METHOD
     no_quantize: tuple[str, ...] = ()  # tensor-name prefixes kept at --dtype
     double_quant: bool = False
-    kv_dtype: str = "auto"  # the KV cache's dtype (runtime.kv.KV_DTYPES)
+    kv_dtype: str = AUTO  # the KV cache's dtype (runtime.kv.KV_DTYPES)
     encoder_length: int | None = None  # an encoder-decoder's encoder tokens (default: context)
 
     def __post_init__(self) -> None:
