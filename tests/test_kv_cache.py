@@ -96,6 +96,14 @@ ARCHS = [
     Arch("bamba", "BambaConfig", "BambaForCausalLM", {"attn_layer_indices": [1]} | MAMBA2_KEYS),
     Arch("falcon-h1", "FalconH1Config", "FalconH1ForCausalLM", {"mamba_d_ssm": 64} | MAMBA2_KEYS),
     Arch(
+        "granite-4-hybrid",
+        "GraniteMoeHybridConfig",
+        "GraniteMoeHybridForCausalLM",
+        {"layer_types": ["linear_attention", "full_attention"], "num_local_experts": 2}
+        | {"num_experts_per_tok": 1, "shared_intermediate_size": 16}
+        | MAMBA2_KEYS,
+    ),
+    Arch(
         "qwen3-next",
         "Qwen3NextConfig",
         "Qwen3NextForCausalLM",
