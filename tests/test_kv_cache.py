@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from bigmodel_cli.errors import BigmodelError
-from bigmodel_cli.placement import make_plan
+from bigmodel_cli.placement import make_plan, read_plan
 from tests.helpers.cli import run_cli
 from tests.helpers.hub_env import serve
 
@@ -294,6 +294,12 @@ def test_kv_dtype_is_recorded_and_sizes_the_cache(tmp_path: Path) -> None:
     # bf16 to fp8: half the bytes, plus fp8's two float32 scales per layer
     half_of_bf16 = doc["components"]["llama"]["kv_cache"] // 2
     assert fp8["components"]["llama"]["kv_cache"] == half_of_bf16 + 16
+    saved = make_plan(folder, max_memory="cpu=1GB", context=64, kv_dtype="FP8").save(
+        tmp_path / "plan.json"
+    )
+    again = read_plan(tmp_path / "plan.json")
+    assert again.runtime.kv_dtype == saved.runtime.kv_dtype == "fp8"
+    assert again.needs == saved.needs and again.needs["llama"].kv_dtype == "fp8"
 
 
 def _args(folder: Path) -> list[str | Path]:

@@ -31,6 +31,7 @@ from bigmodel_cli.runtime.kv_layers import (
     per_token,
     unknown_kinds,
 )
+from bigmodel_cli.sizes import parse_dtype
 
 _CAUSAL = re.compile(r"(ForCausalLM|LMHeadModel)$")
 _LAYER = re.compile(r"^(.*?)\.(\d+)\.")
@@ -133,7 +134,8 @@ def kv_cache(
 ) -> KVCache | None:
     """The cache of a causal LM or encoder-decoder at ``tokens``, in ``dtype`` (a name of
     :data:`KV_DTYPES` other than auto, or the model's), ``model_width`` bytes per value of
-    the model's dtype; None for other models."""
+    the model's dtype; None for other models, and for an encoder alone (``T5EncoderModel``:
+    no decoder blocks)."""
     if config is None or not (is_causal_lm(config) or is_encoder_decoder(config)):
         return None
     described = describe(config)
@@ -186,7 +188,8 @@ def _layer_bytes(layer: Layer, tokens: Tokens, dtype: str, model_width: int, cro
 
 
 def _width(dtype: str, model_width: int) -> int:
-    return {"fp32": 4, "fp16": 2, "bf16": 2}.get(dtype, model_width)
+    """Bytes a cached value takes in ``dtype`` (fp16, bf16, or the model's own name)."""
+    return model_width if dtype in QUANTIZED else parse_dtype(dtype).bits // 8
 
 
 def _quantized(values: int, tokens: Tokens, dtype: str, model_width: int) -> int:
