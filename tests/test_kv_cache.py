@@ -346,3 +346,17 @@ def test_hub_repo_counts_the_cache_from_its_config_without_weights(
     assert remote == local == cache_bytes(prefill(model, 40))
     assert sent and all(n <= 65536 for n in sent.values())  # headers only
     assert (tmp_path / "jamba" / "model.safetensors").stat().st_size > sum(sent.values())
+
+
+def test_without_transformers_config_class_a_state_space_model_gets_a_note(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Mamba's config.json does not list its layers' kinds (its config class does): read
+    alone, the layers are counted as full attention and the note says why."""
+    from bigmodel_cli.runtime import kv_layers
+
+    arch = next(a for a in ARCHS if a.name == "mamba")
+    arch.build().save_pretrained(tmp_path / "mamba")
+    monkeypatch.setattr(kv_layers, "_config_object", lambda cfg: None)
+    _, needs = plan_kv(tmp_path / "mamba", 40)
+    assert needs.note is not None and "not described in config.json" in needs.note

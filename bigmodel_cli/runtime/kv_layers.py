@@ -41,6 +41,7 @@ _PER_LAYER += ("hidden_size", "kv_lora_rank", "qk_rope_head_dim")
 Values = Mapping[str, Any]
 States = tuple[int, int]  # values of a convolution state, of a recurrent state
 RECURRENT_WIDTH = 4  # float32
+UNDESCRIBED = "not described in config.json (transformers' config class not at hand)"
 
 
 @dataclass(frozen=True)
@@ -239,7 +240,11 @@ def _from_json(cfg: Values) -> Described:
     given, else sliding when there is a window, else full attention)."""
     count = _int(cfg, "num_hidden_layers", "n_layer")
     kinds = cfg.get("layer_types") or cfg.get("layers_block_type")
-    if not isinstance(kinds, list) or len(kinds) != count:
+    if isinstance(kinds, list) and len(kinds) == count:
+        pass
+    elif cfg.get("model_type") in STATE_SPACE:  # its layers' kinds are its config class's
+        kinds = [UNDESCRIBED] * count
+    else:
         window = cfg.get("sliding_window") is not None and cfg.get("use_sliding_window", True)
         kinds = ["sliding_attention" if window else "full_attention"] * count
     return Described(tuple(Layer(_LEGACY.get(str(k), str(k)), cfg) for k in kinds))
