@@ -353,10 +353,10 @@ def test_without_transformers_config_class_a_state_space_model_gets_a_note(
 ) -> None:
     """Mamba's config.json does not list its layers' kinds (its config class does): read
     alone, the layers are counted as full attention and the note says why."""
-    from bigmodel_cli.runtime import kv_layers
+    from bigmodel_cli.runtime import estimate
 
     arch = next(a for a in ARCHS if a.name == "mamba")
     arch.build().save_pretrained(tmp_path / "mamba")
-    monkeypatch.setattr(kv_layers, "_config_object", lambda cfg: None)
+    monkeypatch.setattr(estimate, "read_config", lambda cfg: None)
     _, needs = plan_kv(tmp_path / "mamba", 40)
     assert needs.note is not None and "not described in config.json" in needs.note

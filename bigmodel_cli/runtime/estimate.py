@@ -17,6 +17,7 @@ from bigmodel_cli.checkpoint import Checkpoint, Component
 from bigmodel_cli.formats.json import read_json_file
 from bigmodel_cli.runtime.inputs import LIBRARIES, Model, Resolved, Shape, input_shapes, resolve
 from bigmodel_cli.runtime.kv import KVCache, Tokens, cache_dtype, kv_cache
+from bigmodel_cli.runtime.library import read_config
 from bigmodel_cli.runtime.quantize import HEADS, Tensor, weight_sizes
 from bigmodel_cli.runtime.shape import RunShape
 from bigmodel_cli.runtime.trace_cache import load_trace, save_trace, trace_key
@@ -120,7 +121,8 @@ def _component(
         context = run.context or 1
         tokens = Tokens(context, run.batch, shape.encoder_length or context)
         kv_dtype = cache_dtype(shape.kv_dtype, dtype.name)
-        kv = kv_cache(m.config, [t.name for t in tensors], tokens, kv_dtype, dtype.bits // 8)
+        names = [t.name for t in tensors]
+        kv = kv_cache(m.config, names, tokens, kv_dtype, dtype.bits // 8, read_config)
     notes = [n for n in (traced.note, kv.note if kv else None) if n]
     return ComponentRuntime(
         c.name,

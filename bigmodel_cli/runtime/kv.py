@@ -23,6 +23,7 @@ from bigmodel_cli.runtime.kv_layers import (
     RECURRENT_WIDTH,
     Described,
     Layer,
+    Reader,
     counters,
     describe,
     known,
@@ -131,14 +132,16 @@ def kv_cache(
     tokens: Tokens,
     dtype: str,
     model_width: int,
+    read: Reader | None = None,
 ) -> KVCache | None:
     """The cache of a causal LM or encoder-decoder at ``tokens``, in ``dtype`` (a name of
     :data:`KV_DTYPES` other than auto, or the model's), ``model_width`` bytes per value of
     the model's dtype; None for other models, and for an encoder alone (``T5EncoderModel``:
-    no decoder blocks)."""
+    no decoder blocks). ``read``: transformers' reading of a config (its defaults, its layer
+    kinds), when at hand."""
     if config is None or not (is_causal_lm(config) or is_encoder_decoder(config)):
         return None
-    described = describe(config)
+    described = describe(config, read)
     blocks = layer_blocks(names, len(described.layers), described.encoder_decoder)
     if not blocks:
         return None

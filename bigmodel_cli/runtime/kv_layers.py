@@ -18,8 +18,8 @@ files:
 - cross-attention of an encoder-decoder (``EncoderDecoderCache``): keys and values of the
   encoder's tokens in every decoder layer.
 
-Pure functions of a layer's config values (:class:`Layer`); :func:`describe` is the one
-place that imports transformers.
+Pure functions of a layer's config values (:class:`Layer`); transformers' config class is
+read by ``runtime.library.read_config``, handed to :func:`describe`.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ LINEAR = frozenset({"linear_attention", "hybrid", "hybrid_sliding"})
 _LEGACY = {"attention": "full_attention", "mamba": "linear_attention", "moe": "dummy"}
 _LEGACY |= {"mlp": "dummy"}
 # what may differ from layer to layer (``per_layer_config``), read through the config's aliases
-_PER_LAYER: tuple[str, ...] = ("num_attention_heads", "num_key_value_heads", "head_dim")
-_PER_LAYER += ("hidden_size", "kv_lora_rank", "qk_rope_head_dim")
+PER_LAYER: tuple[str, ...] = ("num_attention_heads", "num_key_value_heads", "head_dim")
+PER_LAYER += ("hidden_size", "kv_lora_rank", "qk_rope_head_dim")
 
 Values = Mapping[str, Any]
 States = tuple[int, int]  # values of a convolution state, of a recurrent state
@@ -181,58 +181,29 @@ def counters(layer: Layer) -> int:
 # ---------------------------------------------------------------- the config's layers
 
 
-def describe(config: Values) -> Described:
-    """The decoder layers of ``config`` (a causal LM's or an encoder-decoder's)."""
+@dataclass(frozen=True)
+class ConfigRead:
+    """A config as transformers' own config class reads it (``runtime.library``)."""
+
+    values: Values  # the whole config, the class's defaults filled in
+    kinds: tuple[str, ...]  # the decoder's layer types, as DynamicCache dispatches them
+    layers: tuple[Values, ...]  # the decoder's config values, per layer
+
+
+Reader = Callable[[Values], ConfigRead | None]
+
+
+def describe(config: Values, read: Reader | None = None) -> Described:
+    """The decoder layers of ``config`` (a causal LM's or an encoder-decoder's), as
+    ``read`` (transformers' config class, when installed) gives them, else from the JSON."""
     text = config.get("text_config")
     cfg: Values = text if isinstance(text, dict) else config
+    found = read(cfg) if read is not None else None
     if cfg.get("is_encoder_decoder"):
-        return _encoder_decoder(_resolved(cfg))
-    found = _with_transformers(cfg)
-    return found if found is not None else _from_json(cfg)
-
-
-def _resolved(cfg: Values) -> Values:
-    """``cfg`` with transformers' defaults filled in, when its config class is installed."""
-    made = _config_object(cfg)
-    return {**made.to_dict(), **cfg} if made is not None else cfg
-
-
-def _config_object(cfg: Values) -> Any:
-    try:
-        from transformers import CONFIG_MAPPING
-    except ImportError:  # an optional extra: the config.json alone is read
-        return None
-    model_type = cfg.get("model_type")
-    if not isinstance(model_type, str) or model_type not in CONFIG_MAPPING:
-        return None
-    cls = CONFIG_MAPPING[model_type]
-    decode = getattr(cls, "_decode_special_floats", None)  # {"__float__": "Infinity"}, as read
-    try:
-        return cls.from_dict(decode(dict(cfg)) if decode else dict(cfg))
-    except Exception:  # a config its own class refuses: read as written
-        return None
-
-
-def _with_transformers(cfg: Values) -> Described | None:
-    """The layers as transformers' ``DynamicCache`` dispatches them (its own function)."""
-    made = _config_object(cfg)
-    if made is None:
-        return None
-    try:
-        from transformers.cache_utils import get_layer_types_and_kwargs
-
-        text = made.get_text_config(decoder=True)
-        kinds, _ = get_layer_types_and_kwargs(text)
-        configs = list(text.per_layer_config)
-    except Exception:  # an older transformers, or a config it cannot describe
-        return None
-    common = {**text.to_dict(), "model_type": getattr(text, "model_type", cfg.get("model_type"))}
-    return Described(
-        tuple(
-            Layer(kind, common | {k: getattr(c, k, None) for k in _PER_LAYER})
-            for kind, c in zip(kinds, configs, strict=False)
-        )
-    )
+        return _encoder_decoder({**found.values, **cfg} if found is not None else cfg)
+    if found is None or len(found.kinds) != len(found.layers):
+        return _from_json(cfg)
+    return Described(tuple(Layer(k, c) for k, c in zip(found.kinds, found.layers, strict=True)))
 
 
 def _from_json(cfg: Values) -> Described:
