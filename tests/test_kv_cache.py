@@ -241,7 +241,7 @@ def test_each_device_holds_the_cache_of_its_own_layers(tmp_path: Path) -> None:
         real = cache_bytes(cache, mine)
         total += real
         runs_here = isinstance(device.key, int)
-        assert device.runtime == real + (activations if runs_here else 0), device.key
+        assert device.run_bytes == real + (activations if runs_here else 0), device.key
     assert total == cache_bytes(cache) == plan.needs["jamba"].kv_cache
 
 
@@ -298,7 +298,7 @@ def test_kv_dtype_is_recorded_and_sizes_the_cache(tmp_path: Path) -> None:
         tmp_path / "plan.json"
     )
     again = read_plan(tmp_path / "plan.json")
-    assert again.runtime.kv_dtype == saved.runtime.kv_dtype == "fp8"
+    assert again.shape.kv_dtype == saved.shape.kv_dtype == "fp8"
     assert again.needs == saved.needs and again.needs["llama"].kv_dtype == "fp8"
 
 
