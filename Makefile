@@ -3,7 +3,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench fuzz clean
+.PHONY: install demo test sweep lint bench fuzz clean
 
 install: $(STAMP)
 
@@ -31,7 +31,11 @@ demo: install
 		--generate "a photo of a cat" --steps 4 --height 64 --width 64 -o $(DEMO)/cat.png
 
 test: install
-	$(BIN)/pytest
+	$(BIN)/pytest -m "not sweep"
+
+# Long or fragile checks kept out of `make test` (marker `sweep`).
+sweep: install
+	$(BIN)/pytest -m sweep
 
 lint: install
 	$(BIN)/ruff check bigmodel_cli tests benchmarks fixtures

@@ -69,6 +69,12 @@ def _needs(found: Estimate) -> dict[str, Needs]:
     if not found.shape.counted:
         return {}
     return {
-        name: Needs(c.activations, c.kv.total if c.kv else None, c.inputs, c.note)
+        name: Needs(
+            c.activations,
+            c.kv.total if c.kv else None,
+            c.inputs,
+            c.note,
+            c.kv.dtype if c.kv else None,
+        )
         for name, c in found.components.items()
     }

@@ -17,7 +17,8 @@ from bigmodel_cli.checkpoint import Checkpoint, Component
 from bigmodel_cli.checkpoint.model_index import read_model_index
 from bigmodel_cli.formats.json import read_config
 from bigmodel_cli.runtime.inputs import LIBRARIES, Model, Resolved, Shape, input_shapes, resolve
-from bigmodel_cli.runtime.kv import KVCache, kv_cache
+from bigmodel_cli.runtime.kv import KVCache, Tokens, cache_dtype, kv_cache
+from bigmodel_cli.runtime.library import library_config
 from bigmodel_cli.runtime.quantize import HEADS, Tensor, weight_sizes
 from bigmodel_cli.runtime.shape import RunShape
 from bigmodel_cli.runtime.trace_cache import load_trace, save_trace, trace_key
@@ -36,7 +37,7 @@ class ComponentRuntime:
     inputs: Mapping[str, Shape] | None = None
     order: tuple[str, ...] | None = None  # its modules in the class's order (forward order)
     method: str | None = None  # --quantize
-    note: str | None = None  # why there is no activation estimate
+    note: str | None = None  # why there is no activation estimate; KV layers not known
 
     @property
     def weight_bytes(self) -> int:
@@ -118,7 +119,11 @@ def _component(
     kv = None
     if run is not None:
         context = run.context or 1
-        kv = kv_cache(m.config, [t.name for t in tensors], context, run.batch, dtype.bits // 8)
+        tokens = Tokens(context, run.batch, shape.encoder_length or context)
+        kv_dtype = cache_dtype(shape.kv_dtype, dtype.name)
+        names = [t.name for t in tensors]
+        kv = kv_cache(m.config, names, tokens, kv_dtype, dtype.bits // 8, library_config)
+    notes = [n for n in (traced.note, kv.note if kv else None) if n]
     return ComponentRuntime(
         c.name,
         tuple(weights),
@@ -127,7 +132,7 @@ def _component(
         traced.inputs,
         traced.order,
         method,
-        traced.note,
+        "; ".join(notes) or None,
     )
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import importlib
 import logging
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from bigmodel_cli.errors import BigmodelError
 from bigmodel_cli.runtime.inputs import LIBRARIES, Model
+from bigmodel_cli.runtime.kv_layers import PER_LAYER, ConfigRead
 from bigmodel_cli.sizes import DType, torch_dtype
 
 if TYPE_CHECKING:
@@ -226,3 +227,33 @@ def build_on_meta(m: Model, dtype: torch.dtype | None = None) -> Any:
     if dtype is not None:
         model = torch.nn.Module.to(model, dtype)
     return model.eval()
+
+
+# ---------------------------------------------------------------- reading a config
+
+
+def library_config(cfg: Mapping[str, Any]) -> ConfigRead | None:
+    """``cfg`` as transformers' own config class reads it: its defaults filled in, and its
+    decoder's layers as ``DynamicCache`` dispatches them (``get_layer_types_and_kwargs``);
+    None without transformers, for a model type it does not know, or a config it refuses."""
+    try:
+        mapping = attribute("transformers", "CONFIG_MAPPING")
+        layer_types = attribute("transformers.cache_utils", "get_layer_types_and_kwargs")
+    except (LibraryMissing, AttributeError):
+        return None
+    model_type = cfg.get("model_type")
+    if not isinstance(model_type, str) or model_type not in mapping:
+        return None
+    cls = mapping[model_type]
+    decode = getattr(cls, "_decode_special_floats", None)  # {"__float__": "Infinity"}, as read
+    with held():
+        try:
+            made = cls.from_dict(decode(dict(cfg)) if decode else dict(cfg))
+            text = made.get_text_config(decoder=True)
+            kinds, _ = layer_types(text)
+            layers = list(text.per_layer_config)
+        except Exception:  # a config its class refuses, an older transformers: the JSON alone
+            return None
+        common = {**text.to_dict(), "model_type": getattr(text, "model_type", model_type)}
+        per_layer = tuple(common | {k: getattr(c, k, None) for k in PER_LAYER} for c in layers)
+        return ConfigRead({**made.to_dict(), **common}, tuple(kinds), per_layer)
