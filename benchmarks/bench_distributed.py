@@ -4,8 +4,12 @@ cpu ranks (gloo), planned with `plan --procs-per-node N --max-memory cpu=...`.
 Targets (2 ranks): every rank's peak RSS is at most its planned bytes x 1.1 plus a fixed
 base (the peak RSS of the same two ranks loading a tiny checkpoint, + 100 MB): a rank holds
 its own stage, not the whole checkpoint; and the bytes all ranks read are 1.00x the
-checkpoint. The two readers, `pread` (the default) and `--reader dcp`
-(torch.distributed.checkpoint's Hugging Face safetensors reader), run in turn,
+checkpoint, counted by the ranks (`bytes_read`) and by the kernel: each rank's `rchar` from
+`/proc/self/io` around its load (tests/helpers/rank_io.py; every read call of the process,
+bigmodel's or not), its planned bytes plus at most 4 KiB with `pread` (dcp maps the files:
+its faults are no read calls, so its rchar is printed, not judged). The two readers,
+`pread` (the default) and `--reader dcp` (torch.distributed.checkpoint's Hugging Face
+safetensors reader), run in turn,
 BIGMODEL_BENCH_REPEATS times (default 3; the best load time of the slowest rank is kept):
 their times and peak RSS are printed, and which is faster. Wall times for 1, 2 and 4 ranks
 are printed, not judged. Size: env BIGMODEL_BENCH_DIST_GB (default 2.0).
@@ -17,6 +21,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,6 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import BIGMODEL, temp_dir, warm_cache, write_safetensors  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from tests.helpers.rank_io import read_counts  # noqa: E402
+
+OTHER_READS = 4 << 10  # the probe's own read of /proc/self/io (about 100 bytes)
 TORCHRUN = str(Path(sys.executable).parent / "torchrun")
 RSS_FACTOR = 1.1
 RSS_SLACK = 100_000_000
@@ -78,15 +87,29 @@ def plan(source: Path, ranks: int, out: Path) -> None:
 
 
 def world_run(source: Path, plan_file: Path, ranks: int, reader: str) -> tuple[float, dict]:
-    """Wall seconds of the torchrun command and rank 0's JSON report."""
-    cmd = [TORCHRUN, "--standalone", f"--nproc-per-node={ranks}", "-m", "bigmodel_cli", "run"]
-    cmd += [str(source), "--plan", str(plan_file), "--reader", reader, "--json"]
-    began = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env(), timeout=900)
-    seconds = time.perf_counter() - began
-    if proc.returncode != 0:
-        raise SystemExit(f"benchmark command failed: {' '.join(cmd)}\n{proc.stderr[-3000:]}")
-    return seconds, json.loads(proc.stdout)
+    """Wall seconds of the torchrun command and rank 0's JSON report, each rank's entry with
+    ``rchar``: what its load read as the kernel counts it."""
+    with tempfile.TemporaryDirectory() as probe:
+        cmd = [TORCHRUN, "--standalone", f"--nproc-per-node={ranks}"]
+        cmd += ["-m", "tests.helpers.rank_io", probe, "run"]
+        cmd += [str(source), "--plan", str(plan_file), "--reader", reader, "--json"]
+        began = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env(), timeout=900)
+        seconds = time.perf_counter() - began
+        if proc.returncode != 0:
+            raise SystemExit(f"benchmark command failed: {' '.join(cmd)}\n{proc.stderr[-3000:]}")
+        counts = read_counts(Path(probe))
+    doc = json.loads(proc.stdout)
+    for r in doc["ranks"]:
+        r["rchar"] = counts[r["rank"]]["rchar"]
+    return seconds, doc
+
+
+def _kernel_ok(doc: dict, reader: str) -> bool:
+    """Each ``pread`` rank's rchar: its planned bytes, at most :data:`OTHER_READS` more."""
+    return reader != "pread" or all(
+        r["planned"] <= r["rchar"] <= r["planned"] + OTHER_READS for r in doc["ranks"]
+    )
 
 
 def _slowest(doc: dict) -> float:
@@ -128,23 +151,35 @@ def main() -> int:
     for reader, found in tries.items():
         runs[(2, reader)] = min(found, key=lambda run: _slowest(run[1]))
     print(f"\n### torchrun run over cpu ranks ({size / 1e9:.2f} GB fp32 checkpoint)\n")
-    print("| ranks | reader | wall time | slowest rank's load | bytes read | peak RSS per rank |")
-    print("|---:|---|---:|---:|---:|---|")
+    print(
+        "| ranks | reader | wall time | slowest rank's load | bytes read | read calls' bytes "
+        "(kernel) | peak RSS per rank |"
+    )
+    print("|---:|---|---:|---:|---:|---:|---|")
     for (n, reader), (wall, doc) in sorted(runs.items()):
         rss = ", ".join(f"{r['peak_rss'] / 1e6:.0f} MB" for r in doc["ranks"])
         ratio = doc["bytes_read"] / doc["checkpoint_bytes"]
-        print(f"| {n} | {reader} | {wall:.2f} s | {_slowest(doc):.2f} s | {ratio:.2f}x | {rss} |")
+        kernel = sum(r["rchar"] for r in doc["ranks"]) / doc["checkpoint_bytes"]
+        print(
+            f"| {n} | {reader} | {wall:.2f} s | {_slowest(doc):.2f} s | {ratio:.2f}x | "
+            f"{kernel:.4f}x | {rss} |"
+        )
     print(f"\nbase (2 ranks loading the tiny fixture): peak RSS {base / 1e6:.0f} MB")
     fits = {reader: _rss_ok(runs[(2, reader)][1], base, reader) for reader in tries}
     ok_bytes = all(doc["bytes_read"] == doc["checkpoint_bytes"] for _, doc in runs.values())
     print(f"bytes read 1.00x the checkpoint on every run: {'PASS' if ok_bytes else 'FAIL'}")
+    ok_kernel = all(_kernel_ok(doc, reader) for (_, reader), (_, doc) in runs.items())
+    print(
+        f"every pread rank's rchar (kernel) its planned bytes + at most {OTHER_READS} bytes: "
+        f"{'PASS' if ok_kernel else 'FAIL'}"
+    )
     times = {reader: _slowest(runs[(2, reader)][1]) for reader in tries}
     print(
         f"readers (slowest of 2 ranks, best of {REPEATS}): pread {times['pread']:.2f} s, "
         f"dcp {times['dcp']:.2f} s; faster: {min(times, key=lambda r: times[r])}; within the "
         f"memory target: {', '.join(r for r, ok in fits.items() if ok) or 'none'}; default: pread"
     )
-    return 0 if fits["pread"] and ok_bytes else 1
+    return 0 if fits["pread"] and ok_bytes and ok_kernel else 1
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ BENCHES = [
     "bench_inspect.py",
     "bench_shard.py",
     "bench_plan.py",
+    "bench_activations.py",
     "bench_run.py",
     "bench_hub.py",
     "bench_hub_cold.py",

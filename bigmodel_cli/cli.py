@@ -26,6 +26,7 @@ from bigmodel_cli.cli_options import (
     DTypeOpt,
     ForceOpt,
     JsonOpt,
+    MaxMemoryOpt,
     OfflineOpt,
     OutputOpt,
     RevisionOpt,
@@ -165,13 +166,7 @@ def merge(
 @app.command()
 def plan(
     source: SourceArg = None,
-    max_memory: Annotated[
-        str | None,
-        typer.Option(
-            "--max-memory",
-            help="Devices and budgets, e.g. 0=8GB,1=8GB,cpu=32GB,disk. Default: detected.",
-        ),
-    ] = None,
+    max_memory: MaxMemoryOpt = None,
     strategy: Annotated[
         Strategy | None,
         typer.Option("--strategy", help=STRATEGY_HELP, show_default=False),
@@ -206,6 +201,8 @@ def plan(
     quantize: po.Quantize = None,
     no_quantize: po.NoQuantize = None,
     double_quant: po.DoubleQuant = False,
+    kv_dtype: po.KVDType = None,
+    encoder_length: po.EncoderLength = None,
 ) -> None:
     """Decide which device holds what, from headers alone (a Hub repo's too: no download).
 

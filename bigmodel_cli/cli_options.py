@@ -20,6 +20,13 @@ SourceArg = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+MaxMemoryOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--max-memory",
+        help="Devices and budgets, e.g. 0=8GB,1=8GB,cpu=32GB,disk. Default: detected.",
+    ),
+]
 DTypeOpt = Annotated[
     str | None,
     typer.Option(

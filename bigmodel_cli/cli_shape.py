@@ -49,8 +49,24 @@ DoubleQuant = Annotated[
     bool, typer.Option("--double-quant", help="nf4/fp4: quantize their scales too.")
 ]
 
+KVDType = Annotated[
+    str | None,
+    typer.Option(
+        "--kv-dtype",
+        help="Text models: the KV cache's dtype: auto (the model's), fp16, bf16, or "
+        "transformers' quantized cache fp8, int8, int4 (full-attention models).",
+    ),
+]
+EncoderLength = Annotated[
+    int | None,
+    typer.Option(
+        "--encoder-length",
+        help="Encoder-decoders (T5, BART): tokens the encoder reads (default: --context).",
+    ),
+]
+
 NAMES: tuple[str, ...] = ("counted", "batch", "height", "width", "frames", "context")
-NAMES += ("quantize", "no_quantize", "double_quant")
+NAMES += ("quantize", "no_quantize", "double_quant", "kv_dtype", "encoder_length")
 
 
 def run_shape(values: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,72 +1,47 @@
 """Activation estimates (traced on fake tensors, nothing run) against the peak measured by
 running the same forward pass on the CPU with the shapes the plan wrote in ``inputs``,
-counted by the profiler's allocator events."""
+counted here from torch.profiler's allocator events (``profile_memory``), not by
+bigmodel's own ``run/peak.py``. The bounds are the README's, per component: UNet, CLIP
+and Flux within 2%, a Llama prefill 1-6% over, the VAE decode 0-15% under
+(``benchmarks/bench_activations.py`` prints the figures)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from bigmodel_cli.placement import make_plan
-from bigmodel_cli.run.peak import measure_peak
 from bigmodel_cli.runtime.calls import forward, make_inputs
+from tests.helpers.activations import (
+    FLUX_SHAPES,
+    LLAMA_SHAPES,
+    PIPELINE_COMPONENTS,
+    PIPELINE_SHAPES,
+    load,
+    measured,
+    off,
+    save_tiny_flux,
+    within,
+)
 from tests.helpers.cli import FIXTURES
-from tests.helpers.runtime import TINY_FLUX
 
 PIPELINE = FIXTURES / "tiny-pipeline"
-TOLERANCE = 0.20
 
 
 @pytest.fixture(scope="module")
 def tiny_flux(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import torch
-    from diffusers import FluxTransformer2DModel
-
-    torch.manual_seed(0)
-    config = {k: v for k, v in TINY_FLUX.items() if not k.startswith("_")}
-    folder = tmp_path_factory.mktemp("flux") / "transformer"
-    FluxTransformer2DModel(**config).save_pretrained(folder)
-    return folder
+    return save_tiny_flux(tmp_path_factory.mktemp("flux") / "transformer")
 
 
-def _measured(model: Any, kind: str, shapes: dict[str, list[int]]) -> int:
-    import torch
-
-    fed = {k: tuple(v) for k, v in shapes.items()}
-    _, peak = measure_peak(lambda: forward(kind, model, make_inputs(fed, torch.float32)))
-    return peak
-
-
-def _check(estimate: int | None, measured: int) -> None:
-    assert estimate is not None and measured > 0
-    assert abs(estimate - measured) <= TOLERANCE * measured, (estimate, measured)
-
-
-def _load(library: str, class_name: str, folder: Path) -> Any:
-    import importlib
-
-    cls = getattr(importlib.import_module(library), class_name)
-    return cls.from_pretrained(folder).eval()
-
-
-# batch, side, context; at small sides the CPU's flash-attention kernel adds per-thread
-# scratch (about 0.5 MB) that no GPU kernel allocates and the fake trace does not see
-PIPELINE_SHAPES = [(1, 96, 16), (2, 128, 32), (1, 192, 77)]
+def _check(kind: str, estimate: int | None, peak: int) -> None:
+    assert within(kind, estimate, peak), (kind, estimate, peak, f"{off(estimate, peak):+.2%}")
 
 
 @pytest.mark.parametrize(("batch", "side", "context"), PIPELINE_SHAPES)
-@pytest.mark.parametrize(
-    ("component", "library", "class_name", "kind"),
-    [
-        ("unet", "diffusers", "UNet2DConditionModel", "unet"),
-        ("vae", "diffusers", "AutoencoderKL", "vae"),
-        ("text_encoder", "transformers", "CLIPTextModel", "text"),
-    ],
-)
-def test_pipeline_component_estimate_is_within_20_percent_of_its_measured_peak(
+@pytest.mark.parametrize(("component", "library", "class_name", "kind"), PIPELINE_COMPONENTS)
+def test_pipeline_component_estimate_is_within_the_readmes_bounds_of_the_profiled_peak(
     component: str, library: str, class_name: str, kind: str, batch: int, side: int, context: int
 ) -> None:
     plan = make_plan(
@@ -75,12 +50,12 @@ def test_pipeline_component_estimate_is_within_20_percent_of_its_measured_peak(
     needs = plan.needs[component]
     assert needs.inputs is not None
     doc = plan.to_json()["components"][component]
-    measured = _measured(_load(library, class_name, PIPELINE / component), kind, doc["inputs"])
-    _check(needs.activations, measured)
+    peak = measured(load(library, class_name, PIPELINE / component), kind, doc["inputs"])
+    _check(kind, needs.activations, peak)
 
 
-@pytest.mark.parametrize(("batch", "side", "context"), [(1, 64, 16), (2, 128, 32), (1, 256, 64)])
-def test_flux_transformer_estimate_is_within_20_percent_of_its_measured_peak(
+@pytest.mark.parametrize(("batch", "side", "context"), FLUX_SHAPES)
+def test_flux_transformer_estimate_is_within_2_percent_of_the_profiled_peak(
     tiny_flux: Path, batch: int, side: int, context: int
 ) -> None:
     plan = make_plan(
@@ -88,23 +63,25 @@ def test_flux_transformer_estimate_is_within_20_percent_of_its_measured_peak(
     )
     doc = plan.to_json()["components"]["transformer"]
     assert doc["inputs"]["hidden_states"] == [batch, (side // 16) ** 2, 16]
-    model = _load("diffusers", "FluxTransformer2DModel", tiny_flux)
-    _check(doc["activations"], _measured(model, "flux", doc["inputs"]))
+    model = load("diffusers", "FluxTransformer2DModel", tiny_flux)
+    _check("flux", doc["activations"], measured(model, "flux", doc["inputs"]))
 
 
-@pytest.mark.parametrize(("batch", "context"), [(1, 32), (2, 64), (4, 128)])
-def test_llama_prefill_estimate_is_within_20_percent_of_its_measured_peak(
+@pytest.mark.parametrize(("batch", "context"), LLAMA_SHAPES)
+def test_llama_prefill_estimate_is_1_to_6_percent_over_the_profiled_peak(
     batch: int, context: int
 ) -> None:
     folder = FIXTURES / "tiny-llama"
     plan = make_plan(folder, max_memory="cpu=1GB", batch=batch, context=context)
     doc = plan.to_json()["components"]["tiny-llama"]
     assert doc["inputs"] == {"input_ids": [batch, context]}
-    model = _load("transformers", "LlamaForCausalLM", folder)
-    _check(doc["activations"], _measured(model, "lm", doc["inputs"]))
+    model = load("transformers", "LlamaForCausalLM", folder)
+    _check("lm", doc["activations"], measured(model, "lm", doc["inputs"]))
 
 
-def test_run_forward_reports_the_measured_peak_beside_the_estimate(tmp_path: Path) -> None:
+def test_run_forward_reports_a_peak_within_the_readmes_bounds_of_its_estimate(
+    tmp_path: Path,
+) -> None:
     from tests.helpers.cli import run_cli
 
     out = tmp_path / "plan.json"
@@ -114,9 +91,9 @@ def test_run_forward_reports_the_measured_peak_beside_the_estimate(tmp_path: Pat
     result = run_cli("run", PIPELINE, "--plan", out, "--forward", "--json")
     assert result.code == 0, result.stderr
     forward_doc = json.loads(result.stdout)["forward"]
-    for name in ("unet", "vae", "text_encoder"):
+    for name, kind in (("unet", "unet"), ("vae", "vae"), ("text_encoder", "text")):
         entry = forward_doc[name]
-        _check(entry["estimate"], entry["peak"])
+        _check(kind, entry["estimate"], entry["peak"])
 
 
 @pytest.mark.parametrize("component", ["unet", "text_encoder"])

@@ -5,7 +5,9 @@ and a distributed ``shard`` writes what one process writes, or nothing.
 The planner and the readers are tested in this process (a one-rank gloo group where a
 process group is needed); the torchrun tests are few and small, on CPU with gloo:
 ``--standalone`` with 2 and 4 processes, and two agents on 127.0.0.1 (2 x 2, so RANK
-differs from LOCAL_RANK)."""
+differs from LOCAL_RANK). What a rank read is counted outside bigmodel as well: by its own
+``/proc/self/io`` around its load (:mod:`tests.helpers.rank_io`), and by the page cache for
+the reader that maps the files (:mod:`tests.helpers.page_cache`)."""
 
 from __future__ import annotations
 
@@ -28,10 +30,16 @@ from bigmodel_cli.sharding.plan import plan_write
 from bigmodel_cli.torchrun import combined
 from tests.helpers.checkpoints import llama_config
 from tests.helpers.cli import FIXTURES, assert_one_line_error, run_cli
+from tests.helpers.page_cache import PAGE, evict, read_around
+from tests.helpers.rank_io import PAGES, pages_after, read_counts
 from tests.helpers.torchrun import Finished, agents, free_port, run_world, worker_of
 from tests.helpers.trees import tree_hash
 
 PIPELINE = FIXTURES / "tiny-pipeline"
+# what else a rank's process reads while it loads, beyond its planned bytes: the probe's
+# own read of /proc/self/io (about 100 bytes) with ``pread``; with ``dcp`` also what
+# torch.distributed.checkpoint reads to list the folder and parse headers (about 29 KB)
+OTHER_READS = {"pread": 4 << 10, "dcp": 64 << 10}
 
 
 @pytest.fixture(scope="module")
@@ -297,7 +305,7 @@ def one_rank(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize("reader", ["pread", "dcp"])
-def test_both_readers_read_exactly_the_planned_bytes_and_verify(
+def test_both_readers_report_the_planned_bytes_as_read_and_verify_in_one_process(
     one_rank: None, tied_llama: Path, tmp_path: Path, reader: str
 ) -> None:
     plan = make_plan(tied_llama, max_memory="cpu=1GB", procs_per_node=1)
@@ -356,10 +364,29 @@ def _reference_logits(source: Path, ids: Any) -> Any:
         return model(ids).logits
 
 
-def _check_run(doc: dict[str, Any], plan: dict[str, Any], source: Path) -> None:
-    """Each rank read its planned bytes; all of them the checkpoint plus the duplicates."""
+def _check_kernel_counts(probe: Path, plan: dict[str, Any], reader: str = "pread") -> None:
+    """What each rank's load read, as its own ``/proc/self/io`` counts it (``rchar``: every
+    read call of the process, ours or not): its planned bytes with the ``pread`` reader, and
+    at most :data:`OTHER_READS` more; with ``dcp``, which maps the files (page faults, not
+    read calls), nothing but those."""
+    counts = read_counts(probe)
+    assert sorted(counts) == [r["rank"] for r in plan["ranks"]]
+    for r in plan["ranks"]:
+        rchar = counts[r["rank"]]["rchar"]
+        least = r["bytes"] if reader == "pread" else 0
+        assert least <= rchar <= least + OTHER_READS[reader], (r["rank"], rchar, r["bytes"])
+
+
+def _check_run(
+    doc: dict[str, Any], plan: dict[str, Any], source: Path, probe: Path | None = None
+) -> None:
+    """Each rank read its planned bytes (as it counts them, and as the kernel counts them
+    where ``probe`` holds the ranks' counters); all of them the checkpoint plus the
+    duplicates."""
     ranks = {r["rank"]: r for r in doc["ranks"]}
     assert sorted(ranks) == list(range(len(plan["ranks"])))
+    if probe is not None:
+        _check_kernel_counts(probe, plan)
     for r in plan["ranks"]:
         assert ranks[r["rank"]]["bytes_read"] == r["bytes"], r["rank"]
         assert (ranks[r["rank"]]["node"], ranks[r["rank"]]["local_rank"]) == (
@@ -409,10 +436,10 @@ def test_ranks_read_only_their_ranges_and_the_pipelined_logits_match_one_process
         "--forward-output",
         out,
     ]
-    found = run_world(args, procs, tmp_path, nodes)
+    found = run_world(args, procs, tmp_path, nodes, probe=tmp_path)
     doc = _json(found[0])
     assert all(f.code == 0 and not f.stdout for f in found[1:])  # rank 0 alone reports
-    _check_run(doc, plan, tied_llama)
+    _check_run(doc, plan, tied_llama, tmp_path)
     assert doc["forward"]["stages"] == nodes * procs and doc["forward"]["output_shape"] == [
         2,
         6,
@@ -432,9 +459,61 @@ def test_four_ranks_of_the_pipeline_read_their_planned_bytes(tmp_path: Path) -> 
         PIPELINE, "--procs-per-node", "4", "--max-memory", "cpu=2MB", "-o", str(plan_path)
     )
     (finished,) = run_world(
-        ["run", PIPELINE, "--plan", plan_path, "--verify", "--json"], 4, tmp_path
+        ["run", PIPELINE, "--plan", plan_path, "--verify", "--json"], 4, tmp_path, probe=tmp_path
     )
-    _check_run(_json(finished), plan, PIPELINE)
+    _check_run(_json(finished), plan, PIPELINE, tmp_path)
+
+
+def _gapped_checkpoint(folder: Path, gap: int) -> Path:
+    """A sparse file of three tensors: two small ones around a ``gap`` bytes one."""
+    from bigmodel_cli.formats.safetensors import HeaderEntry, build_header
+
+    sizes = [256 << 10, gap, 256 << 10]
+    entries = [HeaderEntry(f"layers.{i}.weight", "F32", (n // 4,)) for i, n in enumerate(sizes)]
+    header = build_header(entries, {"format": "pt"})
+    path = folder / "model.safetensors"
+    with open(path, "wb") as f:
+        f.write(header)
+        f.truncate(len(header) + sum(sizes))
+    return path
+
+
+@pytest.mark.parametrize("reader", ["pread", "dcp"])
+def test_each_rank_reads_only_its_ranges_as_the_kernel_counts_them(
+    tmp_path: Path, reader: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rank 0 reads a small tensor, rank 1 the large one after it and a small one. Counted
+    outside bigmodel: each rank's ``rchar`` around its load, and the page cache, which shows
+    what a mapped reader faulted in: the file's pages dropped first, the ranks load in turn
+    (:mod:`tests.helpers.rank_io`), and after rank 0 the middle of rank 1's tensor (16 x this
+    file system's read-around long, no readahead reaches its middle half) is not read."""
+    source = tmp_path / "gapped"
+    source.mkdir()
+    around = read_around(tmp_path)
+    path = _gapped_checkpoint(source, 16 * around)
+    first, large, last = load_checkpoint(source).components[0].tensors
+    doc = make_plan(source, max_memory="cpu=1GB", procs_per_node=2).to_json()
+    shares = ((first.start, first.nbytes), (large.start, large.nbytes + last.nbytes))
+    for rank, (start, length) in zip(doc["ranks"], shares, strict=True):
+        rank["reads"] = {path.name: [[start, length]]}
+        rank["bytes"] = length
+    plan_path = tmp_path / "plan.json"
+    plan_path.write_text(json.dumps(doc))
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    monkeypatch.setenv(PAGES, str(path))
+    evict(path)
+    args = ["run", source, "--plan", plan_path, "--reader", reader, "--json"]
+    (finished,) = run_world(args, 2, tmp_path, probe=probe)
+    report = _json(finished)
+    assert [r["bytes_read"] for r in report["ranks"]] == [n for _, n in shares]
+    _check_kernel_counts(probe, doc, reader)
+    after_0, after_1 = (pages_after(probe, r)[str(path)] for r in (0, 1))
+    middle = slice((large.start + 4 * around) // PAGE, (large.end - 4 * around) // PAGE)
+    assert sum(after_0[first.start // PAGE : first.end // PAGE]) > 0
+    assert sum(after_0[middle]) == 0, "rank 0 read outside its range"
+    assert all(after_1[large.start // PAGE + 1 : large.end // PAGE])  # rank 1 read its own
+    evict(path)
 
 
 @pytest.mark.parametrize(

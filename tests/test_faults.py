@@ -115,6 +115,7 @@ def test_a_fault_at_any_write_loses_nothing(
     if existing:
         out.mkdir()
         (out / "previous.txt").write_text("the OUT of an earlier run")
+        (out / "model.safetensors").write_bytes(b"")  # a checkpoint: --force may replace it
         old = tree_hash(out)
 
     def cleanup() -> None:
@@ -122,6 +123,7 @@ def test_a_fault_at_any_write_loses_nothing(
         if existing:
             out.mkdir()
             (out / "previous.txt").write_text("the OUT of an earlier run")
+            (out / "model.safetensors").write_bytes(b"")
 
     total, complete = count_points(monkeypatch, lambda: run_cli(*args), out, cleanup)
     assert total > 3
@@ -188,9 +190,14 @@ def test_sigkill_leaves_only_a_recognisable_temp_folder_that_the_next_run_remove
 
 
 @pytest.mark.slow
-def test_two_runs_racing_for_one_output_give_one_winner_and_a_valid_checkpoint(
+def test_a_run_started_while_another_writes_the_same_output_loses_and_the_first_wins(
     tmp_path: Path,
 ) -> None:
+    """Two runs that overlap for sure: the first is stopped (SIGSTOP) once it writes into its
+    temporary folder, the second runs from start to end meanwhile, and only then does the
+    first go on. The second exits 2 with one line naming the other run (not 'already
+    exists': the first had not finished); the first writes a complete, valid checkpoint."""
+    import signal
     import subprocess
 
     from bigmodel_cli.checkpoint import load_checkpoint
@@ -198,16 +205,22 @@ def test_two_runs_racing_for_one_output_give_one_winner_and_a_valid_checkpoint(
     src = sparse_checkpoint(tmp_path / "big.safetensors", 0.8)
     out = tmp_path / "out"
     cmd = [*map(str, BIGMODEL), "shard", str(src), "-o", str(out), "--max-shard-size", "300MB"]
-    procs = [
-        subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        for _ in range(2)
-    ]
-    results = [(p.wait(timeout=120), p.stderr.read() if p.stderr else "") for p in procs]
-    codes = sorted(code for code, _ in results)
-    assert codes == [0, 2], results
-    loser = next(err for code, err in results if code == 2)
-    assert len(loser.strip().splitlines()) == 1
-    assert "another bigmodel run" in loser or "already exists" in loser, loser
+    first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_temp_data(tmp_path)
+        os.kill(first.pid, signal.SIGSTOP)
+        second = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        # the overlap, observed: the first had started (its temporary folder holds data)
+        # and had not finished (still running, no OUT) while the second ran to its end
+        assert first.poll() is None and not out.exists()
+        assert any(".out.bigmodel-tmp-" in name for name in leftovers(tmp_path, set()))
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+    code = first.wait(timeout=120)
+    err = first.stderr.read() if first.stderr else ""
+    assert code == 0, err
+    assert second.returncode == 2 and len(second.stderr.strip().splitlines()) == 1
+    assert "another bigmodel run" in second.stderr, second.stderr
     (component,) = load_checkpoint(out).components
     assert {t.name for t in component.tensors} == {"small.weight", "huge.weight"}
     assert leftovers(tmp_path, {"big.safetensors", "out"}) == []

@@ -176,7 +176,7 @@ def test_stand_in_answers_ranges_with_206(hub: HubServer) -> None:
 
 def test_mirror_of_the_fixture_pipeline_reads_like_the_folder(hub: HubServer, home: Path) -> None:
     m = mirror("test/pipe")
-    assert (m.commit, m.from_cache, m.headers_fetched) == (COMMIT, False, 6)
+    assert (m.commit, m.headers_fetched) == (COMMIT, 6)
     assert m.path == home / "bigmodel" / "hub" / "test--pipe" / COMMIT / "pipe"
     assert_same(m.path, PIPE)
     assert not (m.path / "tokenizer" / "vocab.json").exists()
@@ -204,10 +204,10 @@ def test_big_pipeline_fetches_under_one_percent(
         assert_same(m.path, big_pipeline)
         hub.reset_counts()
         again = mirror("test/big")
-        assert (again.path, again.from_cache, again.headers_fetched) == (m.path, True, 0)
+        assert (again.path, again.headers_fetched, again.bytes_fetched) == (m.path, 0, 0)
         assert [r.path for r in hub.requests] == ["/api/models/test/big/revision/main"]
         hub.reset_counts()
-        assert mirror("test/big", revision=COMMIT).from_cache
+        assert mirror("test/big", revision=COMMIT).headers_fetched == 0
         assert hub.requests == []
 
 
@@ -245,7 +245,7 @@ def test_offline_uses_the_mirror_and_no_network(
     hub.reset_counts()
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     again = mirror("test/pipe")
-    assert (again.path, again.from_cache) == (first.path, True)
+    assert (again.path, again.headers_fetched) == (first.path, 0)
     with pytest.raises(
         BigmodelError, match="offline, and revision 'main' is neither in the Hugging Face cache"
     ):

@@ -51,6 +51,8 @@ def test_json_document_shape() -> None:
         "batch": 1,
         **dict.fromkeys(("height", "width", "frames", "context")),
         "quantize": {},
+        "kv_dtype": "auto",
+        "encoder_length": None,
     }
     assert doc["execution_device"] == 0 and doc["peak_gpu"] is None
     assert doc["held_for_offload"] == doc["devices"]["0"]["held"] > 0

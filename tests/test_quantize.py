@@ -20,9 +20,6 @@ LLAMA = FIXTURES / "tiny-llama"
 UNET = FIXTURES / "tiny-pipeline" / "unet"
 WITHIN = 0.01
 
-pytest.importorskip("bitsandbytes")
-pytest.importorskip("torchao")
-
 
 def _planned(folder: Path, method: str, **flags: Any) -> int:
     plan = make_plan(folder, max_memory="cpu=1GB", quantize=method, **flags)

@@ -320,7 +320,6 @@ def test_human_output_is_a_table_per_device(tmp_path: Path) -> None:
 
 
 def _plan_cli(tmp_path: Path, source: Path, *args: str) -> Path:
-    pytest.importorskip("bigmodel_cli.render.plan", reason="bigmodel plan not built yet")
     out = tmp_path / "plan.json"
     result = run_cli("plan", source, *args, "-o", out)
     assert result.code == 0, result.stderr

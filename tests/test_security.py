@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 import torch
 
 from tests.helpers.cli import assert_one_line_error, run_cli
@@ -21,26 +22,42 @@ class Payload:
 
 
 def _malicious(tmp_path: Path) -> tuple[Path, Path]:
+    """A folder holding a ``pytorch_model.bin`` whose unpickling would create ``marker``,
+    and a plan for it (made while it held the same tensor without the payload, as a plan
+    made before someone swapped the file would be)."""
     marker = tmp_path / "pwned"
     path = tmp_path / "evil" / "pytorch_model.bin"
     path.parent.mkdir()
+    torch.save({"weight": torch.zeros(2)}, path)
+    made = run_cli("plan", path.parent, "--max-memory", "cpu=1GB", "-o", tmp_path / "plan.json")
+    assert made.code == 0, made.stderr
     torch.save({"weight": torch.zeros(2), "payload": Payload(marker)}, path)
     assert not marker.exists()
     return path, marker
 
 
-def test_code_running_pickle_is_refused_by_every_reader(tmp_path: Path) -> None:
+COMMANDS = {  # every command that reads a checkpoint, and its arguments after SOURCE
+    "inspect": [],
+    "inspect-file": [],
+    "shard": ["-o", "{tmp}/out"],
+    "merge": ["-o", "{tmp}/out"],
+    "plan": ["--max-memory", "cpu=1GB", "-o", "{tmp}/new-plan.json"],
+    "run": ["--plan", "{tmp}/plan.json"],
+    "run-verify": ["--plan", "{tmp}/plan.json", "--verify"],
+}
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_code_running_pickle_is_refused_and_never_run_by_every_command(
+    tmp_path: Path, command: str
+) -> None:
     path, marker = _malicious(tmp_path)
-    for args in (
-        ["inspect", path],
-        ["inspect", path.parent],
-        ["shard", path.parent, "-o", tmp_path / "out"],
-        ["plan", path.parent, "--max-memory", "cpu=1GB"],
-    ):
-        result = run_cli(*args)
-        assert_one_line_error(result, 2, str(path), "refused to unpickle")
-        assert not marker.exists(), args
-    assert not (tmp_path / "out").exists()
+    source = path if command == "inspect-file" else path.parent
+    args = [a.format(tmp=tmp_path) for a in COMMANDS[command]]
+    result = run_cli(command.split("-")[0], source, *args)
+    assert_one_line_error(result, 2, str(path), "refused to unpickle")
+    assert not marker.exists(), "the pickle's code ran"
+    assert not (tmp_path / "out").exists() and not (tmp_path / "new-plan.json").exists()
 
 
 def test_legacy_non_zip_pickle_is_read(tmp_path: Path) -> None:

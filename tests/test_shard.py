@@ -425,9 +425,10 @@ def test_existing_output_needs_force_and_is_replaced_whole(models: Path, tmp_pat
     out = tmp_path / "out"
     out.mkdir()
     (out / "old.txt").write_text("old")
+    (out / "model.safetensors").write_bytes(b"")  # an earlier output: --force may replace it
     result = run_cli("shard", models / "llama", "-o", out)
     assert result.code == 2 and "--force" in result.stderr
-    assert [p.name for p in out.iterdir()] == ["old.txt"]
+    assert sorted(p.name for p in out.iterdir()) == ["model.safetensors", "old.txt"]
     assert leftovers(tmp_path) == []
     assert run_cli("shard", models / "llama", "-o", out, "--force").code == 0
     assert not (out / "old.txt").exists() and (out / "model.safetensors").is_file()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -70,3 +71,58 @@ def test_kept_traces_spare_the_library_import(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines()}
     assert "torch" not in imported and "diffusers" not in imported
+
+
+# -- kept traces are checked on read ---------------------------------------------------------
+
+POISONS = {
+    "nan": '"activations": NaN',
+    "negative": '"activations": -1',
+    "huge": '"activations": 1e400',
+    "string": '"activations": "lots"',
+    "float": '"activations": 1.5',
+    "keep": '"keep": 5',
+    "inputs": '"inputs": {"sample": [1, -2]}',
+    "note": '"note": ["x"]',
+}
+
+
+def _poison(path: Path, poison: str) -> None:
+    """Replace the first field the poison names, in the file's own text."""
+    doc = json.loads(path.read_text())
+    key = poison.split(":")[0].strip('"')
+    doc[key] = "POISON"
+    path.write_text(json.dumps(doc).replace(f'"{key}": "POISON"', poison))
+
+
+@pytest.mark.parametrize("poison", sorted(POISONS))
+def test_a_poisoned_trace_is_passed_over(tmp_path: Path, poison: str) -> None:
+    from bigmodel_cli.runtime.trace_cache import load_trace, save_trace
+
+    save_trace("k", {"activations": 10, "keep": [], "inputs": {"sample": [1, 4]}, "note": None})
+    assert load_trace("k") == (
+        {"schema": 1, "activations": 10, "keep": [], "inputs": {"sample": [1, 4]}, "note": None},
+        None,
+    )
+    _poison(tmp_path / "traces" / "k.json", POISONS[poison])
+    found, why = load_trace("k")
+    assert found is None and why is not None and "traced again" in why, why
+
+
+def _activations(doc: Any) -> dict[str, Any]:
+    return {k: v["activations"] for k, v in doc["components"].items()}
+
+
+def test_poisoned_kept_traces_are_traced_again_and_said_so(tmp_path: Path) -> None:
+    first = _plan()
+    kept = sorted((tmp_path / "traces").glob("*.json"))
+    assert len(kept) == 3
+    want = _activations(first)
+    for rounds in (("nan", "negative", "huge"), ("string", "keep", "inputs")):
+        for path, poison in zip(kept, rounds, strict=True):
+            _poison(path, POISONS[poison])
+        again: Any = _plan()
+        assert _activations(again) == want
+        notes = [c.get("note") or "" for c in again["components"].values()]
+        assert all("passed over" in n and "traced again" in n for n in notes), notes
+        assert all(json.loads(p.read_text())["activations"] is not None for p in kept)

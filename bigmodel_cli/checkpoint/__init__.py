@@ -2,9 +2,9 @@
 
 Every SOURCE form of the spec (a file, a sharded folder, a diffusers pipeline, legacy
 pickle, a repo id in the Hugging Face cache) ends up as a :class:`Checkpoint`
-(:mod:`.discover`); its blocks are grouped from tensor names (:mod:`.blocks`); file names
-follow Hugging Face's rules (:mod:`.names`); ``inspect`` reports a summary
-(:mod:`.summary`). Nothing here reads tensor data.
+(:mod:`.checkpoint`; read by :mod:`.discover` and :mod:`.resolve`); its blocks are grouped
+from tensor names (:mod:`.blocks`); file names follow Hugging Face's rules (:mod:`.names`);
+``inspect`` reports a summary (:mod:`.summary`). Nothing here reads tensor data.
 """
 
 from __future__ import annotations
@@ -12,13 +12,8 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from bigmodel_cli.checkpoint.discover import (
-    Checkpoint,
-    Component,
-    HubSource,
-    find_component,
-    fingerprint,
-)
+from bigmodel_cli.checkpoint.checkpoint import Checkpoint, Component, HubSource, fingerprint
+from bigmodel_cli.checkpoint.discover import find_component
 from bigmodel_cli.checkpoint.resolve import is_repo_id, load_checkpoint
 from bigmodel_cli.checkpoint.summary import CheckpointSummary, summarize
 from bigmodel_cli.sizes import as_target_dtype

@@ -19,7 +19,8 @@ module, so a map over blocks is the same in both names.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,6 +77,27 @@ class BuiltNames:
 
 
 # ---------------------------------------------------------------- maps
+
+
+def renamed_by_patterns(
+    mapping: Mapping[str, str], prefix: str, stored: Sequence[str], meta: Mapping[str, Any]
+) -> dict[str, str | None]:
+    """Each stored name as transformers 4 renames it: the class's key mapping (regex ->
+    target, the first that matches) and its ``base_model_prefix`` added or dropped; None
+    where the built model (``meta``: its state dict's names) has no such tensor."""
+    built: dict[str, str | None] = {}
+    for name in stored:
+        new = name
+        for pattern, target in mapping.items():
+            new, count = re.subn(pattern, target, name)
+            if count:
+                break
+        if new not in meta and f"{prefix}.{new}" in meta:
+            new = f"{prefix}.{new}"
+        elif new.startswith(prefix + ".") and new[len(prefix) + 1 :] in meta:
+            new = new[len(prefix) + 1 :]
+        built[name] = new if new in meta else None
+    return built
 
 
 def module_device(name: str, module_map: Mapping[str, DeviceKey]) -> DeviceKey | None:

@@ -7,77 +7,20 @@ tensor data.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
 from pathlib import Path
-from typing import Literal
 
+from bigmodel_cli.checkpoint.checkpoint import Checkpoint, Component
+from bigmodel_cli.checkpoint.model_index import (
+    MODEL_INDEX,
+    library_of,
+    pipeline_entries,
+    read_model_index,
+)
 from bigmodel_cli.checkpoint.names import index_files, variant_of, weight_files, weights_name
 from bigmodel_cli.errors import BigmodelError
-from bigmodel_cli.formats import FORMATS, Format, Layout, TensorInfo, format_of
-from bigmodel_cli.formats.base import TensorSum
-from bigmodel_cli.formats.index import Index, read_index, safe_member
-from bigmodel_cli.formats.json import parse_json_object
-from bigmodel_cli.sizes import format_size
-
-
-@dataclass(frozen=True)
-class Component(TensorSum):
-    """One model of a checkpoint (a pipeline's ``unet``, or the only model)."""
-
-    name: str
-    folder: Path
-    layout: Layout
-    weights_name: str
-    files: tuple[Path, ...]
-    tensors: tuple[TensorInfo, ...]
-    metadata: dict[str, str] | None
-    index: Index | None = None
-    library: tuple[str, str] | None = None
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    """What a SOURCE holds. ``root`` is the folder whose non-weight files belong to it."""
-
-    source: Path
-    root: Path
-    kind: Literal["file", "model", "pipeline"]
-    components: tuple[Component, ...]
-    skipped: tuple[str, ...] = ()
-    variant: str | None = None
-    repo: HubSource | None = None  # read from a Hugging Face repo id (cache or Hub)
-
-    @property
-    def origin(self) -> str:
-        """What the user named: the path, or ``org/name@commit`` for a repo."""
-        return self.repo.label if self.repo is not None else str(self.source)
-
-
-@dataclass(frozen=True)
-class HubSource:
-    """Where a repo id was read from: its commit, and the Hub's bytes when not cached."""
-
-    repo_id: str
-    commit: str
-    remote: bool = False  # headers read over HTTP (a mirror), not the downloaded files
-    headers_fetched: int = 0
-    bytes_fetched: int = 0
-
-    @property
-    def label(self) -> str:
-        return f"{self.repo_id}@{self.commit}"
-
-    @property
-    def note(self) -> str:
-        """Where the figures came from, for people."""
-        if not self.remote:
-            return f"read from the Hugging Face cache at {self.commit[:7]}"
-        if not self.headers_fetched:
-            return f"read from headers cached earlier from the Hub at {self.commit[:7]}"
-        return (
-            f"read {self.headers_fetched} headers, {format_size(self.bytes_fetched)}, "
-            f"from the Hub at {self.commit[:7]}"
-        )
+from bigmodel_cli.formats import FORMATS, Format, TensorInfo, format_of
+from bigmodel_cli.formats.index import read_index, safe_member
 
 
 def read_path(path: Path, name: str, variant: str | None = None) -> Checkpoint:
@@ -89,7 +32,7 @@ def read_path(path: Path, name: str, variant: str | None = None) -> Checkpoint:
         )
     if not path.is_dir():
         raise BigmodelError("no such file or directory", path)
-    if (path / "model_index.json").is_file():
+    if os.path.lexists(path / MODEL_INDEX):  # of any kind: the reader refuses what is not a file
         return _pipeline(path, variant)
     component = find_component(path, name, variant)
     if component is None:
@@ -127,23 +70,15 @@ def _variant_hint(folders: list[Path], variant: str | None) -> str:
 
 
 def _pipeline(root: Path, variant: str | None) -> Checkpoint:
-    index_path = root / "model_index.json"
-    try:
-        raw = index_path.read_bytes()
-    except OSError as exc:
-        raise BigmodelError(f"cannot read ({exc.strerror})", index_path) from None
-    spec = parse_json_object(raw, index_path, "model_index.json")
+    entries = pipeline_entries(read_model_index(root))
     components, skipped = [], []
-    for name, value in spec.items():
-        if name.startswith("_") or not isinstance(value, list) or len(value) != 2:
-            continue
-        library = (value[0], value[1]) if all(isinstance(v, str) for v in value) else None
-        folder = safe_member(root, name, index_path)
+    for name, entry in entries.items():
+        folder = safe_member(root, name, root / MODEL_INDEX)
         component = find_component(folder, name, variant) if folder.is_dir() else None
         if component is None:
             skipped.append(name)
         else:
-            components.append(_with_library(component, library))
+            components.append(_with_library(component, library_of(entry)))
     if not components:
         folders = [p for p in root.iterdir() if p.is_dir()]
         hint = _variant_hint(folders, variant)
@@ -169,7 +104,7 @@ def find_component(
     """The component stored in ``folder``, or None when it holds no weights: an index of
     the first format that has one, else the one weights file of the first format."""
     try:
-        names = [p.name for p in folder.iterdir() if p.is_file()]
+        names = [p.name for p in folder.iterdir() if not p.is_dir()]  # FIFOs too: refused
         for fmt in FORMATS:
             indexes = index_files(names, variant, fmt.suffixes[0])
             if len(indexes) > 1:
@@ -252,21 +187,3 @@ def _sharded(folder: Path, name: str, index_path: Path, fmt: Format) -> Componen
         metadata,
         index,
     )
-
-
-def fingerprint(ckpt: Checkpoint) -> str:
-    """sha256 over every component's tensor names, dtypes, shapes, files and byte ranges.
-
-    Any change to a header (a re-saved shard, an edited tensor list) changes it; the
-    tensor bytes themselves are not read.
-    """
-    import hashlib
-
-    digest = hashlib.sha256()
-    for c in sorted(ckpt.components, key=lambda c: c.name):
-        digest.update(f"component {c.name}\n".encode())
-        for t in sorted(c.tensors, key=lambda t: t.name):
-            digest.update(
-                f"{t.name}\t{t.dtype}\t{list(t.shape)}\t{t.file.name}\t{t.start}\t{t.end}\n".encode()
-            )
-    return "sha256:" + digest.hexdigest()

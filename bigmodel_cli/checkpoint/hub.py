@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -35,16 +36,23 @@ from bigmodel_cli.checkpoint.hub_http import (
     hub_errors,
     model_info,
 )
+from bigmodel_cli.checkpoint.model_index import MODEL_INDEX, pipeline_entries
 from bigmodel_cli.checkpoint.names import index_files, weight_files
 from bigmodel_cli.errors import BigmodelError
+from bigmodel_cli.formats.files import (
+    MAX_INDEX_BYTES,
+    MAX_JSON_BYTES,
+    read_small_file,
+    safe_path,
+)
+from bigmodel_cli.formats.json import parse_json_object, read_json
 from bigmodel_cli.formats.pickle import PICKLE
 from bigmodel_cli.formats.safetensors import SAFETENSORS
 
 WORKERS = 64  # requests in flight: each waits on the network, not the CPU
-MAX_JSON_BYTES = 10_000_000
-MAX_INDEX_BYTES = 100_000_000
 SKIPPED_JSON = frozenset({"tokenizer.json", "vocab.json"})
 SMALL_PATTERNS = ("*.json", "*.txt", "*.model", "*.tiktoken", "tokenizer*/*", "scheduler/*")
+MANIFEST = ".bigmodel-mirror.json"  # beside the mirrored folder: every file and its size
 COMMIT = re.compile(r"^[0-9a-f]{40}$")  # a commit sha, as the Hub names revisions
 T = TypeVar("T")
 R = TypeVar("R")
@@ -59,7 +67,7 @@ class Mirror:
     path: Path
     headers_fetched: int
     bytes_fetched: int
-    from_cache: bool
+    repaired: str | None = None  # why a mirror found damaged was built again
 
 
 def mirror(
@@ -82,8 +90,14 @@ def mirror(
     else:
         commit, files = _list_files(repo_id, revision)  # nothing here: resolve and list at once
     folder = root / (commit if variant is None else f"{commit}.{variant}")
-    if folder.is_dir():
-        return Mirror(repo_id, commit, folder / name, 0, 0, True)
+    damage = mirror_damage(folder) if folder.is_dir() else None
+    if folder.is_dir() and damage is None:
+        return Mirror(repo_id, commit, folder / name, 0, 0)
+    if damage is not None and offline:
+        raise BigmodelError(
+            f"the mirror at {folder} is damaged ({damage}); run it once online to rebuild it",
+            repo_id,
+        )
     if offline:
         raise BigmodelError(
             f"offline, and no mirror of {repo_id} at {revision} ({commit[:12]}"
@@ -92,10 +106,18 @@ def mirror(
         )
     if files is None:
         files = _list_files(repo_id, commit)[1]
-    headers, nbytes = _build(repo_id, commit, files, variant, folder, name)
-    if not COMMIT.match(revision):
-        _write_ref(root, revision, commit)
-    return Mirror(repo_id, commit, folder / name, headers, nbytes, False)
+    try:
+        if damage is not None:
+            _discard(folder)
+        headers, nbytes = _build(repo_id, commit, files, variant, folder, name)
+        if not COMMIT.match(revision):
+            _write_ref(root, revision, commit)
+    except OSError as exc:  # a read-only HF_HOME, no permission, a full disk
+        raise BigmodelError(
+            f"cannot write the mirror in {root} ({exc.strerror})", repo_id
+        ) from None
+    repaired = None if damage is None else f"the mirror was damaged ({damage}) and rebuilt"
+    return Mirror(repo_id, commit, folder / name, headers, nbytes, repaired)
 
 
 def download_plan_files(repo_id: str, commit: str, files: list[str]) -> Path:
@@ -134,8 +156,8 @@ def _offline_commit(repo_id: str, revision: str, root: Path) -> str:
     hf_repo = Path(constants.HF_HUB_CACHE) / ("models--" + repo_id.replace("/", "--"))
     for ref in (_ref_file(root, revision), hf_repo / "refs" / revision):
         try:
-            commit = ref.read_text().strip()
-        except OSError:
+            commit = read_small_file(ref, "ref", 1000).decode("ascii").strip()
+        except (BigmodelError, UnicodeDecodeError):
             continue
         if COMMIT.match(commit):
             return commit
@@ -207,19 +229,13 @@ def _wanted_json(rel: str, size: int) -> bool:
 
 def _component_folders(jsons: dict[str, bytes]) -> list[str]:
     """Folder prefixes that may hold a component: each pipeline entry, or the root."""
-    if "model_index.json" not in jsons:
+    if MODEL_INDEX not in jsons:
         return [""]
     try:
-        spec = json.loads(jsons["model_index.json"])
-    except ValueError:
+        spec = parse_json_object(jsons[MODEL_INDEX], Path(MODEL_INDEX), MODEL_INDEX)
+    except BigmodelError:
         return []  # the local reader reports the broken file
-    if not isinstance(spec, dict):
-        return []
-    return [
-        f"{k}/"
-        for k, v in spec.items()
-        if not k.startswith("_") and isinstance(v, list) and len(v) == 2 and "/" not in k
-    ]
+    return [f"{name}/" for name in pipeline_entries(spec)]
 
 
 def _weights_in(
@@ -293,9 +309,14 @@ def _fetch_json(repo_id: str, commit: str, rel: str, size: int) -> bytes:
         return fetch_small_file(url, what, size)
 
 
-def _write(base: Path, rel: str, data: bytes, size: int | None = None) -> None:
-    """``data`` at ``base/rel``; with ``size``, extended sparsely to ``size`` bytes."""
-    path = base / rel
+def _target(repo_id: str, base: Path, rel: str) -> Path:
+    """Where the Hub's file ``rel`` goes in the mirror: the safe-path rule, before any
+    byte of it is asked for (a listing naming ``../x`` or ``/x`` is refused)."""
+    return safe_path(base, rel, repo_id, "Hub file")
+
+
+def _write(path: Path, data: bytes, size: int | None = None) -> None:
+    """``data`` at ``path``; with ``size``, extended sparsely to ``size`` bytes."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as f:
         f.write(data)
@@ -318,20 +339,52 @@ def _build(
     try:
         base = tmp / name
         json_names = sorted(r for r, s in files.items() if _wanted_json(r, s))
+        paths = {rel: _target(repo_id, base, rel) for rel in json_names}
         bodies = _parallel(lambda r: _fetch_json(repo_id, commit, r, files[r]), json_names)
         jsons = dict(zip(json_names, bodies, strict=True))
         for rel, data in jsons.items():
-            _write(base, rel, data)
+            _write(paths[rel], data)
         weights = needed_weights(repo_id, files, jsons, variant)
+        paths = {rel: _target(repo_id, base, rel) for rel in weights}
         headers = _parallel(lambda r: fetch_header(repo_id, commit, r, files[r]), weights)
         for rel, (raw, _) in zip(weights, headers, strict=True):
-            _write(base, rel, raw, files[rel])
+            _write(paths[rel], raw, files[rel])
         base.mkdir(parents=True, exist_ok=True)
+        sizes = {rel: len(data) for rel, data in jsons.items()} | {r: files[r] for r in weights}
+        _write(tmp / MANIFEST, json.dumps({"name": name, "files": sizes}).encode())
         nbytes = sum(map(len, bodies)) + sum(n for _, n in headers)
         _publish(tmp, folder)
         return len(weights), nbytes
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def mirror_damage(folder: Path) -> str | None:
+    """What is missing from a mirror on disk (its manifest lists every file it was built
+    with, and their sizes), or None when all is there."""
+    try:
+        manifest = read_json(folder / MANIFEST, "mirror manifest", MAX_INDEX_BYTES)
+    except BigmodelError as exc:
+        return exc.reason
+    name, sizes = manifest.get("name"), manifest.get("files")
+    if not isinstance(name, str) or not isinstance(sizes, dict):
+        return "its manifest lists no files"
+    base = folder / name
+    for rel, size in sizes.items():
+        try:
+            found = os.lstat(safe_path(base, rel, folder / MANIFEST, "file"))
+        except (BigmodelError, OSError):
+            return f"{rel} is missing"
+        if not stat.S_ISREG(found.st_mode) or found.st_size != size:
+            return f"{rel} is not the file it was ({size} bytes)"
+    return None
+
+
+def _discard(folder: Path) -> None:
+    """Move a damaged mirror out of the way (one rename), then remove it."""
+    old = Path(tempfile.mkdtemp(prefix=f".tmp-{folder.name}-damaged-", dir=folder.parent))
+    os.rename(folder, old / folder.name)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _publish(tmp: Path, folder: Path) -> None:

@@ -14,7 +14,6 @@ repo or file.
 from __future__ import annotations
 
 import os
-import struct
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -36,7 +35,7 @@ from huggingface_hub.utils import build_hf_headers, hf_raise_for_status
 
 from bigmodel_cli import __version__
 from bigmodel_cli.errors import BigmodelError
-from bigmodel_cli.formats.safetensors import MAX_HEADER_BYTES, parse_header
+from bigmodel_cli.formats.safetensors import header_length, parse_header
 
 try:  # huggingface_hub 2.x's client; 1.x uses httpx, with the same exception names
     import httpx2 as http
@@ -234,20 +233,10 @@ def fetch_header(repo_id: str, commit: str, rel: str, size: int) -> tuple[bytes,
     """
     url = file_url(repo_id, rel, commit)
     what = f"{repo_id}/{rel}"
-    if size < 8:
-        raise BigmodelError(f"file is {size} bytes, too small for a safetensors header", what)
     with hub_errors(repo_id, commit, what):
-        head = fetch_bytes(url, what, 0, min(FIRST_RANGE, size) - 1, size)
+        head = fetch_bytes(url, what, 0, min(FIRST_RANGE, size) - 1, size) if size >= 8 else b""
         received = len(head)
-        (n,) = struct.unpack("<Q", head[:8])
-        if n > MAX_HEADER_BYTES:
-            raise BigmodelError(
-                f"header claims {n} bytes, more than the {MAX_HEADER_BYTES} byte limit", what
-            )
-        if 8 + n > size:
-            raise BigmodelError(
-                f"header length {n} runs past the end of the file ({size} bytes)", what
-            )
+        n = header_length(head, size, what)
         if len(head) < 8 + n:
             rest = fetch_bytes(url, what, len(head), 8 + n - 1, size)
             received += len(rest)

@@ -24,7 +24,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bigmodel_cli.checkpoint.discover import Checkpoint, HubSource, read_path
+from bigmodel_cli.checkpoint.checkpoint import Checkpoint, HubSource
+from bigmodel_cli.checkpoint.discover import read_path
 from bigmodel_cli.checkpoint.names import hf_cache_folder
 from bigmodel_cli.errors import BigmodelError
 
@@ -138,7 +139,9 @@ def _from_repo(
             f"no such local path, and as a Hub repo: {exc.reason}", exc.path
         ) from None
     ckpt = read_path(found.path, name, variant)
-    hub = HubSource(repo_id, found.commit, True, found.headers_fetched, found.bytes_fetched)
+    hub = HubSource(
+        repo_id, found.commit, True, found.headers_fetched, found.bytes_fetched, found.repaired
+    )
     return replace(ckpt, repo=hub)
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bigmodel_cli.checkpoint.blocks import group_blocks
-from bigmodel_cli.checkpoint.discover import Checkpoint, Component
+from bigmodel_cli.checkpoint.checkpoint import Checkpoint, Component
 from bigmodel_cli.sizes import DTYPES, DType, bytes_at
 
 

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bigmodel_cli.errors import BigmodelError
-from bigmodel_cli.formats.safetensors import parse_json_object
-
-MAX_INDEX_BYTES = 100_000_000
+from bigmodel_cli.formats.files import MAX_INDEX_BYTES, safe_path
+from bigmodel_cli.formats.json import read_json
 
 
 @dataclass(frozen=True)
@@ -29,49 +27,18 @@ class Index:
         return list(dict.fromkeys(self.weight_map.values()))
 
 
-def link_boundary(folder: Path) -> Path:
-    """Links in ``folder`` may lead anywhere below the folder returned: ``folder`` itself,
-    or, inside a Hugging Face cache snapshot (whose files link to ``../../blobs/``), the
-    repo's cache folder."""
-    real = Path(os.path.realpath(folder))
-    for p in (real, *real.parents):
-        if p.parent.name == "snapshots" and (p.parent.parent / "blobs").is_dir():
-            return p.parent.parent
-    return real
-
-
 def safe_member(folder: Path, name: str, index_path: Path) -> Path:
     """``folder/name`` for a plain file name; anything that could leave ``folder`` is refused."""
-    bad = (
-        not name
-        or name in (".", "..")
-        or "/" in name
-        or "\\" in name
-        or "\x00" in name
-        or os.path.isabs(name)
-    )
-    if bad:
+    if "/" in name or "\\" in name or name in (".", ".."):
         raise BigmodelError(
             f"shard name {name!r} is not a plain file name in the same folder", index_path
         )
-    path = folder / name
-    if path.is_symlink():
-        boundary = link_boundary(folder)
-        if boundary not in Path(os.path.realpath(path)).parents:
-            raise BigmodelError(f"shard {name!r} is a link leading outside {folder}", index_path)
-    return path
+    return safe_path(folder, name, index_path, "shard")
 
 
 def read_index(path: Path) -> Index:
     """Parse and check the shape of an index file; shard names are checked to be plain."""
-    try:
-        size = path.stat().st_size
-        if size > MAX_INDEX_BYTES:
-            raise BigmodelError(f"index is {size} bytes, more than {MAX_INDEX_BYTES}", path)
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise BigmodelError(f"cannot read index ({exc.strerror or exc})", path) from None
-    obj = parse_json_object(raw, path, "index")
+    obj = read_json(path, "index", MAX_INDEX_BYTES, inside=path.parent)
     weight_map = obj.get("weight_map")
     if not isinstance(weight_map, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()

@@ -1,12 +1,15 @@
-"""Strict JSON for every small file a checkpoint carries (headers, indexes, configs, plans)."""
+"""JSON for every small file a checkpoint carries (headers, indexes, configs, plans), read
+through the one bounded reader (:mod:`.files`)."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 from bigmodel_cli.errors import BigmodelError
+from bigmodel_cli.formats.files import MAX_JSON_BYTES, is_regular_or_absent, read_small_file
 
 
 def _reject_constant(value: str) -> Any:
@@ -22,11 +25,16 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
-def parse_json_object(raw: bytes, path: Path, what: str) -> dict[str, Any]:
-    """Strict JSON: UTF-8, an object at the top, no duplicate keys, no NaN, bounded depth."""
+def parse_json_object(raw: bytes, path: Path, what: str, strict: bool = True) -> dict[str, Any]:
+    """JSON: UTF-8, an object at the top, bounded depth; ``strict`` also refuses duplicate
+    keys and NaN / Infinity (a library's config may hold them: Python's json writes them)."""
     try:
         text = raw.decode("utf-8")
-        value = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_reject_constant)
+        value = (
+            json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_reject_constant)
+            if strict
+            else json.loads(text)
+        )
     except UnicodeDecodeError as exc:
         raise BigmodelError(f"{what} is not valid UTF-8 ({exc.reason})", path) from None
     except (ValueError, RecursionError) as exc:
@@ -37,36 +45,56 @@ def parse_json_object(raw: bytes, path: Path, what: str) -> dict[str, Any]:
     return value
 
 
-def read_json_file(path: Path) -> dict[str, object] | None:
-    """A small JSON file (config.json) or None when absent or unreadable."""
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+def read_json(
+    path: Path,
+    what: str,
+    limit: int = MAX_JSON_BYTES,
+    inside: Path | None = None,
+    strict: bool = True,
+) -> dict[str, Any]:
+    """A small JSON object file through the bounded reader (:func:`.files.read_small_file`);
+    every problem is one :class:`BigmodelError` naming ``path``."""
+    return parse_json_object(read_small_file(path, what, limit, inside), path, what, strict)
+
+
+def read_config(folder: Path, name: str = "config.json") -> dict[str, Any] | None:
+    """``folder/config.json`` (or another of a checkpoint's small JSON files), None when
+    absent. Present, it must be a regular JSON object file of at most
+    :data:`.files.MAX_JSON_BYTES`, not a link leading out of ``folder``: a broken one is
+    an error naming it, never read as empty."""
+    path = folder / name
+    if not os.path.lexists(path):
         return None
-    return value if isinstance(value, dict) else None
+    return read_json(path, name, inside=folder, strict=False)
 
 
 def write_json_atomically(path: Path, doc: object) -> None:
     """A temporary file in the same folder, flushed and renamed over ``path`` once
     complete: readers see the old file or the new one, never half of one."""
     import contextlib
-    import os
     import tempfile
 
     text = json.dumps(doc, indent=2) + "\n"
     folder = path.parent if str(path.parent) else Path(".")
     if path.is_dir():
         raise BigmodelError("is a folder; give a file name", path)
+    if not is_regular_or_absent(path):
+        raise BigmodelError("exists and is not a regular file; refusing to replace it", path)
     if not folder.is_dir():
         raise BigmodelError("folder does not exist", folder)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    except OSError as exc:  # a read-only file system, /proc, no permission
+        raise BigmodelError(f"cannot write here ({exc.strerror or exc})", path) from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise BigmodelError(f"cannot write ({exc.strerror or exc})", path) from None
         raise

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from bigmodel_cli.errors import BigmodelError
 from bigmodel_cli.formats.base import FileTensors, Layout, TensorInfo
+from bigmodel_cli.formats.files import check_regular
 from bigmodel_cli.sizes import torch_dtype_code
 
 if TYPE_CHECKING:
@@ -27,6 +28,7 @@ def load_state_dict(path: Path) -> dict[str, Any]:
 
     import torch
 
+    check_regular(path, "file")  # torch.load would wait on a FIFO
     try:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)

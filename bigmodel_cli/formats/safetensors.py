@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING, Any
 
 from bigmodel_cli.errors import BigmodelError
 from bigmodel_cli.formats.base import FileTensors, Layout, TensorInfo
+from bigmodel_cli.formats.files import MAX_HEADER_BYTES, open_regular
 from bigmodel_cli.formats.json import parse_json_object
 from bigmodel_cli.sizes import DTYPES
 
 if TYPE_CHECKING:
     import torch
 
-MAX_HEADER_BYTES = 100_000_000
 ALIGNMENT = 8
 
 
@@ -115,27 +115,32 @@ def _tensor_entry(name: str, entry: Any, path: Path, data_start: int) -> TensorI
     )
 
 
+def header_length(first: bytes, file_size: int, path: Path | str) -> int:
+    """The header length N that the first 8 bytes of a ``file_size``-byte file declare,
+    checked: at most :data:`MAX_HEADER_BYTES`, and ``8 + N`` inside the file."""
+    if file_size < 8 or len(first) < 8:
+        raise BigmodelError(f"file is {file_size} bytes, too small for a safetensors header", path)
+    (n,) = struct.unpack("<Q", first[:8])
+    if n > MAX_HEADER_BYTES:
+        raise BigmodelError(
+            f"header claims {n} bytes, more than the {MAX_HEADER_BYTES} byte limit", path
+        )
+    if 8 + n > file_size:
+        raise BigmodelError(
+            f"header length {n} runs past the end of the file ({file_size} bytes); "
+            "the file is truncated or not safetensors",
+            path,
+        )
+    return int(n)
+
+
 def read_header(path: str | os.PathLike[str]) -> Header:
     """Read and validate the header of ``path``; the tensor data is not read."""
     path = Path(path)
     try:
-        with open(path, "rb") as f:
+        with os.fdopen(open_regular(path, "file"), "rb") as f:
             size = os.fstat(f.fileno()).st_size
-            if size < 8:
-                raise BigmodelError(
-                    f"file is {size} bytes, too small for a safetensors header", path
-                )
-            (n,) = struct.unpack("<Q", f.read(8))
-            if n > MAX_HEADER_BYTES:
-                raise BigmodelError(
-                    f"header claims {n} bytes, more than the {MAX_HEADER_BYTES} byte limit", path
-                )
-            if 8 + n > size:
-                raise BigmodelError(
-                    f"header length {n} runs past the end of the file ({size} bytes); "
-                    "the file is truncated or not safetensors",
-                    path,
-                )
+            n = header_length(f.read(8), size, path)
             raw = f.read(n)
     except OSError as exc:
         raise BigmodelError(f"cannot read file ({exc.strerror or exc})", path) from None

@@ -41,16 +41,15 @@ def counted_part(
         return Part(needs.name, nbytes, activations=activations)
     units = build_units(list(needs.weights), config, no_split, limit, joined)
     if counted and needs.kv is not None:
-        units = _with_kv(units, needs.kv.layers, needs.kv.per_layer)
+        units = _with_kv(units, needs.kv.by_layer())
     return Part(needs.name, nbytes, forward_order(units, needs.order), activations)
 
 
-def _with_kv(units: Sequence[Unit], layers: Sequence[str], per_layer: int) -> tuple[Unit, ...]:
+def _with_kv(units: Sequence[Unit], by_layer: Mapping[str, int]) -> tuple[Unit, ...]:
     """Each unit with the KV cache of the layers it holds."""
-    wanted = set(layers)
     found = []
     for u in units:
-        kv = per_layer * sum(1 for p in u.prefixes if p in wanted)
+        kv = sum(by_layer.get(p, 0) for p in u.prefixes)
         found.append(replace(u, nbytes=u.nbytes + kv, kv=kv) if kv else u)
     return tuple(found)
 

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from bigmodel_cli.checkpoint import Component
 from bigmodel_cli.devices import make_budget
-from bigmodel_cli.formats.json import read_json_file
+from bigmodel_cli.formats.json import read_config
 from bigmodel_cli.placement.built import Pairs, place_in_built_names, with_built_names
 from bigmodel_cli.placement.describe import describe
 from bigmodel_cli.placement.items import Bin, Part, widest_gpu
@@ -58,6 +58,5 @@ def _part(
     total = sum(n for _, n in sizes)
     if not with_units or c.name in no_split:
         return Part(c.name, total)
-    config = read_json_file(c.folder / "config.json")
-    units = build_units(sizes, config, no_split, limit, joined)
+    units = build_units(sizes, read_config(c.folder), no_split, limit, joined)
     return Part(c.name, total, forward_order(units))

@@ -1,16 +1,18 @@
 """What a plan says of the run besides weights, both ways between records and JSON: the
 top-level ``runtime`` (the run's shape, a :class:`~bigmodel_cli.runtime.shape.RunShape`)
-and, per component, ``activations``, ``kv_cache``, ``inputs`` (the shapes the estimate
-assumed) and a note when there is no estimate. Plans without these keys (written before
-them) read as weights-only."""
+and, per component, ``activations``, ``kv_cache`` (and its ``kv_dtype``), ``inputs`` (the
+shapes the estimate assumed) and a note when there is no estimate. Plans without these keys
+(written before them) read as weights-only."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, TypeGuard
+from typing import Any
 
 from bigmodel_cli.errors import BigmodelError
+from bigmodel_cli.formats.files import is_count as _count
+from bigmodel_cli.runtime.kv import AUTO, KV_DTYPES
 from bigmodel_cli.runtime.shape import RunShape
 
 
@@ -24,6 +26,8 @@ def run_json(run: RunShape) -> dict[str, Any]:
         "frames": run.frames,
         "context": run.context,
         "quantize": dict(run.quantize),
+        "kv_dtype": run.kv_dtype,
+        "encoder_length": run.encoder_length,
     }
 
 
@@ -35,6 +39,7 @@ class Needs:
     kv_cache: int | None = None
     inputs: Mapping[str, tuple[int, ...]] | None = None
     note: str | None = None
+    kv_dtype: str | None = None  # the KV cache's dtype, where there is one
 
     def to_json(self) -> dict[str, Any]:
         inputs = None if self.inputs is None else {k: list(v) for k, v in self.inputs.items()}
@@ -43,13 +48,11 @@ class Needs:
             "kv_cache": self.kv_cache,
             "inputs": inputs,
         }
+        if self.kv_dtype is not None:
+            doc["kv_dtype"] = self.kv_dtype
         if self.note is not None:
             doc["note"] = self.note
         return doc
-
-
-def _count(value: Any) -> TypeGuard[int]:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _optional_count(doc: Mapping[str, Any], key: str, where: str, path: Any) -> int | None:
@@ -64,10 +67,13 @@ def run_from_json(raw: Any, path: Any) -> RunShape:
         return RunShape()
     if not isinstance(raw, dict):
         raise BigmodelError("plan 'runtime' is not an object", path)
-    height, width, frames, context = (
+    height, width, frames, context, encoder_length = (
         _optional_count(raw, k, "runtime", path) or None
-        for k in ("height", "width", "frames", "context")
+        for k in ("height", "width", "frames", "context", "encoder_length")
     )
+    kv_dtype = raw.get("kv_dtype", AUTO)
+    if kv_dtype not in KV_DTYPES:
+        raise BigmodelError(f"plan runtime 'kv_dtype' is not one of {', '.join(KV_DTYPES)}", path)
     quantize = raw.get("quantize") or {}
     if not isinstance(quantize, dict) or not all(isinstance(v, str) for v in quantize.values()):
         raise BigmodelError("plan runtime 'quantize' is not an object of component -> method", path)
@@ -80,6 +86,8 @@ def run_from_json(raw: Any, path: Any) -> RunShape:
         frames=frames,
         context=context,
         quantize=dict(quantize),
+        kv_dtype=kv_dtype,
+        encoder_length=encoder_length,
     )
 
 
@@ -100,4 +108,5 @@ def needs_from_json(name: str, entry: Mapping[str, Any], path: Any) -> Needs | N
         kv_cache=_optional_count(entry, "kv_cache", where, path),
         inputs=None if inputs is None else {k: tuple(v) for k, v in inputs.items()},
         note=note if isinstance(note, str) else None,
+        kv_dtype=entry.get("kv_dtype") if isinstance(entry.get("kv_dtype"), str) else None,
     )

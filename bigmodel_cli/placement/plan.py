@@ -12,11 +12,13 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeGuard
+from typing import Any
 
 from bigmodel_cli.devices import Device, DeviceKey, is_gpu, key_text, parse_device
 from bigmodel_cli.errors import BigmodelError
-from bigmodel_cli.formats.json import parse_json_object, write_json_atomically
+from bigmodel_cli.formats.files import MAX_PLAN_BYTES
+from bigmodel_cli.formats.files import is_count as _count
+from bigmodel_cli.formats.json import read_json, write_json_atomically
 from bigmodel_cli.placement.items import SPLIT
 from bigmodel_cli.placement.needs import Needs, needs_from_json, run_from_json, run_json
 from bigmodel_cli.placement.strategies import DEFAULT_STRATEGY, STRATEGIES
@@ -25,7 +27,6 @@ from bigmodel_cli.runtime.shape import RunShape
 from bigmodel_cli.sizes import DType, parse_dtype
 
 PLAN_VERSION = 1
-MAX_PLAN_BYTES = 100_000_000
 REQUIRED = ("version", "source", "fingerprint", "devices", "device_map")
 
 Where = DeviceKey  # a GPU index, "cpu", "disk", or SPLIT in a device_map
@@ -195,13 +196,7 @@ def read_plan(path: str | Path) -> Plan:
     {'unet': 0, 'vae': 1, 'text_encoder': 1}
     """
     path = Path(path)
-    try:
-        if path.stat().st_size > MAX_PLAN_BYTES:
-            raise BigmodelError(f"plan file is larger than {MAX_PLAN_BYTES} bytes", path)
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise BigmodelError(f"cannot read plan ({exc.strerror or exc})", path) from None
-    return plan_from_json(parse_json_object(raw, path, "plan"), path)
+    return plan_from_json(read_json(path, "plan", MAX_PLAN_BYTES), path)
 
 
 def plan_from_json(doc: Mapping[str, Any], path: Path | None = None) -> Plan:
@@ -267,10 +262,6 @@ def device_key(value: object, path: Path | None) -> DeviceKey:
             f"plan names an unknown device {value!r} (expected a GPU index, cpu or disk)", path
         )
     return key
-
-
-def _count(value: Any) -> TypeGuard[int]:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _names(doc: Mapping[str, Any], key: str, path: Path | None) -> tuple[str, ...]:

@@ -16,7 +16,7 @@ from bigmodel_cli.checkpoint import Checkpoint, Component
 from bigmodel_cli.checkpoint.blocks import group_blocks
 from bigmodel_cli.devices import DeviceKey, MaxMemory, is_gpu, parse_max_memory, parse_reserve
 from bigmodel_cli.errors import BigmodelError, UsageError
-from bigmodel_cli.formats.json import read_json_file
+from bigmodel_cli.formats.json import read_config
 from bigmodel_cli.placement.describe import assemble
 from bigmodel_cli.placement.items import SPLIT, Assignment, Bin, Part, Placement, Unit
 from bigmodel_cli.placement.plan import DevicePlan, Plan
@@ -117,7 +117,7 @@ def world_parts(ckpt: Checkpoint, dtype: DType | None, no_split: Sequence[str]) 
                 c.files[0] if c.files else c.folder,
             )
         sizes = [(t.name, bytes_at(DTYPES[t.dtype], t.numel, dtype)) for t in c.tensors]
-        config = read_json_file(c.folder / "config.json")
+        config = read_config(c.folder)
         parts.append(Part(c.name, sum(n for _, n in sizes), forward_units(sizes, config, no_split)))
     return tuple(parts)
 
@@ -168,7 +168,7 @@ class _Shares:
 
     def add(self, ckpt: Checkpoint, c: Component, p: Placement, no_split: Sequence[str]) -> None:
         """Component ``c`` placed by ``p``: whole on one rank, or its units over ranks."""
-        config = read_json_file(c.folder / "config.json")
+        config = read_config(c.folder)
         units = p.units or tuple((u, p.device) for u in _units(c, config, no_split))
         where = {prefix: rank for unit, rank in units for prefix in unit.prefixes}
         if p.device != SPLIT and ckpt.kind == "pipeline":

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 
 from bigmodel_cli.errors import UsageError
 from bigmodel_cli.placement.strategies import RANKS_STRATEGY, STRATEGIES, default_strategy
+from bigmodel_cli.runtime.kv import AUTO, cache_dtype
 from bigmodel_cli.runtime.shape import RunShape, parse_quantize
 from bigmodel_cli.sizes import DType, as_target_dtype
 
@@ -49,6 +50,8 @@ class PlanRequest:
     quantize: str | None = None
     no_quantize: tuple[str, ...] = ()
     double_quant: bool = False
+    kv_dtype: str | None = None  # the KV cache's dtype (runtime.kv.KV_DTYPES; None: auto)
+    encoder_length: int | None = None  # an encoder-decoder's encoder tokens (None: context)
 
     @property
     def over_ranks(self) -> bool:
@@ -59,7 +62,8 @@ class PlanRequest:
     def shaped(self) -> bool:
         """A run-shape argument was given: activations and KV caches are counted."""
         sizes = (self.batch, self.height, self.width, self.frames, self.context)
-        return self.counted or any(v is not None for v in sizes)
+        kv = (self.kv_dtype, self.encoder_length)
+        return self.counted or any(v is not None for v in (*sizes, *kv))
 
     def chosen_strategy(self, kind: str | None) -> tuple[str, str | None]:
         """The strategy asked for; else the default for a checkpoint of ``kind`` (over
@@ -85,6 +89,8 @@ class PlanRequest:
             parse_quantize(self.quantize, components),
             tuple(self.no_quantize),
             self.double_quant,
+            cache_dtype(self.kv_dtype, AUTO) if self.kv_dtype else AUTO,
+            self.encoder_length,
         )
 
     def load(self, source: str | os.PathLike[str] | None) -> Checkpoint:
@@ -101,6 +107,7 @@ class PlanRequest:
                 f"unknown strategy {self.strategy!r}; expected one of: {', '.join(STRATEGIES)}",
                 argument="strategy",
             )
+        cache_dtype(self.kv_dtype, AUTO)  # an unknown name refused, naming kv_dtype
         if self.over_ranks and (self.shaped or self.quantize):
             raise UsageError(
                 "run-shape arguments and quantize are not counted over torchrun ranks yet; "
@@ -132,6 +139,8 @@ class PlanOptions(TypedDict, total=False):
     quantize: str | None
     no_quantize: tuple[str, ...] | list[str]
     double_quant: bool
+    kv_dtype: str | None
+    encoder_length: int | None
 
 
 def as_request(request: PlanRequest | None, options: PlanOptions) -> PlanRequest:

@@ -8,7 +8,7 @@ from dataclasses import replace
 
 from bigmodel_cli.checkpoint import Checkpoint, Component
 from bigmodel_cli.devices import Budget
-from bigmodel_cli.formats.json import read_json_file
+from bigmodel_cli.formats.json import read_config
 from bigmodel_cli.placement.built import Pairs, place_in_built_names, with_built_names
 from bigmodel_cli.placement.counted import counted_part, device_use
 from bigmodel_cli.placement.describe import Chosen, Counted, describe
@@ -38,7 +38,7 @@ def plan_counted(
     limit = widest_gpu(bins)
 
     def part_of(c: Component, joined: Pairs) -> Part:
-        config = read_json_file(c.folder / "config.json") if ckpt.kind != "file" else None
+        config = read_config(c.folder) if ckpt.kind != "file" else None
         needs = found.components[c.name]
         return counted_part(needs, config, no_split, splits, shape.counted, limit, joined)
 
@@ -67,6 +67,12 @@ def _needs(found: Estimate) -> dict[str, Needs]:
     if not found.shape.counted:
         return {}
     return {
-        name: Needs(c.activations, c.kv.total if c.kv else None, c.inputs, c.note)
+        name: Needs(
+            c.activations,
+            c.kv.total if c.kv else None,
+            c.inputs,
+            c.note,
+            c.kv.dtype if c.kv else None,
+        )
         for name, c in found.components.items()
     }

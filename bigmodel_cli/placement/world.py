@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bigmodel_cli.errors import BigmodelError
+from bigmodel_cli.formats.files import is_count as _count
 
 BACKENDS = ("nccl", "gloo")
 Ranges = tuple[tuple[int, int], ...]  # (offset, length) in a file
@@ -95,10 +96,6 @@ def ranges_bytes(reads: Mapping[str, Ranges]) -> int:
 
 
 # ---------------------------------------------------------------- reading
-
-
-def _count(value: Any, positive: bool = False) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= int(positive)
 
 
 def world_from_json(doc: Mapping[str, Any], path: Path | None) -> WorldPlan | None:

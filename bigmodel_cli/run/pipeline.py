@@ -13,7 +13,6 @@ only when needed.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -23,8 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from bigmodel_cli.checkpoint import Checkpoint, load_checkpoint
+from bigmodel_cli.checkpoint.model_index import pipeline_entries, read_model_index
 from bigmodel_cli.devices import DeviceKey, is_gpu, torch_device
 from bigmodel_cli.errors import BigmodelError
+from bigmodel_cli.formats.json import read_config
 from bigmodel_cli.placement.built import library_map
 from bigmodel_cli.placement.plan import SPLIT, Plan, PlanLike, as_plan
 from bigmodel_cli.placement.strategies import STRATEGIES
@@ -117,31 +118,12 @@ def _checked(source: str | os.PathLike[str] | None, plan: Plan) -> Checkpoint:
     return ckpt
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise BigmodelError(f"cannot read ({exc})", path) from None
-    if not isinstance(doc, dict):
-        raise BigmodelError("is not a JSON object", path)
-    return doc
-
-
-def _entries(index: dict[str, Any]) -> dict[str, tuple[str | None, str | None]]:
-    """model_index.json's ``name: [library, class]`` entries (``_class_name`` etc. left out)."""
-    return {
-        name: (value[0], value[1])
-        for name, value in index.items()
-        if not name.startswith("_") and isinstance(value, list) and len(value) == 2
-    }
-
-
 def _load_pipeline(ckpt: Checkpoint, plan: Plan, off: _Offload) -> Any:
     folder = ckpt.root
-    index = _read_json(folder / "model_index.json")
-    entries = _entries(index)
+    index = read_model_index(folder)
+    entries = pipeline_entries(index)
     for name in plan.device_map:
-        if entries.get(name, (None, None))[0] is None:
+        if None in entries.get(name, (None, None)):
             raise BigmodelError(f"plan places {name!r}, which model_index.json lacks", folder)
     diffusers = import_library("diffusers")
     for lib, _ in entries.values():
@@ -195,7 +177,7 @@ def _execution_device(plan: Plan) -> str:
 
 def _load_model(ckpt: Checkpoint, plan: Plan, off: _Offload) -> Any:
     folder = ckpt.root
-    config = _read_json(folder / "config.json")
+    config = read_config(folder) or {}
     archs = config.get("architectures")
     transformers = import_library("transformers")
     name = archs[0] if isinstance(archs, list) and archs and isinstance(archs[0], str) else None

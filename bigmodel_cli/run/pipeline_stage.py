@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from bigmodel_cli.checkpoint import Checkpoint
 from bigmodel_cli.errors import BigmodelError, UsageError
-from bigmodel_cli.formats.json import read_json_file
+from bigmodel_cli.formats.json import read_config
 from bigmodel_cli.placement.plan import Plan
 from bigmodel_cli.placement.world import RankPlan
 from bigmodel_cli.run.ranges import Read, Share, by_name
@@ -81,7 +81,7 @@ def check_pipeline(ckpt: Checkpoint, plan: Plan, request: PipelineRequest) -> No
     """Refuse, before loading, what this forward cannot run."""
     assert plan.world is not None
     c = ckpt.components[0]
-    config = read_json_file(c.folder / "config.json") or {}
+    config = read_config(c.folder) or {}
     if len(ckpt.components) != 1 or config.get("model_type") not in FAMILIES:
         raise BigmodelError(
             "forward under torchrun runs Llama-family causal LMs "

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from bigmodel_cli.checkpoint import Checkpoint, Component
-from bigmodel_cli.formats.json import read_json_file
+from bigmodel_cli.checkpoint.model_index import read_model_index
+from bigmodel_cli.formats.json import read_config
 from bigmodel_cli.runtime.inputs import LIBRARIES, Model, Resolved, Shape, input_shapes, resolve
-from bigmodel_cli.runtime.kv import KVCache, kv_cache
+from bigmodel_cli.runtime.kv import KVCache, Tokens, cache_dtype, kv_cache
+from bigmodel_cli.runtime.library import library_config
 from bigmodel_cli.runtime.quantize import HEADS, Tensor, weight_sizes
 from bigmodel_cli.runtime.shape import RunShape
 from bigmodel_cli.runtime.trace_cache import load_trace, save_trace, trace_key
@@ -35,7 +37,7 @@ class ComponentRuntime:
     inputs: Mapping[str, Shape] | None = None
     order: tuple[str, ...] | None = None  # its modules in the class's order (forward order)
     method: str | None = None  # --quantize
-    note: str | None = None  # why there is no activation estimate
+    note: str | None = None  # why there is no activation estimate; KV layers not known
 
     @property
     def weight_bytes(self) -> int:
@@ -51,7 +53,7 @@ class Estimate:
 
 def model_of(ckpt: Checkpoint, c: Component) -> Model:
     """The component's library, class and config (``model_index.json``, else ``config.json``)."""
-    config = (read_json_file(c.folder / "config.json") if ckpt.kind != "file" else None) or {}
+    config = (read_config(c.folder) if ckpt.kind != "file" else None) or {}
     library: str | None = c.library[0] if c.library else None
     class_name: str | None = c.library[1] if c.library else None
     named = config.get("_class_name")
@@ -89,8 +91,7 @@ def estimate(ckpt: Checkpoint, shape: RunShape, target: DType | None) -> Estimat
 def _pipeline_class(ckpt: Checkpoint) -> str | None:
     if ckpt.kind != "pipeline":
         return None
-    index = read_json_file(ckpt.root / "model_index.json") or {}
-    name = index.get("_class_name")
+    name = read_model_index(ckpt.root).get("_class_name")
     return name if isinstance(name, str) else None
 
 
@@ -118,7 +119,11 @@ def _component(
     kv = None
     if run is not None:
         context = run.context or 1
-        kv = kv_cache(m.config, [t.name for t in tensors], context, run.batch, dtype.bits // 8)
+        tokens = Tokens(context, run.batch, shape.encoder_length or context)
+        kv_dtype = cache_dtype(shape.kv_dtype, dtype.name)
+        names = [t.name for t in tensors]
+        kv = kv_cache(m.config, names, tokens, kv_dtype, dtype.bits // 8, library_config)
+    notes = [n for n in (traced.note, kv.note if kv else None) if n]
     return ComponentRuntime(
         c.name,
         tuple(weights),
@@ -127,7 +132,7 @@ def _component(
         traced.inputs,
         traced.order,
         method,
-        traced.note,
+        "; ".join(notes) or None,
     )
 
 
@@ -139,6 +144,7 @@ def _traced(
     not kept run together (:func:`.tracing.trace_all`)."""
     found: dict[str, Traced] = {}
     todo: dict[str, tuple[str, Job]] = {}
+    damaged: dict[str, str] = {}  # kept traces passed over, and why
     for c in ckpt.components:
         m = models[c.name]
         shapes = input_shapes(m, run, models, run.context)
@@ -151,14 +157,17 @@ def _traced(
             continue
         dtype = compute_dtype(c, target)
         key = trace_key(m.library, m.class_name, m.config, dtype.name, shapes)
-        kept = load_trace(key)
+        kept, why = load_trace(key)
         if kept is not None:
             found[c.name] = from_doc(kept)
         else:
             todo[c.name] = (key, Job(m, dtype, shapes, sum(t.nbytes for t in c.tensors)))
+            if why is not None:
+                damaged[c.name] = why
     jobs = [job for _, job in todo.values()]
     for (name, (key, _)), t in zip(todo.items(), trace_all(jobs), strict=True):
         if t.note is None or t.note.startswith("no input shapes"):  # not the machine's
             save_trace(key, to_doc(t))
-        found[name] = t
+        why = damaged.get(name)
+        found[name] = t if why is None else replace(t, note="; ".join(filter(None, (why, t.note))))
     return found

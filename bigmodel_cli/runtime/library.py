@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import re
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -27,11 +26,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bigmodel_cli.checkpoint.built_names import NOT_IMPORTABLE, BuiltNames
+from bigmodel_cli.checkpoint.built_names import NOT_IMPORTABLE, BuiltNames, renamed_by_patterns
 from bigmodel_cli.checkpoint.summary import CheckpointSummary
 from bigmodel_cli.errors import BigmodelError
-from bigmodel_cli.formats.json import read_json_file
+from bigmodel_cli.formats.json import read_config
 from bigmodel_cli.runtime.inputs import LIBRARIES, Model
+from bigmodel_cli.runtime.kv_layers import PER_LAYER, ConfigRead
 from bigmodel_cli.sizes import DType, torch_dtype
 
 if TYPE_CHECKING:
@@ -232,6 +232,36 @@ def build_on_meta(m: Model, dtype: torch.dtype | None = None) -> Any:
     return model.eval()
 
 
+# ---------------------------------------------------------------- reading a config
+
+
+def library_config(cfg: Mapping[str, Any]) -> ConfigRead | None:
+    """``cfg`` as transformers' own config class reads it: its defaults filled in, and its
+    decoder's layers as ``DynamicCache`` dispatches them (``get_layer_types_and_kwargs``);
+    None without transformers, for a model type it does not know, or a config it refuses."""
+    try:
+        mapping = attribute("transformers", "CONFIG_MAPPING")
+        layer_types = attribute("transformers.cache_utils", "get_layer_types_and_kwargs")
+    except (LibraryMissing, AttributeError):
+        return None
+    model_type = cfg.get("model_type")
+    if not isinstance(model_type, str) or model_type not in mapping:
+        return None
+    cls = mapping[model_type]
+    decode = getattr(cls, "_decode_special_floats", None)  # {"__float__": "Infinity"}, as read
+    with held():
+        try:
+            made = cls.from_dict(decode(dict(cfg)) if decode else dict(cfg))
+            text = made.get_text_config(decoder=True)
+            kinds, _ = layer_types(text)
+            layers = list(text.per_layer_config)
+        except Exception:  # a config its class refuses, an older transformers: the JSON alone
+            return None
+        common = {**text.to_dict(), "model_type": getattr(text, "model_type", model_type)}
+        per_layer = tuple(common | {k: getattr(c, k, None) for k in PER_LAYER} for c in layers)
+        return ConfigRead({**made.to_dict(), **common}, tuple(kinds), per_layer)
+
+
 # ---------------------------------------------------------------- the names it builds
 
 
@@ -250,7 +280,7 @@ def library_names(
     """The names the library builds for the model in ``folder`` (``config.json``) whose
     checkpoint stores ``stored``. ``library`` is a pipeline entry's ``(library, class)``;
     without it the class is ``config.json``'s first ``architectures`` entry."""
-    config = _config(folder)
+    config = read_config(folder) or {}
     if library is not None and library[0] != "transformers":
         return BuiltNames(note=f"{library[0]} builds the names it stores")
     if library is None and ("_class_name" in config or "_diffusers_version" in config):
@@ -273,11 +303,6 @@ def library_names(
     except Exception as exc:  # the library's own refusal, as one line
         reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else repr(exc)
         return BuiltNames(note=f"transformers could not build {class_name} on meta ({reason})")
-
-
-def _config(folder: Path) -> dict[str, Any]:
-    found = read_json_file(folder / "config.json")
-    return found if isinstance(found, dict) else {}
 
 
 def _from_transformers(
@@ -324,7 +349,8 @@ def _renamed(
             rename_source_key,
         )
     except ImportError:  # transformers 4: the class's own key mapping
-        return _renamed_v4(model, stored, meta)
+        mapping_v4 = getattr(model, "_checkpoint_conversion_mapping", None) or {}
+        return renamed_by_patterns(mapping_v4, prefix, stored, meta), dict(mapping_v4)
     mapping = get_model_conversion_mapping(model)
     renamings = [m for m in mapping if isinstance(m, WeightRenaming)]
     converters = [m for m in mapping if isinstance(m, WeightConverter)]
@@ -340,26 +366,6 @@ def _renamed(
         if getattr(m, "_was_used", False)
     }
     return built, rules
-
-
-def _renamed_v4(
-    model: Any, stored: Sequence[str], meta: Mapping[str, Any]
-) -> tuple[dict[str, str | None], dict[str, str]]:
-    mapping: Mapping[str, str] = getattr(model, "_checkpoint_conversion_mapping", None) or {}
-    prefix = model.base_model_prefix
-    built: dict[str, str | None] = {}
-    for name in stored:
-        new = name
-        for pattern, target in mapping.items():
-            new, count = re.subn(pattern, target, name)
-            if count:
-                break
-        if new not in meta and f"{prefix}.{new}" in meta:
-            new = f"{prefix}.{new}"
-        elif new.startswith(prefix + ".") and new[len(prefix) + 1 :] in meta:
-            new = new[len(prefix) + 1 :]
-        built[name] = new if new in meta else None
-    return built, dict(mapping)
 
 
 def _tied(model: Any) -> tuple[tuple[str, ...], ...]:

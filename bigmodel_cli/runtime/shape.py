@@ -1,5 +1,6 @@
-"""The run's shape: ``--batch``, ``--height``/``--width``, ``--frames``, ``--context``, and how
-weights are quantized (``--quantize``, ``--no-quantize``, ``--double-quant``). Pure data."""
+"""The run's shape: ``--batch``, ``--height``/``--width``, ``--frames``, ``--context``
+(``--encoder-length``, ``--kv-dtype``), and how weights are quantized (``--quantize``,
+``--no-quantize``, ``--double-quant``). Pure data."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from bigmodel_cli.errors import UsageError
+from bigmodel_cli.runtime.kv import AUTO
 
 METHODS = ("int8", "nf4", "fp4", "fp8")
 
@@ -25,10 +27,13 @@ class RunShape:
     quantize: Mapping[str, str] = field(default_factory=dict)  # component -> METHOD
     no_quantize: tuple[str, ...] = ()  # tensor-name prefixes kept at --dtype
     double_quant: bool = False
+    kv_dtype: str = AUTO  # the KV cache's dtype (runtime.kv.KV_DTYPES)
+    encoder_length: int | None = None  # an encoder-decoder's encoder tokens (default: context)
 
     def __post_init__(self) -> None:
         sizes = {"batch": self.batch, "height": self.height, "width": self.width}
         sizes |= {"frames": self.frames, "context": self.context}
+        sizes |= {"encoder_length": self.encoder_length}
         for name, value in sizes.items():
             if value is not None and value < 1:
                 raise UsageError(

@@ -5,8 +5,10 @@ of it importing diffusers / transformers and torch. What it finds depends only o
 class, its config, the compute dtype, the input shapes and the versions of the code
 involved, so it is kept as a small JSON file under ``$HF_HOME/bigmodel/traces/`` (or
 ``$BIGMODEL_TRACES``), named
-by a hash of all of those (like the Hub's header mirror, immutable per key). A file that
-cannot be read is ignored; one that cannot be written is not an error.
+by a hash of all of those (like the Hub's header mirror, immutable per key). A kept file
+is checked on read (a regular JSON file, every field of the right type, counts finite and
+non-negative): a damaged one is traced again, and the plan says so. One that cannot be
+written is not an error.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from typing import Any
 
 from bigmodel_cli import __version__
 from bigmodel_cli.errors import BigmodelError
-from bigmodel_cli.formats.json import read_json_file, write_json_atomically
+from bigmodel_cli.formats.files import is_count
+from bigmodel_cli.formats.json import read_json, write_json_atomically
 
 SCHEMA = 1
 
@@ -63,10 +66,48 @@ def trace_key(
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def load_trace(key: str) -> dict[str, Any] | None:
-    """A kept trace, or None."""
-    found = read_json_file(_folder() / f"{key}.json")
-    return found if found is not None and found.get("schema") == SCHEMA else None
+def load_trace(key: str) -> tuple[dict[str, Any] | None, str | None]:
+    """A kept trace, or None; and why a kept file was passed over (damaged), or None."""
+    path = _folder() / f"{key}.json"
+    if not os.path.lexists(path):
+        return None, None
+    try:
+        found = read_json(path, "file")
+    except BigmodelError as exc:
+        return None, f"kept trace {path.name} passed over ({exc.reason}); traced again"
+    problem = trace_problem(found)
+    if problem is not None:
+        return None, f"kept trace {path.name} passed over ({problem}); traced again"
+    return found, None
+
+
+def trace_problem(doc: Mapping[str, Any]) -> str | None:
+    """What is wrong with a kept trace document, or None when every field is as written."""
+    if doc.get("schema") != SCHEMA:
+        return f"schema {str(doc.get('schema'))[:20]!r}, not {SCHEMA}"
+    if not _none_or(doc.get("activations"), is_count):
+        return f"activations {str(doc.get('activations'))[:40]!r} is not a byte count"
+    for field in ("linears", "keep", "order"):
+        if not _none_or(doc.get(field), _names):
+            return f"{field} is not a list of names"
+    inputs = doc.get("inputs")
+    if not _none_or(inputs, lambda v: isinstance(v, dict) and all(map(_shape, v.values()))):
+        return "inputs is not a map of names to shapes"
+    if not _none_or(doc.get("note"), lambda v: isinstance(v, str)):
+        return "note is not text"
+    return None
+
+
+def _none_or(value: Any, test: Any) -> bool:
+    return value is None or bool(test(value))
+
+
+def _names(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _shape(value: Any) -> bool:
+    return isinstance(value, list) and all(is_count(v) for v in value)
 
 
 def save_trace(key: str, doc: Mapping[str, Any]) -> None:

@@ -2,7 +2,9 @@
 
 Work happens in ``.OUT.bigmodel-tmp-<pid>`` beside OUT (same file system, so the final
 ``rename`` is atomic). :meth:`AtomicFolder.commit` renames it into place; with
-``--force`` an existing OUT is moved aside only then, and removed after. On any error
+``--force`` an existing OUT is moved aside only then, and removed after, and only when it
+is what this tool writes (:func:`replaceable`): an empty folder or a checkpoint / pipeline
+layout, never someone's photos, the current folder or a folder holding it. On any error
 or interrupt the temporary folder is removed. A lock file ``.OUT.bigmodel-lock``
 (``flock``, released by the kernel even on SIGKILL) lets one run at a time write OUT;
 the run holding it removes temporary folders that a killed run left behind.
@@ -20,7 +22,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
+from bigmodel_cli.checkpoint.model_index import MODEL_INDEX
 from bigmodel_cli.errors import BigmodelError, UsageError
+from bigmodel_cli.formats import FORMATS
 
 if TYPE_CHECKING:
     from bigmodel_cli.checkpoint import Checkpoint
@@ -33,6 +37,7 @@ except ImportError:  # pragma: no cover - not POSIX: no lock, the rest still hol
 TMP_TAG = ".bigmodel-tmp-"
 OLD_TAG = ".bigmodel-old-"
 LOCK_TAG = ".bigmodel-lock"
+WEIGHT_SUFFIXES = tuple(suffix for fmt in FORMATS for suffix in fmt.suffixes)
 
 
 def default_output(source: str | None, ckpt: Checkpoint, mode: str) -> Path:
@@ -61,6 +66,28 @@ def check_output(ckpt: Checkpoint, out: Path) -> None:
         raise BigmodelError(f"OUT contains the source {ckpt.source}; choose another -o", out)
 
 
+def replaceable(out: Path) -> str | None:
+    """Why ``--force`` may not replace the existing ``out``, or None when it may: an empty
+    folder, or one holding a checkpoint or pipeline (weights, an index, model_index.json)
+    that is neither the current folder nor holds it."""
+    where = Path(os.path.realpath(out))
+    here = Path(os.path.realpath(os.curdir))
+    if where == here or where in here.parents:
+        return "is the current folder or holds it; force never replaces that"
+    if os.path.islink(out) or not where.is_dir():
+        return "exists and is not a folder this tool wrote; force replaces only those"
+    try:
+        names = os.listdir(where)
+    except OSError as exc:
+        return f"cannot list it ({exc.strerror})"
+    if names and not any(n == MODEL_INDEX or n.endswith(WEIGHT_SUFFIXES) for n in names):
+        return (
+            "holds no checkpoint (no weights, index or model_index.json); force replaces "
+            "only an empty folder or one this tool wrote: remove it yourself or choose another -o"
+        )
+    return None
+
+
 def sibling(out: Path, tag: str) -> Path:
     """``/a/OUT`` -> ``/a/.OUT<tag>``: a hidden name beside OUT."""
     return out.parent / f".{out.name}{tag}"
@@ -82,6 +109,8 @@ def signals_deferred() -> Iterator[None]:
 
 
 def _remove(path: Path) -> None:
+    if not os.path.lexists(path):  # unlink would say EROFS, not ENOENT, on a read-only fs
+        return
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     else:
@@ -140,6 +169,8 @@ class AtomicFolder:
             raise BigmodelError(
                 "already exists (created during this run); use force", self.out, argument="force"
             )
+        elif (why := replaceable(self.out)) is not None:
+            raise BigmodelError(why, self.out, argument="force")
         else:
             old = sibling(self.out, f"{OLD_TAG}{os.getpid()}")
             os.rename(self.out, old)
@@ -151,10 +182,15 @@ class AtomicFolder:
             _remove(old)
 
     def _refuse_existing(self) -> None:
-        if os.path.lexists(self.out) and not self.force:
+        if not os.path.lexists(self.out):
+            return
+        if not self.force:
             raise BigmodelError(
                 "already exists; use force to replace it", self.out, argument="force"
             )
+        why = replaceable(self.out)
+        if why is not None:
+            raise BigmodelError(why, self.out, argument="force")
 
     def _make_parents(self) -> None:
         missing = [p for p in reversed(self.out.parents) if not p.exists()]

@@ -25,8 +25,9 @@ from bigmodel_cli.checkpoint import Checkpoint, Component
 from bigmodel_cli.checkpoint.names import SAFETENSORS_STEMS, shard_names, variant_of
 from bigmodel_cli.errors import BigmodelError
 from bigmodel_cli.formats.base import TensorInfo, TensorSum
-from bigmodel_cli.formats.index import index_json, link_boundary
-from bigmodel_cli.formats.json import read_json_file
+from bigmodel_cli.formats.files import link_boundary
+from bigmodel_cli.formats.index import index_json
+from bigmodel_cli.formats.json import read_config
 from bigmodel_cli.formats.safetensors import HeaderEntry
 from bigmodel_cli.sizes import DTYPES, DType, cast_to
 
@@ -154,7 +155,7 @@ def output_weights_name(component: Component) -> str:
     rest (``pytorch_model.bin`` -> ``model``, ``sd_xl_base.safetensors`` -> ``model``)."""
     if component.weights_name in SAFETENSORS_STEMS:
         return component.weights_name
-    config = read_json_file(component.folder / "config.json") or {}
+    config = read_config(component.folder) or {}
     diffusers = component.library is not None and component.library[0] == "diffusers"
     return "diffusion_pytorch_model" if diffusers or "_diffusers_version" in config else "model"
 

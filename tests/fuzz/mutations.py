@@ -203,3 +203,117 @@ def sharded_cases(draw: st.DrawFn) -> Case:
 
     write.must_fail = kind in MUST_FAIL  # type: ignore[attr-defined]
     return write
+
+
+# -- whole JSON documents: plans, kept traces, Hub listings ---------------------------------
+
+
+def _slots(doc: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Every place in a JSON document (dict keys and list indexes), depth first."""
+    found = [path] if path else []
+    if isinstance(doc, dict):
+        for k, v in doc.items():
+            found += _slots(v, (*path, k))
+    elif isinstance(doc, list):
+        for i, v in enumerate(doc):
+            found += _slots(v, (*path, i))
+    return found
+
+
+@st.composite
+def document_edits(draw: st.DrawFn, doc: Any) -> Any:
+    """``doc`` (a JSON document) with one to four places replaced by odd values, deleted,
+    or wrapped in a list; the top level may be replaced too."""
+    doc = json.loads(json.dumps(doc))
+    for _ in range(draw(st.integers(1, 4))):
+        slots = _slots(doc)
+        if not slots or not isinstance(doc, dict | list):
+            return draw(odd_values)
+        path = draw(st.sampled_from(slots))
+        parent = doc
+        for key in path[:-1]:
+            parent = parent[key]
+        op = draw(st.sampled_from(["replace", "replace", "delete", "wrap", "huge"]))
+        if op == "delete" and isinstance(parent, dict):
+            del parent[path[-1]]
+        elif op == "wrap":
+            parent[path[-1]] = [parent[path[-1]]]
+        elif op == "huge":
+            parent[path[-1]] = draw(st.sampled_from([2**64, 10**400 // 10**350, -1, 1e300]))
+        else:
+            parent[path[-1]] = draw(
+                st.one_of(odd_values, st.dictionaries(st.text(max_size=4), odd_values, max_size=3))
+            )
+    return doc
+
+
+@st.composite
+def json_file_bytes(draw: st.DrawFn, doc: Any) -> bytes:
+    """The bytes of a JSON file made from ``doc``: edited, raw-broken, or left valid."""
+    kind = draw(st.sampled_from(["valid", "edit", "edit", "raw", "bytes", "truncate", "nonfinite"]))
+    if kind == "raw":
+        return draw(st.sampled_from(RAW_JSON))
+    text = json.dumps(draw(document_edits(doc)) if kind != "valid" else doc)
+    raw = text.encode()
+    if kind == "bytes" and raw:
+        mutable = bytearray(raw)
+        for pos, value in draw(
+            st.lists(st.tuples(st.integers(0), st.integers(0, 255)), min_size=1, max_size=5)
+        ):
+            mutable[pos % len(mutable)] = value
+        raw = bytes(mutable)
+    elif kind == "truncate":
+        raw = raw[: draw(st.integers(0, max(len(raw) - 1, 0)))]
+    elif kind == "nonfinite":
+        for number in ("0", "1", "2", "4"):  # a digit somewhere becomes NaN / Infinity
+            raw = raw.replace(
+                number.encode(), draw(st.sampled_from([b"NaN", b"-Infinity", b"1e400"])), 1
+            )
+    return raw
+
+
+SPECIAL_FILES = ["fifo", "dev_zero_link", "folder", "sparse_3gb", "dangling_link"]
+
+
+def write_special(path: Path, kind: str) -> None:
+    """Put something that is not a small regular file at ``path``."""
+    import os
+
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "dev_zero_link":
+        path.symlink_to("/dev/zero")
+    elif kind == "folder":
+        path.mkdir()
+    elif kind == "sparse_3gb":
+        with open(path, "wb") as f:
+            f.truncate(3_000_000_000)
+    else:
+        path.symlink_to(path.parent / "nowhere")
+
+
+HOSTILE_SEGMENTS = ["..", ".", "", "unet", "vae", "x", "a\\b", "%2e%2e", "\x00", "~", "config.json"]
+
+
+@st.composite
+def listed_names(draw: st.DrawFn, outside: str) -> str:
+    """A file name a Hub could list: relative, absolute, with ``..``, odd characters."""
+    kind = draw(st.sampled_from(["segments", "absolute", "known", "text"]))
+    if kind == "absolute":
+        return f"{outside}/{draw(st.sampled_from(['pwned.json', 'x/pwned.json']))}"
+    if kind == "known":
+        return draw(
+            st.sampled_from(
+                [
+                    "model_index.json",
+                    "unet/config.json",
+                    "unet/diffusion_pytorch_model.safetensors.index.json",
+                    "vae/diffusion_pytorch_model.safetensors",
+                    "text_encoder/model.safetensors",
+                ]
+            )
+        )
+    if kind == "text":
+        return draw(st.text(alphabet="./\\ax%\x00-", min_size=1, max_size=12)) + ".json"
+    parts = draw(st.lists(st.sampled_from(HOSTILE_SEGMENTS), min_size=1, max_size=4))
+    return "/".join([*parts, "pwned.json"])

@@ -1,5 +1,6 @@
 """Every command fed hostile checkpoints: exit 0 or 2 with one line, never a traceback,
-never a hang, never memory out of proportion, never a half-written OUT.
+never a hang, never memory out of proportion (peak resident memory, from the kernel),
+never a half-written OUT.
 
 `make test` runs a short pass; `make fuzz` sets BIGMODEL_FUZZ_EXAMPLES for a long one.
 """
@@ -9,44 +10,24 @@ from __future__ import annotations
 import functools
 import os
 import shutil
-import signal
 import tempfile
-import tracemalloc
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 
 from tests.fuzz.mutations import Case, safetensors_cases, sharded_cases
-from tests.helpers.cli import FIXTURES, CliResult, run_cli
+from tests.helpers.cli import FIXTURES, CliResult, run_cli, watchdog
+from tests.helpers.memory import peak_rss_growth
 from tests.helpers.trees import tree_hash
 
 EXAMPLES = int(os.environ.get("BIGMODEL_FUZZ_EXAMPLES", "60"))
+SLACK = 4_000_000  # resident memory a command may add besides twice its input (allocator)
 SECONDS_PER_COMMAND = 5
 FUZZ = settings(
     max_examples=EXAMPLES,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-
-
-class Hang(BaseException):
-    """Raised by the watchdog: a command ran past its time."""
-
-
-@contextmanager
-def watchdog(seconds: int) -> Iterator[None]:
-    def fire(signum: int, frame: object) -> None:
-        raise Hang(f"command still running after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, fire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def input_bytes(path: Path) -> int:
@@ -65,7 +46,7 @@ def check(result: CliResult, args: list[str]) -> None:
 @functools.cache
 def warm_up() -> None:
     """Run every command once on a valid file, so that the checks below see reading and
-    writing, not first-time imports (torch takes seconds to import under tracemalloc)."""
+    writing, not first-time imports (whose pages would count as the command's memory)."""
     import torch  # noqa: F401
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -87,18 +68,13 @@ def run_every_command(tmp: Path, case: Case, check_memory: bool = True) -> None:
         ["merge", str(source), "-o", str(tmp / "merged")],
     ]
     for args in commands:
-        tracemalloc.start()
-        try:
-            with watchdog(SECONDS_PER_COMMAND):
-                result = run_cli(*args)
-            peak = tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
+        with peak_rss_growth() as peak, watchdog(SECONDS_PER_COMMAND):
+            result = run_cli(*args)
         check(result, args)
         if getattr(case, "must_fail", False):
             assert result.code == 2, (args, "a hostile folder was accepted", result.stdout[:200])
         if check_memory and args[0] in ("inspect", "plan"):
-            assert peak <= 2 * size + 4_000_000, (args, peak, size)
+            assert peak.grew <= 2 * size + SLACK, (args, peak.grew, size)
         if args[0] in ("shard", "merge"):
             out = Path(args[3])
             assert out.exists() == (result.code == 0), (args, result.stderr)

@@ -5,8 +5,11 @@ console script's entry point (``run_main``), or :func:`run_subprocess` as a real
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,9 +22,12 @@ __all__ = [
     "FIXTURES",
     "ROOT",
     "CliResult",
+    "Hang",
     "assert_one_line_error",
     "run_cli",
+    "run_cli_within",
     "run_subprocess",
+    "watchdog",
 ]
 
 BIGMODEL = [sys.executable, "-m", "bigmodel_cli"]  # the command line of a real process
@@ -45,6 +51,34 @@ def run_cli(*args: str | os.PathLike[str]) -> CliResult:
         sys.stderr.flush()
         out, err = streams[0].getvalue().decode(), streams[1].getvalue().decode()
     return CliResult(code, out, err)
+
+
+class Hang(BaseException):
+    """Raised by :func:`watchdog`: a command ran past its time."""
+
+
+@contextmanager
+def watchdog(seconds: float) -> Iterator[None]:
+    """Raise :class:`Hang` in this (main) thread when the block runs past ``seconds``; a
+    blocking system call (a FIFO's open) is interrupted too."""
+
+    def fire(signum: int, frame: object) -> None:
+        raise Hang(f"command still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, fire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def run_cli_within(seconds: float, *args: str | os.PathLike[str]) -> CliResult:
+    """:func:`run_cli`, failing with :class:`Hang` instead of hanging past ``seconds`` (a
+    bound on hangs, not a timing assertion)."""
+    with watchdog(seconds):
+        return run_cli(*args)
 
 
 def run_subprocess(

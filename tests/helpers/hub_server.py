@@ -17,7 +17,9 @@ Faults (``server.fault``, applied to paths ending in ``server.fault_suffix``): `
 (sleep ``stall_seconds`` before answering), ``short`` (a 206 with half the range asked
 for), ``drop`` (close the connection halfway through
 the body), ``busy`` (503 + ``Retry-After: 0`` to the first ``busy_times`` requests of each
-path, then the answer). ``server.latency`` delays every response. ``bytes_sent[path]`` counts body
+path, then the answer). ``server.extra`` adds files that need not exist on disk (a hostile
+name such as ``../../x/pwned.json``: listed as is, served at its URL or wherever a client
+normalises that URL to). ``server.latency`` delays every response. ``bytes_sent[path]`` counts body
 bytes per repo path and ``requests`` records every request.
 """
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import posixpath
 import socket
 import threading
 import time
@@ -61,6 +64,7 @@ class HubServer:
     stall_seconds: float = 5.0
     busy_times: int = 2
     token: str | None = None
+    extra: dict[str, dict[str, bytes]] = field(default_factory=dict)  # repo -> name -> body
     requests: list[Request] = field(default_factory=list)
     bytes_sent: dict[str, int] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -217,6 +221,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _route(self, method: str, path: str, query: dict[str, list[str]]) -> None:
         hub = self.server_hub
+        body = self._extra_body(path)
+        if body is not None:
+            return self._send(200, {"X-Repo-Commit": hub.commit}, body)
         if path.startswith("/cdn/"):
             repo, rel = self._split_repo(path[len("/cdn/") :])
             return self._send_file(method, repo, rel) if repo else self._not_found("RepoNotFound")
@@ -237,6 +244,16 @@ class _Handler(BaseHTTPRequestHandler):
         if hub.fault == "gated" and self.headers.get("Authorization") != f"Bearer {hub.token}":
             return self._gated(repo)
         self._resolve(method, repo, rel, file)
+
+    def _extra_body(self, path: str) -> bytes | None:
+        hub = self.server_hub
+        for repo, files in hub.extra.items():
+            for name, body in files.items():
+                for rev in ("main", hub.commit):
+                    url = f"/{repo}/resolve/{rev}/{name}"
+                    if path in (url, posixpath.normpath(url)):
+                        return body
+        return None
 
     def _split_repo(self, rest: str) -> tuple[str | None, str]:
         for repo in self.server_hub.repos:
@@ -283,6 +300,9 @@ class _Handler(BaseHTTPRequestHandler):
                     lfs = e["lfs"]
                     sib["lfs"] = {"size": lfs["size"], "sha256": lfs["oid"], "pointerSize": 134}
             siblings.append(sib)
+        for name, body in hub.extra.get(repo, {}).items():
+            sib = {"rfilename": name}
+            siblings.append(sib | ({"size": len(body), "blobId": "0" * 40} if blobs else {}))
         return {
             "_id": hashlib.sha1(repo.encode()).hexdigest()[:24],
             "id": repo,

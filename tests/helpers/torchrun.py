@@ -65,6 +65,7 @@ class Agents:
         nodes: int = 1,
         node_rank: int = 0,
         port: int | None = None,
+        probe: Path | None = None,
     ) -> subprocess.Popen[str]:
         where = (
             ["--standalone"]
@@ -75,7 +76,9 @@ class Agents:
                 f"--rdzv-endpoint=127.0.0.1:{port}",
             ]
         )
-        cmd = [TORCHRUN, *where, f"--nproc-per-node={nproc}", "-m", "bigmodel_cli"]
+        # with ``probe``, each rank records what its load read as the kernel counts it
+        main = ["tests.helpers.rank_io", str(probe)] if probe else ["bigmodel_cli"]
+        cmd = [TORCHRUN, *where, f"--nproc-per-node={nproc}", "-m", *main]
         proc = subprocess.Popen(
             [*cmd, *map(str, args)],
             cwd=cwd,
@@ -125,13 +128,18 @@ def agents() -> Iterator[Agents]:
 
 
 def run_world(
-    args: Sequence[str | os.PathLike[str]], nproc: int, cwd: Path, nodes: int = 1
+    args: Sequence[str | os.PathLike[str]],
+    nproc: int,
+    cwd: Path,
+    nodes: int = 1,
+    probe: Path | None = None,
 ) -> list[Finished]:
     """``bigmodel ARGS`` under torchrun: ``nodes`` agents of ``nproc`` processes each, all
-    on 127.0.0.1; the agents' results in node order."""
+    on 127.0.0.1; the agents' results in node order. With ``probe`` (a folder), each rank
+    writes there what its load read, as the kernel counts it (:mod:`.rank_io`)."""
     with agents() as group:
         port = free_port() if nodes > 1 else None
-        procs = [group.launch(args, nproc, cwd, nodes, k, port) for k in range(nodes)]
+        procs = [group.launch(args, nproc, cwd, nodes, k, port, probe) for k in range(nodes)]
         return [group.finish(p) for p in procs]
 
 
