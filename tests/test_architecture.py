@@ -402,7 +402,6 @@ def test_reading_a_plan_imports_no_strategy(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- the library raises; CLI speaks
 
 CLI_MODULES = ("bigmodel_cli.cli", "bigmodel_cli.render")  # cli.py, cli_*.py, render/
-# Not yet converted (the torchrun launch hints in run/): drop each once it is.
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z-]*")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 from pathlib import Path
 from typing import Any
@@ -451,6 +452,9 @@ def test_dtype_other_than_the_plans_is_loaded_with_a_warning(tmp_path: Path) -> 
     assert "warning: --dtype bfloat16 differs from the plan's checkpoint dtypes" in result.stderr
     cpu = json.loads(result.stdout)["devices"]["cpu"]
     assert cpu["loaded"] < cpu["planned"]
+    (note,) = run_plan(single, plan=plan, dtype="bf16").warnings  # the API says "dtype"
+    assert note.startswith("dtype bfloat16 differs") and note.arguments == ("dtype",)
+    assert pickle.loads(pickle.dumps(note)).arguments == ("dtype",)  # crosses torchrun ranks
 
 
 def test_source_defaults_to_the_current_folder(tmp_path: Path) -> None:
