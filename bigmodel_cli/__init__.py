@@ -29,6 +29,8 @@ _API = {
     "PlanRequest": ("bigmodel_cli.placement.request", "PlanRequest"),
     "read_plan": ("bigmodel_cli.placement.plan", "read_plan"),
     "run_plan": ("bigmodel_cli.run", "run_plan"),
+    "RunPlanRequest": ("bigmodel_cli.run.request", "RunPlanRequest"),
+    "GenerateRequest": ("bigmodel_cli.run.request", "GenerateRequest"),
     "load": ("bigmodel_cli.run.pipeline", "load"),
     "generate": ("bigmodel_cli.run.pipeline", "generate"),
     "BigmodelError": ("bigmodel_cli.errors", "BigmodelError"),

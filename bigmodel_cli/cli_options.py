@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from bigmodel_cli.errors import BigmodelError
+from bigmodel_cli.errors import BigmodelError, Warned
 
 SourceArg = Annotated[
     str | None,
@@ -59,11 +59,11 @@ OutputOpt = Annotated[
 FLAG_NAMES = {"output": "-o", "plan_path": "--plan", "counted": "--runtime"}
 
 
-def as_flags(error: BigmodelError) -> str:
-    """The error's line with the API argument it names spelled as the CLI's flag:
-    the library says ``max_shard_size must be positive``, the CLI ``--max-shard-size ...``."""
+def as_flags(error: BigmodelError | Warned | str) -> str:
+    """The error's (or warning's) line with the API argument it names spelled as the CLI's
+    flag: the library says ``max_shard_size must be positive``, the CLI ``--max-shard-size``."""
     text = str(error)
-    for argument in error.arguments:
+    for argument in getattr(error, "arguments", ()):
         flag = FLAG_NAMES.get(argument, "--" + argument.replace("_", "-"))
         text = re.sub(rf"(?<![\w-]){re.escape(argument)}(?![\w-])", flag, text)
     return text

@@ -45,6 +45,24 @@ class BigmodelError(Exception):
         return " ".join(f"{where}{what}{self.reason}".split())
 
 
+class Warned(str):
+    """A warning's line that names API arguments (``argument``, as a :class:`BigmodelError`
+    does): a str everywhere; the CLI writes each argument as its flag when it prints it."""
+
+    argument: str | tuple[str, ...] | None = None
+
+    def __new__(cls, text: str, argument: str | tuple[str, ...] | None = None) -> Warned:
+        made = super().__new__(cls, text)
+        made.argument = argument
+        return made
+
+    @property
+    def arguments(self) -> tuple[str, ...]:
+        if self.argument is None:
+            return ()
+        return (self.argument,) if isinstance(self.argument, str) else self.argument
+
+
 class UsageError(BigmodelError):
     """A flag value that cannot be understood (``--max-shard-size 5XB``)."""
 

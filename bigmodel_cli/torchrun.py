@@ -29,6 +29,9 @@ from bigmodel_cli.errors import EXIT_BUG, BigmodelError
 T = TypeVar("T")
 TIMEOUT_ENV = "BIGMODEL_DIST_TIMEOUT"
 DEFAULT_TIMEOUT = 600.0
+# torchrun's launch arguments as its own API (torch.distributed.run) spells them; an error that
+# names them passes them as its arguments, so the CLI writes them as torchrun's flags
+TORCHRUN_ARGUMENTS = ("nnodes", "nproc_per_node")
 READERS = ("pread", "dcp")  # how a rank reads its byte ranges (run/ranges.py); the first: default
 DEFAULT_IDS = "1,2,3,4,5,6,7,8"  # the prompt of --forward under torchrun without --input-ids
 _NEEDED = ("RANK", "LOCAL_RANK", "WORLD_SIZE")

@@ -234,3 +234,15 @@ def test_plan_takes_one_request_record_or_its_keywords_not_both() -> None:
     assert by_record.to_json() == by_keywords.to_json()
     with pytest.raises(TypeError, match="not both"):
         bm.plan(LLAMA, request, dtype="fp16")
+
+
+def test_run_plan_takes_one_request_record_or_its_keywords_not_both() -> None:
+    plan = bm.plan(LLAMA, max_memory="cpu=1GB")
+    request = bm.RunPlanRequest(dtype="bf16", verify=True)
+    by_record = bm.run_plan(LLAMA, plan=plan, request=request)
+    by_keywords = bm.run_plan(LLAMA, plan=plan, dtype=torch.bfloat16, verify=True)
+    assert by_record.verified and by_keywords.verified
+    assert by_record.dtype == by_keywords.dtype == "bfloat16"
+    assert [d.loaded for d in by_record.devices] == [d.loaded for d in by_keywords.devices]
+    with pytest.raises(TypeError, match="not both"):
+        bm.run_plan(LLAMA, plan=plan, request=request, verify=True)

@@ -246,7 +246,7 @@ def test_run_of_a_plan_over_ranks_outside_torchrun_says_how_to_start_it(
     plan = make_plan(tied_llama, max_memory="cpu=1GB", nodes=2, procs_per_node=2)
     path = plan.save(tmp_path / "plan.json").path
     result = run_cli("run", tied_llama, "--plan", path)
-    assert_one_line_error(result, 2, "torchrun --nnodes 2 --nproc-per-node 2")
+    assert_one_line_error(result, 2, "torchrun with --nnodes=2, --nproc-per-node=2")
 
 
 def test_torchrun_only_flags_outside_torchrun_are_refused(tied_llama: Path) -> None:
@@ -344,7 +344,7 @@ def test_a_world_size_other_than_the_plans_is_one_line(
     plan = make_plan(tied_llama, max_memory="cpu=1GB", procs_per_node=2)
     path = plan.save(tmp_path / "plan.json").path
     result = run_cli("run", tied_llama, "--plan", path)
-    assert_one_line_error(result, 2, "torchrun --nnodes 1 --nproc-per-node 2")
+    assert_one_line_error(result, 2, "torchrun with --nnodes=1, --nproc-per-node=2")
 
 
 # ---------------------------------------------------------------- under torchrun (gloo, cpu)
@@ -608,4 +608,4 @@ def test_bad_input_under_torchrun_is_one_line_from_rank_0(tied_llama: Path, tmp_
     (finished,) = run_world(["run", tied_llama, "--plan", path], 2, tmp_path)
     assert finished.code != 0 and not finished.stdout
     (line,) = finished.bigmodel_lines()
-    assert line.startswith("bigmodel: error: ") and "--nproc-per-node 4" in line
+    assert line.startswith("bigmodel: error: ") and "--nproc-per-node=4" in line

@@ -72,6 +72,7 @@ def test_other_weights_beside_a_component_are_not_copied(tmp_path: Path) -> None
         "notes.txt",
     ]
     assert "not copied: pytorch_model.bin" in result.stderr
+    assert "pass --variant to shard that one" in result.stderr  # the CLI's flag for variant
 
 
 def test_dotted_single_file_names_are_not_variants(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 from pathlib import Path
 from typing import Any
@@ -308,6 +309,45 @@ def test_forward_skips_a_file_without_a_config(tmp_path: Path) -> None:
     assert doc["forward"]["model"]["skipped"]
 
 
+def _saved(model: Any, folder: Path) -> Path:
+    model.save_pretrained(folder)
+    return folder
+
+
+def test_forward_feeds_an_encoder_decoder_its_decoder_ids(tmp_path: Path) -> None:
+    """A T5 saved by transformers: the one dummy-input path gives its decoder ids too."""
+    import transformers
+
+    config = transformers.T5Config(
+        vocab_size=64, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=2
+    )
+    folder = _saved(transformers.T5ForConditionalGeneration(config), tmp_path / "t5")
+    plan = write_plan(tmp_path / "plan.json", hand_plan(folder, {"t5": "cpu"}))
+    doc = _run_json(folder, "--plan", plan, "--forward")
+    assert doc["forward"]["t5"]["class"] == "T5ForConditionalGeneration"
+    assert doc["forward"]["t5"]["output_shape"] == [1, 8, 64]  # the decoder's logits
+
+
+def test_forward_runs_a_video_unet(tmp_path: Path) -> None:
+    """UNet3DConditionModel (saved by diffusers) gets a latent of a few frames."""
+    import diffusers
+
+    unet = diffusers.UNet3DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        cross_attention_dim=32,
+        attention_head_dim=4,
+        down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
+        up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
+        sample_size=16,
+    )
+    folder = _saved(unet, tmp_path / "unet3d")
+    plan = write_plan(tmp_path / "plan.json", hand_plan(folder, {"unet3d": "cpu"}))
+    doc = _run_json(folder, "--plan", plan, "--forward")
+    assert doc["forward"]["unet3d"]["skipped"] is None
+    assert doc["forward"]["unet3d"]["output_shape"] == [1, 4, 2, 16, 16]
+
+
 def test_human_output_is_a_table_per_device(tmp_path: Path) -> None:
     plan = write_plan(tmp_path / "plan.json", hand_plan(PIPELINE, {**ALL_CPU, "vae": "disk"}))
     result = run_cli("run", PIPELINE, "--plan", plan, "--verify")
@@ -412,6 +452,9 @@ def test_dtype_other_than_the_plans_is_loaded_with_a_warning(tmp_path: Path) -> 
     assert "warning: --dtype bfloat16 differs from the plan's checkpoint dtypes" in result.stderr
     cpu = json.loads(result.stdout)["devices"]["cpu"]
     assert cpu["loaded"] < cpu["planned"]
+    (note,) = run_plan(single, plan=plan, dtype="bf16").warnings  # the API says "dtype"
+    assert note.startswith("dtype bfloat16 differs") and note.arguments == ("dtype",)
+    assert pickle.loads(pickle.dumps(note)).arguments == ("dtype",)  # crosses torchrun ranks
 
 
 def test_source_defaults_to_the_current_folder(tmp_path: Path) -> None:

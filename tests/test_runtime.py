@@ -19,7 +19,7 @@ from bigmodel_cli.placement.balanced import balanced
 from bigmodel_cli.placement.items import Bin, Part, charge
 from bigmodel_cli.placement.plan import plan_from_json, read_plan
 from bigmodel_cli.placement.sequential import sequential
-from bigmodel_cli.runtime.inputs import Model, Resolved, input_shapes
+from bigmodel_cli.runtime.inputs import Model, Resolved, dummy_inputs, input_shapes
 from bigmodel_cli.runtime.kv import kv_bytes_per_layer
 from bigmodel_cli.runtime.shape import RunShape, parse_quantize
 from tests.helpers.checkpoints import llama_config
@@ -292,3 +292,12 @@ def test_a_class_that_cannot_be_fed_has_no_estimate_and_says_so(tmp_path: Path) 
     doc = _plan(tmp_path / "m", "--max-memory", "0=1GB", "--runtime")
     entry = doc["components"]["m"]
     assert entry["activations"] is None and "no activation estimate" in entry["note"]
+
+
+def test_dummy_inputs_feed_a_vae_of_a_class_of_no_known_kind_through_decode() -> None:
+    """As run --forward did before one input path: a diffusers config with latent_channels
+    is decoded (AsymmetricAutoencoderKL's name does not start with Autoencoder)."""
+    cfg = {"latent_channels": 4, "block_out_channels": [32, 64], "sample_size": 32}
+    m = Model("vae", "diffusers", "AsymmetricAutoencoderKL", cfg)
+    assert dummy_inputs(m) == ("vae", {"latent": (1, 4, 16, 16)})
+    assert dummy_inputs(Model("x", "diffusers", "SomethingNew", {"in_channels": 4})) is None

@@ -36,13 +36,15 @@ def read_path(path: Path, name: str, variant: str | None = None) -> Checkpoint:
         return _pipeline(path, variant)
     component = find_component(path, name, variant)
     if component is None:
-        raise BigmodelError(_nothing_found(path, variant), path)
+        reason, hinted = _nothing_found(path, variant)
+        raise BigmodelError(reason, path, argument=hinted)
     return Checkpoint(path, path, "model", (component,), variant=variant)
 
 
-def _nothing_found(folder: Path, variant: str | None) -> str:
+def _nothing_found(folder: Path, variant: str | None) -> tuple[str, str | None]:
+    """The reason, and ``"variant"`` when it hints at another variant."""
     what = (
-        f"no {variant} variant weights"
+        f"no weights of variant {variant}"
         if variant
         else "no *.safetensors, *.bin or model_index.json"
     )
@@ -55,18 +57,21 @@ def _nothing_found(folder: Path, variant: str | None) -> str:
         if folder.is_dir()
         else []
     )
-    hint = f"; did you mean {folder / hints[0]}?" if hints else _variant_hint([folder], variant)
-    return f"{what} in this folder{hint}"
+    if hints:
+        return f"{what} in this folder; did you mean {folder / hints[0]}?", None
+    hint = _variant_hint([folder], variant)
+    return f"{what} in this folder{hint}", "variant" if hint else None
 
 
 def _variant_hint(folders: list[Path], variant: str | None) -> str:
-    """``; did you mean --variant fp16?`` when only other variants' weights are there."""
+    """``; did you mean variant fp16?`` when only other variants' weights are there (the
+    error then names ``variant`` as its argument: the CLI writes ``--variant fp16``)."""
     found: set[str] = set()
     for folder in folders:
         for ext in (".safetensors", ".bin"):
             names = (variant_of(p.name, ext) for p in folder.glob(f"*{ext}") if p.is_file())
             found.update(v for v in names if v is not None and v != variant)
-    return f"; did you mean --variant {sorted(found)[0]}?" if found else ""
+    return f"; did you mean variant {sorted(found)[0]}?" if found else ""
 
 
 def _pipeline(root: Path, variant: str | None) -> Checkpoint:
@@ -83,7 +88,9 @@ def _pipeline(root: Path, variant: str | None) -> Checkpoint:
         folders = [p for p in root.iterdir() if p.is_dir()]
         hint = _variant_hint(folders, variant)
         raise BigmodelError(
-            f"pipeline has no component with weights ({_variant_note(variant)}){hint}", root
+            f"pipeline has no component with weights ({_variant_note(variant)}){hint}",
+            root,
+            argument="variant" if hint else None,
         )
     return Checkpoint(root, root, "pipeline", tuple(components), tuple(skipped), variant)
 

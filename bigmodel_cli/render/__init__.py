@@ -32,9 +32,12 @@ def print_json(doc: Any) -> None:
 
 
 def print_warnings(lines: Sequence[str]) -> None:
-    """Each of the library's warnings as one ``bigmodel: warning:`` line on stderr."""
+    """Each of the library's warnings as one ``bigmodel: warning:`` line on stderr, the API
+    arguments it names (:class:`~bigmodel_cli.errors.Warned`) spelled as flags."""
+    from bigmodel_cli.cli_options import as_flags
+
     for line in lines:
-        sys.stderr.write(f"bigmodel: warning: {line}\n")
+        sys.stderr.write(f"bigmodel: warning: {as_flags(line)}\n")
     sys.stderr.flush()
 
 

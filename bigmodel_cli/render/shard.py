@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
-from bigmodel_cli.render import print_json, stdout
+from bigmodel_cli.render import print_json, print_warnings, stdout
 from bigmodel_cli.sharding.result import WriteResult
 from bigmodel_cli.sizes import format_size
 
@@ -29,8 +28,7 @@ def write_doc(result: WriteResult) -> dict[str, Any]:
 
 
 def render_write(result: WriteResult, as_json: bool) -> None:
-    for line in result.plan.warnings:  # one line each, never wrapped: scripts grep for them
-        sys.stderr.write(f"bigmodel: warning: {line}\n")
+    print_warnings(result.plan.warnings)  # one line each, never wrapped: scripts grep them
     if as_json:
         print_json(write_doc(result))
         return

@@ -10,7 +10,7 @@ from bigmodel_cli.checkpoint import Checkpoint, is_repo_id, load_checkpoint
 from bigmodel_cli.checkpoint.discover import read_path
 from bigmodel_cli.checkpoint.resolve import fetch_for_plan
 from bigmodel_cli.devices import DeviceKey, available_ram, torch_device
-from bigmodel_cli.errors import BigmodelError, FitError
+from bigmodel_cli.errors import BigmodelError, FitError, Warned
 from bigmodel_cli.placement.plan import Plan
 from bigmodel_cli.run.place import check_source, missing_devices, shortfalls
 from bigmodel_cli.sizes import DType
@@ -74,13 +74,16 @@ def prepare(
     variant: str | None,
     offline: bool,
 ) -> tuple[Checkpoint, DType | None, list[str]]:
-    notes = []
+    notes: list[str] = []
     target = dtype if dtype is not None else plan.target
     if dtype is not None and dtype.name != plan.dtype:
         planned_at = plan.dtype or "checkpoint dtypes"
         notes.append(
-            f"--dtype {dtype.name} differs from the plan's {planned_at}; "
-            "its planned bytes are not what this run loads"
+            Warned(
+                f"dtype {dtype.name} differs from the plan's {planned_at}; "
+                "its planned bytes are not what this run loads",
+                argument="dtype",
+            )
         )
     ckpt = checkpoint_for(source, plan, variant or plan.variant, offline)
     check_source(ckpt, plan)

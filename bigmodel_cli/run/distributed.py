@@ -27,12 +27,14 @@ from bigmodel_cli.run.hub_ranges import is_remote, read_hub
 from bigmodel_cli.run.load import Loaded, verify_tensors
 from bigmodel_cli.run.place import check_source
 from bigmodel_cli.run.ranges import Read, Share, rank_share, read_share
+from bigmodel_cli.run.request import WorldOptions, WorldRequest, as_record
 from bigmodel_cli.sizes import DType, as_target_dtype
-from bigmodel_cli.torchrun import READERS, Group, RankEnv
+from bigmodel_cli.torchrun import READERS, TORCHRUN_ARGUMENTS, Group, RankEnv
 
 if TYPE_CHECKING:
-    from bigmodel_cli.run.pipeline_stage import PipelineRequest, PipelineResult
-    from bigmodel_cli.sizes import DTypeLike
+    from typing import Unpack
+
+    from bigmodel_cli.run.pipeline_stage import PipelineResult
 
 
 @dataclass(frozen=True)
@@ -90,17 +92,18 @@ class _Job:
 def _check_world(plan: Plan, env: RankEnv) -> RankPlan:
     if plan.world is None:
         raise BigmodelError(
-            "is a plan for one machine; make one over ranks with bigmodel plan --nodes N "
-            "--procs-per-node P",
+            "is a plan for one machine; plan over ranks with nodes and procs_per_node",
             plan.path,
+            argument=("nodes", "procs_per_node"),
         )
     w = plan.world.world
     if env.world_size != w.size or env.local_world_size != w.procs_per_node:
         raise BigmodelError(
             f"plan is for {w.nodes} node(s) x {w.procs_per_node} process(es), but torchrun "
-            f"started {env.world_size} ranks, {env.local_world_size} on this node (use "
-            f"torchrun --nnodes {w.nodes} --nproc-per-node {w.procs_per_node})",
+            f"started {env.world_size} ranks, {env.local_world_size} on this node (start "
+            f"torchrun with nnodes={w.nodes}, nproc_per_node={w.procs_per_node})",
             plan.path,
+            argument=TORCHRUN_ARGUMENTS,
         )
     me = plan.world.ranks[env.rank]
     if (me.local_rank, me.node) != (env.local_rank, env.node):
@@ -143,25 +146,21 @@ def _from_the_hub(
 def _prepare_rank(
     source: str | os.PathLike[str] | None,
     plan: PlanLike,
+    r: WorldRequest,
     dtype: DType | None,
-    variant: str | None,
-    offline: bool,
     env: RankEnv,
-    stage: PipelineRequest | None,
-    reader: str,
-    verify: bool,
 ) -> _Job:
     the_plan = as_plan(plan)
     me = _check_world(the_plan, env)
     device = _device(me, env)
-    ckpt = _from_the_hub(source, the_plan, variant or the_plan.variant, offline)
+    ckpt = _from_the_hub(source, the_plan, r.variant or the_plan.variant, r.offline)
     if ckpt is None:  # a path, or a repo id in the cache: run's own checks
-        ckpt, target, notes = prepare(source, the_plan, dtype, variant, offline)
+        ckpt, target, notes = prepare(source, the_plan, dtype, r.variant, r.offline)
     else:
         check_source(ckpt, the_plan)
         target, notes = dtype or the_plan.target, []
-    if is_remote(ckpt) and (reader != READERS[0] or verify):
-        asked = "verify" if verify else f"reader {reader}"
+    if is_remote(ckpt) and (r.reader != READERS[0] or r.verify):
+        asked = "verify" if r.verify else f"reader {r.reader}"
         raise BigmodelError(
             "this rank fetches its ranges from the Hub (the repo is not in its cache): "
             f"{asked} needs the files here (hf download first)",
@@ -170,10 +169,10 @@ def _prepare_rank(
         )
     check_reads(ckpt, the_plan)  # the ranks' reads cover every tensor once
     share = rank_share(ckpt, me, the_plan.path)
-    if stage is not None:
+    if r.stage is not None:
         from bigmodel_cli.run.pipeline_stage import check_pipeline
 
-        check_pipeline(ckpt, the_plan, stage)
+        check_pipeline(ckpt, the_plan, r.stage)
     return _Job(the_plan, me, ckpt, target, share, device, tuple(notes))
 
 
@@ -206,40 +205,32 @@ def run_world(
     source: str | os.PathLike[str] | None = None,
     *,
     plan: PlanLike = "plan.json",
-    dtype: DTypeLike | None = None,
-    verify: bool = False,
-    reader: str = READERS[0],
-    stage: PipelineRequest | None = None,
-    variant: str | None = None,
-    offline: bool = False,
-    progress: Progress | None = None,
+    request: WorldRequest | None = None,
+    **options: Unpack[WorldOptions],
 ) -> WorldRunReport | None:
-    """This rank's part of a plan over ranks; rank 0 gets the report of all of them."""
+    """This rank's part of a plan over ranks, as ``request`` (or the keywords of a
+    :class:`~.request.WorldRequest`) asks; rank 0 gets the report of all of them."""
     began = time.perf_counter()
-    wanted = as_target_dtype(dtype)
+    r = as_record(WorldRequest, request, options)
+    wanted = as_target_dtype(r.dtype)
     with Group() as group:
         env = group.env
-        job = group.agree(
-            lambda: _prepare_rank(
-                source, plan, wanted, variant, offline, env, stage, reader, verify
-            ),
-            "checking the plan",
-        )
-        with shown(progress if env.rank == 0 else NullProgress()) as bar:
-            read = group.agree(lambda: _read(job, reader, bar), "loading")
-        verify_seconds = group.agree(lambda: _verify(job, read), "verifying") if verify else None
+        job = group.agree(lambda: _prepare_rank(source, plan, r, wanted, env), "checking the plan")
+        with shown(r.progress if env.rank == 0 else NullProgress()) as bar:
+            read = group.agree(lambda: _read(job, r.reader, bar), "loading")
+        verify_seconds = group.agree(lambda: _verify(job, read), "verifying") if r.verify else None
         result = None
-        if stage is not None:
+        if r.stage is not None:
             from bigmodel_cli.run.pipeline_stage import run_pipeline
 
             result = run_pipeline(
-                group, job.ckpt, job.plan, job.me, read, job.share, job.device, stage
+                group, job.ckpt, job.plan, job.me, read, job.share, job.device, r.stage
             )
         mine = _rank_run(env, job, read, verify_seconds)
         runs = group.gather(mine, "gathering the report")
     if env.rank != 0:
         return None
-    return _report(job, tuple(runs), reader, verify, time.perf_counter() - began, result)
+    return _report(job, tuple(runs), r.reader, r.verify, time.perf_counter() - began, result)
 
 
 def _rank_run(env: RankEnv, job: _Job, read: Read, verify_seconds: float | None) -> RankRun:

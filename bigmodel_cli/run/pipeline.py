@@ -19,7 +19,7 @@ import tempfile
 import weakref
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bigmodel_cli.checkpoint import Checkpoint, load_checkpoint
 from bigmodel_cli.checkpoint.model_index import pipeline_entries, read_model_index
@@ -30,6 +30,7 @@ from bigmodel_cli.placement.built import library_map
 from bigmodel_cli.placement.plan import SPLIT, Plan, PlanLike, as_plan
 from bigmodel_cli.placement.strategies import STRATEGIES
 from bigmodel_cli.run.place import check_source
+from bigmodel_cli.run.request import GenerateOptions, GenerateRequest, as_record
 from bigmodel_cli.runtime.inputs import LIBRARIES
 from bigmodel_cli.runtime.library import (
     Pretrained,
@@ -37,6 +38,9 @@ from bigmodel_cli.runtime.library import (
     from_pretrained,
     import_library,
 )
+
+if TYPE_CHECKING:
+    from typing import Unpack
 
 
 class _Offload:
@@ -209,47 +213,35 @@ def is_pipeline(obj: Any) -> bool:
 def generate(
     obj: Any,
     prompt: str | None = None,
-    *,
-    steps: int = 20,
-    seed: int = 0,
-    height: int | None = None,
-    width: int | None = None,
-    max_new_tokens: int = 32,
-    input_ids: Any = None,
-    output_type: str = "pil",
+    request: GenerateRequest | None = None,
+    **options: Unpack[GenerateOptions],
 ) -> Any:
-    """Run what :func:`load` returned. A pipeline gives its first image (a PIL image, or
-    what ``output_type`` asks for); a causal LM its greedy continuation: text when given a
-    prompt (tokenizer from the model's folder), new token ids when given ``input_ids``.
+    """Run what :func:`load` returned, as ``request`` (or the keywords of a
+    :class:`~.request.GenerateRequest`) asks. A pipeline gives its first image (a PIL image,
+    or what ``output_type`` asks for); a causal LM its greedy continuation: text when given
+    a prompt (tokenizer from the model's folder), new token ids when given ``input_ids``.
 
     >>> generate(pipe, "an astronaut riding a horse", steps=20).save("out.png")  # doctest: +SKIP
     >>> generate(llama, "The capital of France is", max_new_tokens=8)  # doctest: +SKIP
     """
+    r = as_record(GenerateRequest, request, options)
     if is_pipeline(obj):
         if prompt is None:
             raise BigmodelError("generate() needs a prompt for a pipeline")
-        return _image(obj, prompt, steps, seed, height, width, output_type)
-    return _text(obj, prompt, seed, max_new_tokens, input_ids)
+        return _image(obj, prompt, r)
+    return _text(obj, prompt, r.seed, r.max_new_tokens, r.input_ids)
 
 
-def _image(
-    pipe: Any,
-    prompt: str,
-    steps: int,
-    seed: int,
-    height: int | None,
-    width: int | None,
-    output_type: str,
-) -> Any:
+def _image(pipe: Any, prompt: str, r: GenerateRequest) -> Any:
     import torch
 
     out = pipe(
         prompt,
-        num_inference_steps=steps,
-        generator=torch.Generator("cpu").manual_seed(seed),
-        height=height,
-        width=width,
-        output_type=output_type,
+        num_inference_steps=r.steps,
+        generator=torch.Generator("cpu").manual_seed(r.seed),
+        height=r.height,
+        width=r.width,
+        output_type=r.output_type,
     )
     return out.images[0]
 

@@ -55,7 +55,8 @@ def forward(kind: str, model: Any, inputs: Mapping[str, torch.Tensor]) -> torch.
                 extra["use_cache"] = False
                 if _accepts(model.forward, "logits_to_keep"):
                     extra["logits_to_keep"] = 1
-            out = model(input_ids=inputs["input_ids"], **extra)
+            ids = {k: v for k, v in inputs.items() if k in LONG}  # an encoder-decoder's too
+            out = model(**ids, **extra)
             found = getattr(out, "logits", None)
             return found if found is not None else out[0]
         args: dict[str, Any] = dict(inputs)

@@ -19,7 +19,7 @@ from bigmodel_cli.runtime.shape import RunShape
 
 Shape = tuple[int, ...]
 LIBRARIES = ("diffusers", "transformers")  # what components are built, traced and run with
-LONG = frozenset({"input_ids"})  # token ids; every other input is floating
+LONG = frozenset({"input_ids", "decoder_input_ids"})  # token ids; every other input is floating
 FLOAT32 = frozenset({"timestep", "guidance"})  # floating inputs kept at float32
 # the latent side of a denoiser whose config has no sample_size, as its pipeline defaults
 DEFAULT_SAMPLE = {"unet": 64, "unet3d": 64, "flux": 128}
@@ -28,6 +28,7 @@ MAX_DEFAULT_CONTEXT = 4096  # a causal LM's default context: its positions, at m
 T5_TOKENS = 512  # Flux's max_sequence_length
 DUMMY_TOKENS = 8  # run --forward without the plan's inputs: tokens of text
 DUMMY_SIDE = 32  # ... and the largest latent side, so that the pass stays cheap
+DUMMY_FRAMES = 2  # ... and a video UNet's frames
 CLIP_TOKENS = 77  # a UNet's text length when no text encoder says otherwise
 
 
@@ -140,7 +141,7 @@ def input_shapes(
     cfg = m.config
     batch = run.batch
     if kind in ("text", "lm"):
-        return {"input_ids": (batch, text_length(m, context))}
+        return _text(m, batch, text_length(m, context))
     if run.height is None or run.width is None:
         return None
     h, w = run.height // run.scale, run.width // run.scale
@@ -153,6 +154,15 @@ def input_shapes(
     if kind == "flux":
         return _flux(cfg, batch, h, w, tokens)
     return None
+
+
+def _text(m: Model, batch: int, tokens: int) -> dict[str, Shape]:
+    """A text model's token ids; an encoder-decoder's (T5, BART: ``is_encoder_decoder``)
+    decoder reads as many, teacher-forced (T5's encoder alone is not one)."""
+    shapes: dict[str, Shape] = {"input_ids": (batch, tokens)}
+    if m.config.get("is_encoder_decoder") is True:
+        shapes["decoder_input_ids"] = (batch, tokens)
+    return shapes
 
 
 def _encoder_tokens(models: Mapping[str, Model], context: int | None) -> int:
@@ -196,16 +206,18 @@ def dummy_inputs(m: Model) -> tuple[str, dict[str, Shape]] | None:
     """``run --forward``'s inputs when the plan counted none: one sample, a few tokens, a
     latent of at most :data:`DUMMY_SIDE` a side; (how to feed it, shapes), or None for a
     class this does not feed. A causal LM is fed as a text model: its logits for every
-    token, not a prefill's last."""
+    token, not a prefill's last. A diffusers class of no known kind whose config has
+    ``latent_channels`` is fed as a VAE (its ``decode``), as ``run --forward`` always did."""
     kind, cfg = kind_of(m), m.config
     if kind in ("text", "lm"):
-        return "text", {"input_ids": (1, DUMMY_TOKENS)}
+        return "text", _text(m, 1, DUMMY_TOKENS)
     factor = 2 ** max(len(cfg.get("block_out_channels") or [0]) - 1, 0)
     size = _side(cfg.get("sample_size")) or DUMMY_SIDE
-    if kind == "vae":
+    if kind == "vae" or (kind is None and "latent_channels" in cfg):
         side = max(1, min(size // factor, DUMMY_SIDE))
-        return kind, {"latent": (1, int(cfg["latent_channels"]), side, side)}
-    if kind == "unet":
+        return "vae", {"latent": (1, int(cfg["latent_channels"]), side, side)}
+    if kind in ("unet", "unet3d"):
         side = max(factor, min(size, DUMMY_SIDE) // factor * factor)
-        return kind, _unet(cfg, 1, side, side, None, DUMMY_TOKENS)
+        frames = DUMMY_FRAMES if kind == "unet3d" else None
+        return kind, _unet(cfg, 1, side, side, frames, DUMMY_TOKENS)
     return None

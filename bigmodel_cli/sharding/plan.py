@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from bigmodel_cli.checkpoint import Checkpoint, Component
 from bigmodel_cli.checkpoint.names import SAFETENSORS_STEMS, shard_names, variant_of
-from bigmodel_cli.errors import BigmodelError
+from bigmodel_cli.errors import BigmodelError, Warned
 from bigmodel_cli.formats.base import TensorInfo, TensorSum
 from bigmodel_cli.formats.files import link_boundary
 from bigmodel_cli.formats.index import index_json
@@ -246,8 +246,11 @@ class _CopyWalk:
     def _file(self, path: Path, target: str) -> None:
         if is_other_weights(path, self.weight_folders):
             self.warnings.append(
-                f"not copied: {target} (other weights of the same model: another format or "
-                "variant; use --variant to shard that one)"
+                Warned(
+                    f"not copied: {target} (other weights of the same model: another format "
+                    "or one of its variants; pass variant to shard that one)",
+                    argument="variant",
+                )
             )
         elif target in self.written:
             self.warnings.append(f"not copied: {target} (replaced by the new weights)")
