@@ -23,8 +23,10 @@ from bigmodel_cli import cli_ranks as ranks
 from bigmodel_cli import cli_shape as po
 from bigmodel_cli.checkpoint.resolve import mirror_ahead
 from bigmodel_cli.cli_options import (
+    ConfigOpt,
     DTypeOpt,
     ForceOpt,
+    IncludeOptimizerOpt,
     JsonOpt,
     MaxMemoryOpt,
     OfflineOpt,
@@ -88,6 +90,7 @@ def inspect(
     variant: VariantOpt = None,
     revision: RevisionOpt = None,
     offline: OfflineOpt = False,
+    include_optimizer: IncludeOptimizerOpt = False,
     json: JsonOpt = False,
 ) -> None:
     """What is in a checkpoint: components, tensors, parameters, bytes, dtypes, blocks.
@@ -98,7 +101,12 @@ def inspect(
     from bigmodel_cli.render.inspect import render_inspect
 
     summary = inspect_checkpoint(
-        source, dtype=_dtype(dtype), variant=variant, revision=revision, offline=offline
+        source,
+        dtype=_dtype(dtype),
+        variant=variant,
+        revision=revision,
+        offline=offline,
+        include_optimizer=include_optimizer,
     )
     render_inspect(summary, as_json=json, tensors=tensors)
 
@@ -118,6 +126,8 @@ def shard(
     dtype: DTypeOpt = None,
     variant: VariantOpt = None,
     force: ForceOpt = False,
+    include_optimizer: IncludeOptimizerOpt = False,
+    config: ConfigOpt = None,
     json: JsonOpt = False,
 ) -> None:
     """Cut a checkpoint into shards of at most --max-shard-size, streaming the bytes.
@@ -130,13 +140,22 @@ def shard(
     """
     from bigmodel_cli.render.shard import render_write
     from bigmodel_cli.sharding import shard as shard_checkpoint
+    from bigmodel_cli.sharding.training import TrainingInput, checked_config
 
     limit = as_size(max_shard_size, "max_shard_size")
     target = _dtype(dtype)
-    if ranks.torchrun_write(source, output, "shard", limit, target, variant, force, json):
+    training = TrainingInput(include_optimizer, checked_config(config))
+    if ranks.torchrun_write(source, output, "shard", limit, target, variant, force, json, training):
         return
     result = shard_checkpoint(
-        source, output, max_shard_size=limit, dtype=target, variant=variant, force=force
+        source,
+        output,
+        max_shard_size=limit,
+        dtype=target,
+        variant=variant,
+        force=force,
+        include_optimizer=include_optimizer,
+        config=config,
     )
     render_write(result, json)
 
@@ -148,18 +167,33 @@ def merge(
     dtype: DTypeOpt = None,
     variant: VariantOpt = None,
     force: ForceOpt = False,
+    include_optimizer: IncludeOptimizerOpt = False,
+    config: ConfigOpt = None,
     json: JsonOpt = False,
 ) -> None:
     """Put shards back together: one .safetensors file per component, indexes dropped.
+    A training checkpoint (a torch.distributed.checkpoint folder) becomes a Hugging Face one.
 
-    Example: `bigmodel merge unet-sharded/ -o unet-merged/`
+    Example: `bigmodel merge unet-sharded/ -o unet-merged/`;
+    `bigmodel merge step-1000/ -o llama-hf/ --config llama/config.json`
     """
     from bigmodel_cli.render.shard import render_write
     from bigmodel_cli.sharding import merge as merge_checkpoint
+    from bigmodel_cli.sharding.training import TrainingInput, checked_config
 
-    if ranks.torchrun_write(source, output, "merge", None, _dtype(dtype), variant, force, json):
+    training = TrainingInput(include_optimizer, checked_config(config))
+    target = _dtype(dtype)
+    if ranks.torchrun_write(source, output, "merge", None, target, variant, force, json, training):
         return
-    result = merge_checkpoint(source, output, dtype=_dtype(dtype), variant=variant, force=force)
+    result = merge_checkpoint(
+        source,
+        output,
+        dtype=target,
+        variant=variant,
+        force=force,
+        include_optimizer=include_optimizer,
+        config=config,
+    )
     render_write(result, json)
 
 

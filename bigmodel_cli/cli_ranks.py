@@ -10,13 +10,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
 from bigmodel_cli.errors import UsageError
 from bigmodel_cli.sizes import DType, parse_target_dtype
 from bigmodel_cli.torchrun import DEFAULT_IDS, READERS, launched
+
+if TYPE_CHECKING:
+    from bigmodel_cli.sharding.training import TrainingInput
 
 Reader = Enum("Reader", {name: name for name in READERS}, type=str)  # type: ignore[misc]
 DEFAULT_READER = Reader[READERS[0]]
@@ -94,6 +97,7 @@ def torchrun_write(
     variant: str | None,
     force: bool,
     json: bool,
+    training: TrainingInput,
 ) -> bool:
     """Under torchrun, this rank's share of ``shard`` / ``merge`` (rank 0 prints the
     result), and True; outside torchrun, False."""
@@ -102,7 +106,7 @@ def torchrun_write(
     from bigmodel_cli.render.shard import render_write
     from bigmodel_cli.sharding.distributed import write_world
 
-    result = write_world(source, output, mode, limit, dtype, variant, force)
+    result = write_world(source, output, mode, limit, dtype, variant, force, training=training)
     if result is not None:
         render_write(result, json)
     return True

@@ -42,14 +42,18 @@ def inspect(
     variant: str | None = None,
     revision: str | None = None,
     offline: bool = False,
+    include_optimizer: bool = False,
 ) -> CheckpointSummary:
     """What is in a checkpoint, from its headers alone: per component the layout, files,
-    tensors, parameters, dtype mix, bytes (and at ``dtype``) and blocks.
+    tensors, parameters, dtype mix, bytes (and at ``dtype``) and blocks. A training
+    checkpoint: the model's tensors (``include_optimizer``: the optimizer's too).
 
     >>> summary = inspect("sdxl/", dtype="fp16")  # doctest: +SKIP
     >>> summary.total("bytes_at_dtype")  # doctest: +SKIP
     """
     target = as_target_dtype(dtype)
     path = None if source is None else os.fspath(source)
-    ckpt = load_checkpoint(path, variant, revision=revision, offline=offline)
+    ckpt = load_checkpoint(
+        path, variant, revision=revision, offline=offline, include_optimizer=include_optimizer
+    )
     return summarize(ckpt, target)

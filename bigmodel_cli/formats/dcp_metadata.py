@@ -104,6 +104,10 @@ _FUNCTIONS: dict[tuple[str, str], Callable[..., Any]] = {
 }
 
 
+class Refused(pickle.UnpicklingError):
+    """The pickle names a class or function the reader does not allow."""
+
+
 class _DType(str):
     """``torch.float32`` as it appears in the pickle: its name."""
 
@@ -116,10 +120,10 @@ class _MetadataUnpickler(pickle.Unpickler):
             return _FUNCTIONS[module, name]
         if module == "torch" and name in {d.name for d in DTYPES.values()}:
             return _DType(name)
-        raise pickle.UnpicklingError(f"{module}.{name}")
+        raise Refused(f"{module}.{name}")
 
     def persistent_load(self, pid: Any) -> Any:
-        raise pickle.UnpicklingError("a persistent id (not DCP metadata)")
+        raise Refused("a persistent id (not DCP metadata)")
 
 
 def unpickle_metadata(path: Path) -> Any:
@@ -133,7 +137,7 @@ def unpickle_metadata(path: Path) -> Any:
         raise BigmodelError(f"cannot read ({exc.strerror})", path) from None
     try:
         meta = _MetadataUnpickler(io.BytesIO(data)).load()
-    except pickle.UnpicklingError as exc:
+    except Refused as exc:
         raise BigmodelError(
             f"refused to unpickle: {exc} is not a class torch.distributed.checkpoint writes",
             path,

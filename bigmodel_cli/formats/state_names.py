@@ -105,8 +105,7 @@ def _notes(
     counts = Counter(kinds)
     if counts["optimizer"] and not include_optimizer:
         notes.append(
-            f"left out {counts['optimizer']} optimizer entries (include them with "
-            "include_optimizer)"
+            f"left out {counts['optimizer']} optimizer entries (--include-optimizer keeps them)"
         )
     if counts["other"]:
         notes.append(f"left out {counts['other']} other entries (objects, RNG and loop state)")

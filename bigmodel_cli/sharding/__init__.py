@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from bigmodel_cli.errors import UsageError
 from bigmodel_cli.progress import Progress
 from bigmodel_cli.sharding.result import WriteResult, write_checkpoint
+from bigmodel_cli.sharding.training import TrainingInput, checked_config
 from bigmodel_cli.sizes import as_size, as_target_dtype
 
 if TYPE_CHECKING:
@@ -27,6 +28,8 @@ def shard(
     variant: str | None = None,
     force: bool = False,
     progress: Progress | None = None,
+    include_optimizer: bool = False,
+    config: str | os.PathLike[str] | None = None,
 ) -> WriteResult:
     """Write SOURCE as shards of at most ``max_shard_size`` tensor bytes (an int, or
     ``"5GB"`` / ``"500MiB"`` as ``save_pretrained`` takes it) into OUT (default:
@@ -39,7 +42,10 @@ def shard(
     if limit <= 0:
         raise UsageError(f"max_shard_size must be positive, not {limit}", argument="max_shard_size")
     target = as_target_dtype(dtype)
-    return write_checkpoint(source, output, "shard", limit, target, variant, force, progress)
+    training = TrainingInput(include_optimizer, checked_config(config))
+    return write_checkpoint(
+        source, output, "shard", limit, target, variant, force, progress, training
+    )
 
 
 def merge(
@@ -50,6 +56,8 @@ def merge(
     variant: str | None = None,
     force: bool = False,
     progress: Progress | None = None,
+    include_optimizer: bool = False,
+    config: str | os.PathLike[str] | None = None,
 ) -> WriteResult:
     """Write SOURCE with each component in one ``.safetensors`` file (the plain name,
     indexes dropped) into OUT (default: ``SOURCE-merged`` beside it).
@@ -57,4 +65,7 @@ def merge(
     >>> merge("unet-sharded/", "unet/")  # doctest: +SKIP
     """
     target = as_target_dtype(dtype)
-    return write_checkpoint(source, output, "merge", None, target, variant, force, progress)
+    training = TrainingInput(include_optimizer, checked_config(config))
+    return write_checkpoint(
+        source, output, "merge", None, target, variant, force, progress, training
+    )

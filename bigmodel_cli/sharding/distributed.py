@@ -28,6 +28,7 @@ from bigmodel_cli.progress import NullProgress, Progress, shown
 from bigmodel_cli.sharding.output import AtomicFolder, check_output, default_output
 from bigmodel_cli.sharding.plan import Mode, WritePlan, plan_write
 from bigmodel_cli.sharding.result import WriteResult
+from bigmodel_cli.sharding.training import TrainingInput, with_training
 from bigmodel_cli.sharding.write import check_space, execute, verify
 from bigmodel_cli.sizes import DType
 from bigmodel_cli.torchrun import Group
@@ -50,12 +51,14 @@ def divide(plan: WritePlan, ranks: int) -> tuple[frozenset[str], ...]:
 
 def _plan(
     source: str | None, output: str | os.PathLike[str] | None, mode: Mode, limit: int | None,
-    dtype: DType | None, variant: str | None,
+    dtype: DType | None, variant: str | None, training: TrainingInput,
 ) -> WritePlan:  # fmt: skip
-    ckpt = load_checkpoint(source, variant, remote=False)  # the bytes, not a header mirror
+    ckpt = load_checkpoint(  # the bytes, not a header mirror
+        source, variant, remote=False, include_optimizer=training.include_optimizer
+    )
     out = Path(output) if output is not None else default_output(source, ckpt, mode)
     check_output(ckpt, out)
-    return plan_write(ckpt, out, mode, limit, dtype)
+    return with_training(plan_write(ckpt, out, mode, limit, dtype), ckpt, training)
 
 
 def _clean_after_rank0(out: Path) -> None:
@@ -73,13 +76,15 @@ def write_world(
     variant: str | None = None,
     force: bool = False,
     progress: Progress | None = None,
+    training: TrainingInput | None = None,
 ) -> WriteResult | None:
     """This rank's part of ``shard`` / ``merge``; rank 0 returns the result, others None."""
     started = time.perf_counter()
     src = None if source is None else os.fspath(source)
+    wanted = training if training is not None else TrainingInput()
     with Group(device="cpu") as group:
         plan = group.agree(
-            lambda: _plan(src, output, mode, limit, dtype, variant), "planning the output"
+            lambda: _plan(src, output, mode, limit, dtype, variant, wanted), "planning the output"
         )
         mine = divide(plan, group.size)[group.rank]
         folder = AtomicFolder(plan.output, force) if group.rank == 0 else None

@@ -13,6 +13,7 @@ from bigmodel_cli.checkpoint import load_checkpoint
 from bigmodel_cli.progress import Progress, shown
 from bigmodel_cli.sharding.output import AtomicFolder, check_output, default_output
 from bigmodel_cli.sharding.plan import Mode, WritePlan, plan_write
+from bigmodel_cli.sharding.training import TrainingInput, with_training
 from bigmodel_cli.sharding.write import check_space, execute, verify
 from bigmodel_cli.sizes import DType
 
@@ -39,15 +40,20 @@ def write_checkpoint(
     variant: str | None,
     force: bool,
     progress: Progress | None,
+    training: TrainingInput | None = None,
 ) -> WriteResult:
-    """Plan and write ``source`` into ``output`` (``mode``: shard at ``limit``, or merge)."""
+    """Plan and write ``source`` into ``output`` (``mode``: shard at ``limit``, or merge;
+    ``training``: what a training checkpoint adds)."""
     started = time.perf_counter()
     src = None if source is None else os.fspath(source)
-    ckpt = load_checkpoint(src, variant, remote=False)  # the bytes, not a header mirror
+    training = training if training is not None else TrainingInput()
+    ckpt = load_checkpoint(  # the bytes, not a header mirror
+        src, variant, remote=False, include_optimizer=training.include_optimizer
+    )
     out = Path(output) if output is not None else default_output(src, ckpt, mode)
     check_output(ckpt, out)
     with AtomicFolder(out, force) as folder, shown(progress) as bar:
-        plan = plan_write(ckpt, out, mode, limit, dtype)
+        plan = with_training(plan_write(ckpt, out, mode, limit, dtype), ckpt, training)
         check_space(plan, folder.path)
         written = execute(plan, folder.path, bar)
         verify(plan, folder.path)

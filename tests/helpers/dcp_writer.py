@@ -3,7 +3,8 @@
 ``torchrun --nproc-per-node N tests/helpers/dcp_writer.py OUT {fsdp|plain}``: every rank
 builds the same tiny Llama (seeded), wraps it with FSDP2's ``fully_shard`` (DTensor shards)
 or leaves it whole (plain tensors, each rank holding all of them: DCP saves one copy), takes
-one AdamW step so that the optimizer has state, and saves ``{"model": ..., "optim": ...}``
+one AdamW step so that the optimizer has state (FSDP2: ``lm_head.weight`` re-split by columns,
+as tensor parallelism splits), and saves ``{"model": ..., "optim": ...}``
 with ``torch.distributed.checkpoint.save`` into ``OUT/checkpoint``. Rank 0 also writes what
 was saved as a Hugging Face model (``OUT/reference``, the full state dict gathered by torch's
 own ``get_model_state_dict``) and the model's config beside the checkpoint.
@@ -60,15 +61,22 @@ def main(out: Path, kind: str) -> None:
     model(input_ids=ids, labels=ids).loss.backward()
     optim.step()
     optim.zero_grad()
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
     if kind == "fsdp":
+        from torch.distributed.tensor import Shard, distribute_tensor
+
         state = {
             "model": get_model_state_dict(model),
             "optim": get_optimizer_state_dict(model, optim),
         }
+        # one tensor split by columns, as tensor parallelism splits: its chunks are no
+        # stretches of the row-major tensor
+        state["model"]["lm_head.weight"] = distribute_tensor(
+            full["lm_head.weight"].detach().clone(), mesh, [Shard(1)]
+        )
     else:
         state = {"model": model.state_dict(), "optim": optim.state_dict()}
     dcp.save(state, checkpoint_id=str(out / "checkpoint"))
-    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
     if dist.get_rank() == 0:
         reference = LlamaForCausalLM(tiny_config())
         reference.load_state_dict({k: v.detach().clone() for k, v in full.items()})
