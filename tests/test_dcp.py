@@ -260,3 +260,20 @@ def test_a_record_that_is_not_torch_save_is_refused(
     with open(source / "__0_0.distcp", "r+b") as f:
         f.write(b"\0" * 4096)  # the first records' zip headers
     _refused(source, tmp_path, "not a torch.save record", "__0_0.distcp")
+
+
+def test_shard_under_torchrun_is_byte_identical_to_one_process(
+    written: dict[tuple[str, int], Path], tmp_path: Path
+) -> None:
+    from tests.helpers.torchrun import run_world
+
+    source = written["fsdp", 4] / "checkpoint"
+    args = ["shard", source, "--max-shard-size", "100KB", "--dtype", "bf16"]
+    one = run_cli(*args, "-o", tmp_path / "one")
+    assert one.code == 0, one.stderr
+    (world,) = run_world([*args, "-o", tmp_path / "world"], nproc=2, cwd=tmp_path)
+    assert world.code == 0, world.stderr[-2000:]
+    files = sorted(p.name for p in (tmp_path / "one").iterdir())
+    assert len(files) > 3 and files == sorted(p.name for p in (tmp_path / "world").iterdir())
+    for name in files:
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "world" / name).read_bytes()
