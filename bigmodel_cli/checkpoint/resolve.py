@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 from bigmodel_cli.checkpoint.checkpoint import Checkpoint, HubSource
 from bigmodel_cli.checkpoint.discover import read_path
 from bigmodel_cli.checkpoint.names import hf_cache_folder
-from bigmodel_cli.checkpoint.training import read_training, training_metadata
+from bigmodel_cli.checkpoint.training import read_training_path
 from bigmodel_cli.errors import BigmodelError
 
 if TYPE_CHECKING:
@@ -59,9 +59,9 @@ def load_checkpoint(
     if is_repo_id(source):
         return _from_repo(str(source), variant, revision, offline, remote)
     path = Path(source) if source is not None else Path.cwd()
-    metadata = training_metadata(path)
-    if metadata is not None:
-        return read_training(metadata, include_optimizer)
+    training = read_training_path(path, include_optimizer)
+    if training is not None:
+        return training
     return read_path(path, path.resolve().name or "model", variant)
 
 

@@ -1,5 +1,6 @@
-"""torch.distributed.checkpoint folders written by the real writer under the real torchrun
-(:mod:`tests.helpers.dcp_writer`), with every process killed at the end whatever happens."""
+"""Training checkpoints written by the real writers under the real torchrun
+(:mod:`tests.helpers.dcp_writer`, :mod:`tests.helpers.zero_writer`), with every process
+killed at the end whatever happens."""
 
 from __future__ import annotations
 
@@ -14,7 +15,12 @@ WRITER = Path(__file__).with_name("dcp_writer.py")
 def write_dcp(out: Path, kind: str, nproc: int) -> Path:
     """``out/checkpoint`` (DCP, written by ``nproc`` gloo ranks) and ``out/reference`` (the
     same weights saved by transformers); ``kind``: ``fsdp`` or ``plain``."""
-    cmd = [TORCHRUN, "--standalone", f"--nproc-per-node={nproc}", str(WRITER), str(out), kind]
+    return run_writer(WRITER, nproc, out, kind)
+
+
+def run_writer(script: Path, nproc: int, out: Path, *args: str) -> Path:
+    """``torchrun --nproc-per-node NPROC SCRIPT OUT ARGS``; ``out`` once it succeeded."""
+    cmd = [TORCHRUN, "--standalone", f"--nproc-per-node={nproc}", str(script), str(out), *args]
     with agents() as group:
         proc = subprocess.Popen(
             cmd,
