@@ -19,8 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_shard import _remove, _settle  # noqa: E402
-from common import BIGMODEL, Measured, measure, row, table_header, temp_dir  # noqa: E402
+from bench_shard import _remove, interleaved  # noqa: E402
+from common import BIGMODEL, Measured, row, table_header, temp_dir  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 MAX_RATIO = 1.25
@@ -53,22 +53,6 @@ def write_checkpoint(folder: Path, gb: float) -> None:
     subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def interleaved(
-    commands: dict[str, tuple[list[str], Path]], repeat: int = REPEAT
-) -> dict[str, Measured]:
-    """Each command ``repeat`` times in turns; the fastest run of each (RSS: the largest)."""
-    runs: dict[str, list[Measured]] = {name: [] for name in commands}
-    for _ in range(repeat):
-        for name, (cmd, out) in commands.items():
-            _settle()
-            runs[name].append(measure(cmd))
-            _remove(out)
-    return {
-        name: Measured(min(m.seconds for m in ms), max(m.peak_rss for m in ms), ms[0].returncode)
-        for name, ms in runs.items()
-    }
-
-
 def main() -> int:
     from bigmodel_cli.formats.safetensors import read_header
 
@@ -90,7 +74,7 @@ def main() -> int:
         # read the model's chunks in; the optimizer's are never read); torch's way after,
         # once: its 4 GB of tensors would push them out
         timed = interleaved(
-            {"cp": (["cp", str(kept), str(copy)], copy), "merge": (merge_cmd, merged)}
+            {"cp": (["cp", str(kept), str(copy)], copy), "merge": (merge_cmd, merged)}, REPEAT
         )
         torch_cmd = [sys.executable, "-c", TORCH_SCRIPT, str(source), str(theirs)]
         torch_way = interleaved({"torch": (torch_cmd, theirs)}, repeat=1)["torch"]
