@@ -138,26 +138,10 @@ def shard(
 
     Example: `bigmodel shard unet/ --max-shard-size 5GB` writes unet-sharded/
     """
-    from bigmodel_cli.render.shard import render_write
-    from bigmodel_cli.sharding import shard as shard_checkpoint
-    from bigmodel_cli.sharding.training import TrainingInput, checked_config
-
     limit = as_size(max_shard_size, "max_shard_size")
-    target = _dtype(dtype)
-    training = TrainingInput(include_optimizer, checked_config(config))
-    if ranks.torchrun_write(source, output, "shard", limit, target, variant, force, json, training):
-        return
-    result = shard_checkpoint(
-        source,
-        output,
-        max_shard_size=limit,
-        dtype=target,
-        variant=variant,
-        force=force,
-        include_optimizer=include_optimizer,
-        config=config,
+    ranks.shard_or_merge(
+        "shard", source, output, limit, dtype, variant, force, json, include_optimizer, config
     )
-    render_write(result, json)
 
 
 @app.command()
@@ -167,8 +151,8 @@ def merge(
     dtype: DTypeOpt = None,
     variant: VariantOpt = None,
     force: ForceOpt = False,
-    include_optimizer: IncludeOptimizerOpt = False,
     config: ConfigOpt = None,
+    include_optimizer: IncludeOptimizerOpt = False,
     json: JsonOpt = False,
 ) -> None:
     """Put shards back together: one .safetensors file per component, indexes dropped.
@@ -177,24 +161,9 @@ def merge(
     Example: `bigmodel merge unet-sharded/ -o unet-merged/`;
     `bigmodel merge step-1000/ -o llama-hf/ --config llama/config.json`
     """
-    from bigmodel_cli.render.shard import render_write
-    from bigmodel_cli.sharding import merge as merge_checkpoint
-    from bigmodel_cli.sharding.training import TrainingInput, checked_config
-
-    training = TrainingInput(include_optimizer, checked_config(config))
-    target = _dtype(dtype)
-    if ranks.torchrun_write(source, output, "merge", None, target, variant, force, json, training):
-        return
-    result = merge_checkpoint(
-        source,
-        output,
-        dtype=target,
-        variant=variant,
-        force=force,
-        include_optimizer=include_optimizer,
-        config=config,
+    ranks.shard_or_merge(
+        "merge", source, output, None, dtype, variant, force, json, include_optimizer, config
     )
-    render_write(result, json)
 
 
 @app.command()

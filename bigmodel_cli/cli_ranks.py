@@ -2,7 +2,8 @@
 
 :mod:`bigmodel_cli.cli` registers the commands; when torchrun started the process
 (:func:`~bigmodel_cli.torchrun.launched`), ``run``, ``shard`` and ``merge`` hand over to
-:func:`torchrun_run` and :func:`torchrun_write` here, which call the stage's verb and let
+:func:`torchrun_run` and :func:`torchrun_write` here (``shard`` and ``merge`` go through
+:func:`shard_or_merge` either way), which call the stage's verb and let
 rank 0 render the one report. No torch import at start-up.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
@@ -110,6 +111,30 @@ def torchrun_write(
     if result is not None:
         render_write(result, json)
     return True
+
+
+def shard_or_merge(
+    mode: Literal["shard", "merge"], source: str | None, output: str | None, limit: int | None,
+    dtype: str | None, variant: str | None, force: bool, json: bool, include_optimizer: bool,
+    config: str | None,
+) -> None:  # fmt: skip
+    """``bigmodel shard`` / ``merge``: under torchrun this rank's share, else the whole
+    write; rendered (by rank 0)."""
+    from bigmodel_cli import sharding
+    from bigmodel_cli.render.shard import render_write
+    from bigmodel_cli.sharding.training import TrainingInput, checked_config
+
+    training = TrainingInput(include_optimizer, checked_config(config))
+    target = None if dtype is None else parse_target_dtype(dtype)
+    if torchrun_write(source, output, mode, limit, target, variant, force, json, training):
+        return
+    same: dict[str, Any] = {"dtype": target, "variant": variant, "force": force}
+    same |= {"include_optimizer": include_optimizer, "config": config}
+    if limit is not None:
+        result = sharding.shard(source, output, max_shard_size=limit, **same)
+    else:
+        result = sharding.merge(source, output, **same)
+    render_write(result, json)
 
 
 def torchrun_run(request: RunRequest) -> bool:

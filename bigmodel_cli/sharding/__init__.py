@@ -56,8 +56,8 @@ def merge(
     variant: str | None = None,
     force: bool = False,
     progress: Progress | None = None,
-    include_optimizer: bool = False,
     config: str | os.PathLike[str] | None = None,
+    include_optimizer: bool = False,
 ) -> WriteResult:
     """Write SOURCE with each component in one ``.safetensors`` file (the plain name,
     indexes dropped) into OUT (default: ``SOURCE-merged`` beside it).

@@ -136,8 +136,7 @@ class Sources:
         return tensor
 
     def spans(self, slot: TensorSlot) -> tuple[Span, ...] | None:
-        """The byte ranges that are ``slot``'s tensor, one after the other, where its format
-        stores it in pieces (DCP's chunks); None: read it through the format."""
+        """The byte ranges of a tensor stored in pieces (DCP's chunks), in order; or None."""
         opened = self._open(slot.file)
         return opened.spans(slot.name) if isinstance(opened, DcpTensors) else None
 
@@ -305,9 +304,14 @@ def pieces(
     result: list[ByteRange | TensorSlot] = []
     for slot in tensors:
         found = spans(slot) if slot.start < 0 else None
-        parts = [slot] if found is None else [split_slot(slot, s) for s in found]
-        for t in parts:
-            _schedule(result, t)
+        for t in [slot] if found is None else [split_slot(slot, s) for s in found]:
+            last = result[-1] if result else None
+            if t.start < 0 or t.converts:
+                result.append(t)
+            elif isinstance(last, ByteRange) and last.file == t.file and last.end == t.start:
+                result[-1] = ByteRange(t.file, last.start, t.end)
+            else:
+                result.append(ByteRange(t.file, t.start, t.end))
     return result
 
 
@@ -315,17 +319,6 @@ def split_slot(slot: TensorSlot, span: Span) -> TensorSlot:
     """The stretch ``span`` of ``slot``'s tensor, as a slot of its own (raw bytes)."""
     count = (span.end - span.start) * 8 // DTYPES[slot.source_dtype].bits
     return replace(slot, shape=(count,), file=span.file, start=span.start, end=span.end)
-
-
-def _schedule(result: list[ByteRange | TensorSlot], t: TensorSlot) -> None:
-    if t.start < 0 or t.converts:
-        result.append(t)
-        return
-    last = result[-1] if result else None
-    if isinstance(last, ByteRange) and last.file == t.file and last.end == t.start:
-        result[-1] = ByteRange(t.file, last.start, t.end)
-    else:
-        result.append(ByteRange(t.file, t.start, t.end))
 
 
 def _convert_range(src: int, slot: TensorSlot, dst: int, progress: Progress) -> None:
