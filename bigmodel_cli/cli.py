@@ -126,7 +126,7 @@ def shard(
     dtype: DTypeOpt = None,
     variant: VariantOpt = None,
     force: ForceOpt = False,
-    include_optimizer: IncludeOptimizerOpt = False,
+    optim: IncludeOptimizerOpt = False,
     config: ConfigOpt = None,
     json: JsonOpt = False,
 ) -> None:
@@ -139,9 +139,9 @@ def shard(
     Example: `bigmodel shard unet/ --max-shard-size 5GB` writes unet-sharded/
     """
     limit = as_size(max_shard_size, "max_shard_size")
-    ranks.shard_or_merge(
-        "shard", source, output, limit, dtype, variant, force, json, include_optimizer, config
-    )
+    from bigmodel_cli.sharding import shard as verb  # the API's shard, here or on each rank
+
+    ranks.shard_or_merge(verb, source, output, limit, dtype, variant, force, json, optim, config)
 
 
 @app.command()
@@ -152,18 +152,16 @@ def merge(
     variant: VariantOpt = None,
     force: ForceOpt = False,
     config: ConfigOpt = None,
-    include_optimizer: IncludeOptimizerOpt = False,
+    optim: IncludeOptimizerOpt = False,
     json: JsonOpt = False,
 ) -> None:
     """Put shards back together: one .safetensors file per component, indexes dropped.
-    A training checkpoint (a torch.distributed.checkpoint folder) becomes a Hugging Face one.
 
-    Example: `bigmodel merge unet-sharded/ -o unet-merged/`;
-    `bigmodel merge step-1000/ -o llama-hf/ --config llama/config.json`
+    Example: `bigmodel merge unet-sharded/ -o unet-merged/`; `bigmodel merge step-1000/` (DCP)
     """
-    ranks.shard_or_merge(
-        "merge", source, output, None, dtype, variant, force, json, include_optimizer, config
-    )
+    from bigmodel_cli.sharding import merge as verb  # the API's merge, here or on each rank
+
+    ranks.shard_or_merge(verb, source, output, None, dtype, variant, force, json, optim, config)
 
 
 @app.command()

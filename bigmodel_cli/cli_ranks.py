@@ -20,6 +20,9 @@ from bigmodel_cli.sizes import DType, parse_target_dtype
 from bigmodel_cli.torchrun import DEFAULT_IDS, READERS, launched
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from bigmodel_cli.sharding import WriteResult
     from bigmodel_cli.sharding.training import TrainingInput
 
 Reader = Enum("Reader", {name: name for name in READERS}, type=str)  # type: ignore[misc]
@@ -114,26 +117,23 @@ def torchrun_write(
 
 
 def shard_or_merge(
-    mode: Literal["shard", "merge"], source: str | None, output: str | None, limit: int | None,
+    verb: Callable[..., WriteResult], source: str | None, output: str | None, limit: int | None,
     dtype: str | None, variant: str | None, force: bool, json: bool, include_optimizer: bool,
     config: str | None,
 ) -> None:  # fmt: skip
-    """``bigmodel shard`` / ``merge``: under torchrun this rank's share, else the whole
-    write; rendered (by rank 0)."""
-    from bigmodel_cli import sharding
+    """``bigmodel shard`` (a ``limit``) / ``merge`` (none) with the API's ``verb``: under
+    torchrun this rank's share, else the whole write; rendered (by rank 0)."""
     from bigmodel_cli.render.shard import render_write
     from bigmodel_cli.sharding.training import TrainingInput, checked_config
 
     training = TrainingInput(include_optimizer, checked_config(config))
     target = None if dtype is None else parse_target_dtype(dtype)
+    mode: Literal["shard", "merge"] = "merge" if limit is None else "shard"
     if torchrun_write(source, output, mode, limit, target, variant, force, json, training):
         return
     same: dict[str, Any] = {"dtype": target, "variant": variant, "force": force}
     same |= {"include_optimizer": include_optimizer, "config": config}
-    if limit is not None:
-        result = sharding.shard(source, output, max_shard_size=limit, **same)
-    else:
-        result = sharding.merge(source, output, **same)
+    result = verb(source, output, **same, **({} if limit is None else {"max_shard_size": limit}))
     render_write(result, json)
 
 
