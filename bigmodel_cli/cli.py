@@ -90,7 +90,7 @@ def inspect(
     variant: VariantOpt = None,
     revision: RevisionOpt = None,
     offline: OfflineOpt = False,
-    include_optimizer: IncludeOptimizerOpt = False,
+    optim: IncludeOptimizerOpt = False,
     json: JsonOpt = False,
 ) -> None:
     """What is in a checkpoint: components, tensors, parameters, bytes, dtypes, blocks.
@@ -100,14 +100,8 @@ def inspect(
     from bigmodel_cli.checkpoint import inspect as inspect_checkpoint
     from bigmodel_cli.render.inspect import render_inspect
 
-    summary = inspect_checkpoint(
-        source,
-        dtype=_dtype(dtype),
-        variant=variant,
-        revision=revision,
-        offline=offline,
-        include_optimizer=include_optimizer,
-    )
+    where: dict[str, Any] = {"variant": variant, "revision": revision, "offline": offline}
+    summary = inspect_checkpoint(source, dtype=_dtype(dtype), **where, include_optimizer=optim)
     render_inspect(summary, as_json=json, tensors=tensors)
 
 
