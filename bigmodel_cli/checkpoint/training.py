@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bigmodel_cli.checkpoint.checkpoint import Checkpoint, Component
+from bigmodel_cli.errors import BigmodelError
 from bigmodel_cli.formats.base import TensorInfo
 from bigmodel_cli.formats.dcp import read_checkpoint
 from bigmodel_cli.formats.dcp_metadata import METADATA_NAME
@@ -57,4 +58,11 @@ def read_training_path(path: Path, include_optimizer: bool) -> Checkpoint | None
     if metadata is not None:
         return read_training(metadata, include_optimizer)
     folder = zero_folder(path)
+    if folder is not None and include_optimizer:
+        raise BigmodelError(
+            "include_optimizer: a ZeRO folder's optimizer state is not written (its fp32 "
+            "weights are)",
+            folder,
+            argument="include_optimizer",
+        )
     return read_zero(folder) if folder is not None else None
