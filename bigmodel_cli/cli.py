@@ -134,8 +134,10 @@ def shard(
     """
     limit = as_size(max_shard_size, "max_shard_size")
     from bigmodel_cli.sharding import shard as verb  # the API's shard, here or on each rank
+    from bigmodel_cli.sharding.reading import source_reading
 
-    ranks.shard_or_merge(verb, source, output, limit, dtype, variant, force, json, optim, config)
+    reading = source_reading({"variant": variant, "include_optimizer": optim, "config": config})
+    ranks.shard_or_merge(verb, source, output, limit, dtype, reading, force, json)
 
 
 @app.command()
@@ -154,8 +156,10 @@ def merge(
     Example: `bigmodel merge unet-sharded/ -o unet-merged/`; `bigmodel merge step-1000/` (DCP)
     """
     from bigmodel_cli.sharding import merge as verb  # the API's merge, here or on each rank
+    from bigmodel_cli.sharding.reading import source_reading
 
-    ranks.shard_or_merge(verb, source, output, None, dtype, variant, force, json, optim, config)
+    reading = source_reading({"variant": variant, "include_optimizer": optim, "config": config})
+    ranks.shard_or_merge(verb, source, output, None, dtype, reading, force, json)
 
 
 @app.command()

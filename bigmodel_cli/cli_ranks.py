@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from bigmodel_cli.sharding import WriteResult
-    from bigmodel_cli.sharding.training import TrainingInput
+    from bigmodel_cli.sharding.reading import SourceReading
 
 Reader = Enum("Reader", {name: name for name in READERS}, type=str)  # type: ignore[misc]
 DEFAULT_READER = Reader[READERS[0]]
@@ -98,10 +98,9 @@ def torchrun_write(
     mode: Literal["shard", "merge"],
     limit: int | None,
     dtype: DType | None,
-    variant: str | None,
+    reading: SourceReading,
     force: bool,
     json: bool,
-    training: TrainingInput,
 ) -> bool:
     """Under torchrun, this rank's share of ``shard`` / ``merge`` (rank 0 prints the
     result), and True; outside torchrun, False."""
@@ -110,7 +109,7 @@ def torchrun_write(
     from bigmodel_cli.render.shard import render_write
     from bigmodel_cli.sharding.distributed import write_world
 
-    result = write_world(source, output, mode, limit, dtype, variant, force, training=training)
+    result = write_world(source, output, mode, limit, dtype, reading, force)
     if result is not None:
         render_write(result, json)
     return True
@@ -118,21 +117,19 @@ def torchrun_write(
 
 def shard_or_merge(
     verb: Callable[..., WriteResult], source: str | None, output: str | None, limit: int | None,
-    dtype: str | None, variant: str | None, force: bool, json: bool, include_optimizer: bool,
-    config: str | None,
+    dtype: str | None, reading: SourceReading, force: bool, json: bool,
 ) -> None:  # fmt: skip
-    """``bigmodel shard`` (a ``limit``) / ``merge`` (none) with the API's ``verb``: under
-    torchrun this rank's share, else the whole write; rendered (by rank 0)."""
+    """``bigmodel shard`` (a ``limit``) / ``merge`` (none) with the API's ``verb``, SOURCE
+    read as ``reading`` says: under torchrun this rank's share, else the whole write;
+    rendered (by rank 0)."""
     from bigmodel_cli.render.shard import render_write
-    from bigmodel_cli.sharding.training import TrainingInput, checked_config
 
-    training = TrainingInput(include_optimizer, checked_config(config))
     target = None if dtype is None else parse_target_dtype(dtype)
     mode: Literal["shard", "merge"] = "merge" if limit is None else "shard"
-    if torchrun_write(source, output, mode, limit, target, variant, force, json, training):
+    if torchrun_write(source, output, mode, limit, target, reading, force, json):
         return
-    same: dict[str, Any] = {"dtype": target, "variant": variant, "force": force}
-    same |= {"include_optimizer": include_optimizer, "config": config}
+    same: dict[str, Any] = {"dtype": target, "variant": reading.variant, "force": force}
+    same |= {"include_optimizer": reading.include_optimizer, "config": reading.config}
     result = verb(source, output, **same, **({} if limit is None else {"max_shard_size": limit}))
     render_write(result, json)
 
