@@ -50,12 +50,14 @@ def _settle() -> None:
     subprocess.run(["sync"], check=False)
 
 
-def interleaved(commands: dict[str, tuple[list[str], Path]]) -> dict[str, Measured]:
-    """Each command REPEAT times, round-robin (cp, shard, merge, cp, ...), so that drift in
+def interleaved(
+    commands: dict[str, tuple[list[str], Path]], repeat: int = REPEAT
+) -> dict[str, Measured]:
+    """Each command ``repeat`` times, round-robin (cp, shard, merge, cp, ...), so that drift in
     the page cache or in writeback hits all of them alike; the fastest run of each is kept
     (peak RSS: the largest seen). Outputs are removed and flushed between runs."""
     runs: dict[str, list[Measured]] = {name: [] for name in commands}
-    for _ in range(REPEAT):
+    for _ in range(repeat):
         for name, (cmd, out) in commands.items():
             _settle()
             runs[name].append(measure(cmd))

@@ -16,6 +16,7 @@ BENCHES = [
     "bench_hub.py",
     "bench_hub_cold.py",
     "bench_distributed.py",
+    "bench_dcp.py",
 ]
 
 

@@ -23,8 +23,10 @@ from bigmodel_cli import cli_ranks as ranks
 from bigmodel_cli import cli_shape as po
 from bigmodel_cli.checkpoint.resolve import mirror_ahead
 from bigmodel_cli.cli_options import (
+    ConfigOpt,
     DTypeOpt,
     ForceOpt,
+    IncludeOptimizerOpt,
     JsonOpt,
     MaxMemoryOpt,
     OfflineOpt,
@@ -88,6 +90,7 @@ def inspect(
     variant: VariantOpt = None,
     revision: RevisionOpt = None,
     offline: OfflineOpt = False,
+    optim: IncludeOptimizerOpt = False,
     json: JsonOpt = False,
 ) -> None:
     """What is in a checkpoint: components, tensors, parameters, bytes, dtypes, blocks.
@@ -99,7 +102,7 @@ def inspect(
     from bigmodel_cli.runtime.library import with_built_names  # --tensors: the built names
 
     where: dict[str, Any] = {"variant": variant, "revision": revision, "offline": offline}
-    summary = inspect_checkpoint(source, dtype=_dtype(dtype), **where)
+    summary = inspect_checkpoint(source, dtype=_dtype(dtype), **where, include_optimizer=optim)
     render_inspect(with_built_names(summary) if tensors else summary, as_json=json, tensors=tensors)
 
 
@@ -118,6 +121,8 @@ def shard(
     dtype: DTypeOpt = None,
     variant: VariantOpt = None,
     force: ForceOpt = False,
+    optim: IncludeOptimizerOpt = False,
+    config: ConfigOpt = None,
     json: JsonOpt = False,
 ) -> None:
     """Cut a checkpoint into shards of at most --max-shard-size, streaming the bytes.
@@ -128,17 +133,12 @@ def shard(
 
     Example: `bigmodel shard unet/ --max-shard-size 5GB` writes unet-sharded/
     """
-    from bigmodel_cli.render.shard import render_write
-    from bigmodel_cli.sharding import shard as shard_checkpoint
-
     limit = as_size(max_shard_size, "max_shard_size")
-    target = _dtype(dtype)
-    if ranks.torchrun_write(source, output, "shard", limit, target, variant, force, json):
-        return
-    result = shard_checkpoint(
-        source, output, max_shard_size=limit, dtype=target, variant=variant, force=force
-    )
-    render_write(result, json)
+    from bigmodel_cli.sharding import shard as verb  # the API's shard, here or on each rank
+    from bigmodel_cli.sharding.reading import source_reading
+
+    reading = source_reading({"variant": variant, "include_optimizer": optim, "config": config})
+    ranks.shard_or_merge(verb, source, output, limit, dtype, reading, force, json)
 
 
 @app.command()
@@ -148,19 +148,19 @@ def merge(
     dtype: DTypeOpt = None,
     variant: VariantOpt = None,
     force: ForceOpt = False,
+    config: ConfigOpt = None,
+    optim: IncludeOptimizerOpt = False,
     json: JsonOpt = False,
 ) -> None:
     """Put shards back together: one .safetensors file per component, indexes dropped.
 
-    Example: `bigmodel merge unet-sharded/ -o unet-merged/`
+    Example: `bigmodel merge unet-sharded/ -o unet-merged/`; `bigmodel merge step-1000/` (DCP)
     """
-    from bigmodel_cli.render.shard import render_write
-    from bigmodel_cli.sharding import merge as merge_checkpoint
+    from bigmodel_cli.sharding import merge as verb  # the API's merge, here or on each rank
+    from bigmodel_cli.sharding.reading import source_reading
 
-    if ranks.torchrun_write(source, output, "merge", None, _dtype(dtype), variant, force, json):
-        return
-    result = merge_checkpoint(source, output, dtype=_dtype(dtype), variant=variant, force=force)
-    render_write(result, json)
+    reading = source_reading({"variant": variant, "include_optimizer": optim, "config": config})
+    ranks.shard_or_merge(verb, source, output, None, dtype, reading, force, json)
 
 
 @app.command()

@@ -1,6 +1,7 @@
 """The options several commands share (SOURCE, --json, --dtype, --variant, --revision,
---offline, -o, --force), typed once for :mod:`bigmodel_cli.cli`; and how an error that names
-an API argument is spelled with these flags (:func:`as_flags`)."""
+--offline, -o, --force, --include-optimizer, --config), typed once for
+:mod:`bigmodel_cli.cli`; and how an error that names an API argument is spelled with these
+flags (:func:`as_flags`)."""
 
 from __future__ import annotations
 
@@ -67,3 +68,19 @@ def as_flags(error: BigmodelError | Warned | str) -> str:
         flag = FLAG_NAMES.get(argument, "--" + argument.replace("_", "-"))
         text = re.sub(rf"(?<![\w-]){re.escape(argument)}(?![\w-])", flag, text)
     return text
+
+
+IncludeOptimizerOpt = Annotated[
+    bool,
+    typer.Option(
+        "--include-optimizer",
+        help="Training checkpoints (DCP folders): the optimizer's state too, not only the model.",
+    ),
+]
+ConfigOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--config",
+        help="A config.json to put in OUT (a training checkpoint's folder often has none).",
+    ),
+]

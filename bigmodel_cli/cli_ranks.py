@@ -2,7 +2,8 @@
 
 :mod:`bigmodel_cli.cli` registers the commands; when torchrun started the process
 (:func:`~bigmodel_cli.torchrun.launched`), ``run``, ``shard`` and ``merge`` hand over to
-:func:`torchrun_run` and :func:`torchrun_write` here, which call the stage's verb and let
+:func:`torchrun_run` and :func:`torchrun_write` here (``shard`` and ``merge`` go through
+:func:`shard_or_merge` either way), which call the stage's verb and let
 rank 0 render the one report. No torch import at start-up.
 """
 
@@ -10,13 +11,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
 from bigmodel_cli.errors import UsageError
 from bigmodel_cli.sizes import DType, parse_target_dtype
 from bigmodel_cli.torchrun import DEFAULT_IDS, READERS, launched
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from bigmodel_cli.sharding import WriteResult
+    from bigmodel_cli.sharding.reading import SourceReading
 
 Reader = Enum("Reader", {name: name for name in READERS}, type=str)  # type: ignore[misc]
 DEFAULT_READER = Reader[READERS[0]]
@@ -91,7 +98,7 @@ def torchrun_write(
     mode: Literal["shard", "merge"],
     limit: int | None,
     dtype: DType | None,
-    variant: str | None,
+    reading: SourceReading,
     force: bool,
     json: bool,
 ) -> bool:
@@ -102,10 +109,29 @@ def torchrun_write(
     from bigmodel_cli.render.shard import render_write
     from bigmodel_cli.sharding.distributed import write_world
 
-    result = write_world(source, output, mode, limit, dtype, variant, force)
+    result = write_world(source, output, mode, limit, dtype, reading, force)
     if result is not None:
         render_write(result, json)
     return True
+
+
+def shard_or_merge(
+    verb: Callable[..., WriteResult], source: str | None, output: str | None, limit: int | None,
+    dtype: str | None, reading: SourceReading, force: bool, json: bool,
+) -> None:  # fmt: skip
+    """``bigmodel shard`` (a ``limit``) / ``merge`` (none) with the API's ``verb``, SOURCE
+    read as ``reading`` says: under torchrun this rank's share, else the whole write;
+    rendered (by rank 0)."""
+    from bigmodel_cli.render.shard import render_write
+
+    target = None if dtype is None else parse_target_dtype(dtype)
+    mode: Literal["shard", "merge"] = "merge" if limit is None else "shard"
+    if torchrun_write(source, output, mode, limit, target, reading, force, json):
+        return
+    same: dict[str, Any] = {"dtype": target, "variant": reading.variant, "force": force}
+    same |= {"include_optimizer": reading.include_optimizer, "config": reading.config}
+    result = verb(source, output, **same, **({} if limit is None else {"max_shard_size": limit}))
+    render_write(result, json)
 
 
 def torchrun_run(request: RunRequest) -> bool:

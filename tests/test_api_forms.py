@@ -74,6 +74,23 @@ def test_shard_refuses_any_other_size_naming_the_argument(
     assert not (tmp_path / "out").exists()
 
 
+def test_shard_and_merge_take_the_reading_keywords(tmp_path: Path) -> None:
+    """``variant``, ``include_optimizer`` and ``config`` reach the write; a misspelt one is
+    a TypeError, as for any keyword, and nothing is written."""
+    config = tmp_path / "given.json"
+    config.write_text('{"model_type": "llama", "given": true}')
+    keywords: dict[str, Any] = {"variant": None, "include_optimizer": False, "config": config}
+    bm.shard(LLAMA, tmp_path / "sharded", max_shard_size="5GB", **keywords)
+    bm.merge(LLAMA, tmp_path / "merged", **keywords)
+    for out in ("sharded", "merged"):
+        assert (tmp_path / out / "config.json").read_bytes() == config.read_bytes()
+    with pytest.raises(BigmodelError, match="config"):
+        bm.merge(LLAMA, tmp_path / "bad", config=tmp_path / "missing.json")
+    with pytest.raises(TypeError, match="include_optimiser"):
+        bm.merge(LLAMA, tmp_path / "typo", include_optimiser=True)  # type: ignore[call-arg]
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "typo").exists()
+
+
 # ---------------------------------------------------------------- dtypes
 
 

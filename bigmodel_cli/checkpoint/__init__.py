@@ -1,11 +1,8 @@
-"""The checkpoint stage: a SOURCE becomes components of tensors in files.
-
-Every SOURCE form of the spec (a file, a sharded folder, a diffusers pipeline, legacy
-pickle, a repo id in the Hugging Face cache) ends up as a :class:`Checkpoint`
-(:mod:`.checkpoint`; read by :mod:`.discover` and :mod:`.resolve`); its blocks are grouped
-from tensor names (:mod:`.blocks`); file names follow Hugging Face's rules (:mod:`.names`);
-``inspect`` reports a summary (:mod:`.summary`). Nothing here reads tensor data.
-"""
+"""The checkpoint stage: a SOURCE becomes components of tensors in files. Every SOURCE form
+of the spec (a file, a sharded folder, a pipeline, legacy pickle, a training checkpoint, a
+repo id) resolves (:mod:`.resolve`; :mod:`.discover`, :mod:`.training`, :mod:`.hub`) to a
+:class:`Checkpoint` (:mod:`.checkpoint`); blocks come from tensor names (:mod:`.blocks`),
+file names follow Hugging Face (:mod:`.names`); ``inspect`` reports a :mod:`.summary`."""
 
 from __future__ import annotations
 
@@ -42,14 +39,17 @@ def inspect(
     variant: str | None = None,
     revision: str | None = None,
     offline: bool = False,
+    include_optimizer: bool = False,
 ) -> CheckpointSummary:
     """What is in a checkpoint, from its headers alone: per component the layout, files,
-    tensors, parameters, dtype mix, bytes (and at ``dtype``) and blocks.
+    tensors, parameters, dtype mix, bytes (and at ``dtype``) and blocks. A training
+    checkpoint: the model's tensors (``include_optimizer``: the optimizer's too).
 
     >>> summary = inspect("sdxl/", dtype="fp16")  # doctest: +SKIP
     >>> summary.total("bytes_at_dtype")  # doctest: +SKIP
     """
     target = as_target_dtype(dtype)
-    path = None if source is None else os.fspath(source)
-    ckpt = load_checkpoint(path, variant, revision=revision, offline=offline)
+    ckpt = load_checkpoint(
+        source, variant, revision=revision, offline=offline, include_optimizer=include_optimizer
+    )
     return summarize(ckpt, target)

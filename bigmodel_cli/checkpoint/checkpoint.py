@@ -41,6 +41,7 @@ class Checkpoint:
     skipped: tuple[str, ...] = ()
     variant: str | None = None
     repo: HubSource | None = None  # read from a Hugging Face repo id (cache or Hub)
+    notes: tuple[str, ...] = ()  # what a training checkpoint's reader left out or renamed
 
     @property
     def origin(self) -> str:

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 from bigmodel_cli.checkpoint.checkpoint import Checkpoint, HubSource
 from bigmodel_cli.checkpoint.discover import read_path
 from bigmodel_cli.checkpoint.names import hf_cache_folder
+from bigmodel_cli.checkpoint.training import read_training_path
 from bigmodel_cli.errors import BigmodelError
 
 if TYPE_CHECKING:
@@ -49,13 +50,18 @@ def load_checkpoint(
     revision: str | None = None,
     offline: bool = False,
     remote: bool = True,
+    include_optimizer: bool = False,
 ) -> Checkpoint:
     """Resolve ``source``: a path, a Hugging Face repo id (``revision``: a branch, tag or
     commit; default ``main``), or None for the current folder. With ``remote``, a repo id
-    that is not fully cached is read from the Hub's headers; ``offline`` never asks."""
+    that is not fully cached is read from the Hub's headers; ``offline`` never asks.
+    ``include_optimizer``: a training checkpoint's optimizer state too."""
     if is_repo_id(source):
         return _from_repo(str(source), variant, revision, offline, remote)
     path = Path(source) if source is not None else Path.cwd()
+    training = read_training_path(path, include_optimizer)
+    if training is not None:
+        return training
     return read_path(path, path.resolve().name or "model", variant)
 
 

@@ -21,7 +21,7 @@ from bigmodel_cli.sizes import DTYPES
 if TYPE_CHECKING:
     import torch
 
-Layout = Literal["single", "sharded", "pickle"]
+Layout = Literal["single", "sharded", "pickle", "dcp", "zero"]
 
 
 @dataclass(frozen=True)

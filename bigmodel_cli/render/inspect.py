@@ -43,6 +43,8 @@ def inspect_doc(s: CheckpointSummary, tensors: bool = False) -> dict[str, Any]:
             "bytes_at_dtype": s.total("bytes_at_dtype"),
         },
     }
+    if s.checkpoint is not None and s.checkpoint.notes:  # a training checkpoint's reader
+        doc["notes"] = list(s.checkpoint.notes)
     if tensors and s.checkpoint is not None:
         for comp in s.checkpoint.components:
             built = s.built.get(comp.name, {})
@@ -112,6 +114,8 @@ def render_inspect(s: CheckpointSummary, *, as_json: bool, tensors: bool) -> Non
         console.print(f"skipped (no weights): {', '.join(s.skipped)}", markup=False)
     if s.checkpoint is not None and s.checkpoint.repo is not None:
         console.print(s.checkpoint.repo.note, markup=False)
+    for note in s.checkpoint.notes if s.checkpoint is not None else ():
+        console.print(f"note: {note}", markup=False)
     if tensors and s.checkpoint is not None:
         _render_tensors(s.checkpoint, s.built)
 

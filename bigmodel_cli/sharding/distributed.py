@@ -27,7 +27,9 @@ from bigmodel_cli.errors import BigmodelError
 from bigmodel_cli.progress import NullProgress, Progress, shown
 from bigmodel_cli.sharding.output import AtomicFolder, check_output, default_output
 from bigmodel_cli.sharding.plan import Mode, WritePlan, plan_write
+from bigmodel_cli.sharding.reading import SourceReading
 from bigmodel_cli.sharding.result import WriteResult
+from bigmodel_cli.sharding.training import with_training
 from bigmodel_cli.sharding.write import check_space, execute, verify
 from bigmodel_cli.sizes import DType
 from bigmodel_cli.torchrun import Group
@@ -50,12 +52,14 @@ def divide(plan: WritePlan, ranks: int) -> tuple[frozenset[str], ...]:
 
 def _plan(
     source: str | None, output: str | os.PathLike[str] | None, mode: Mode, limit: int | None,
-    dtype: DType | None, variant: str | None,
+    dtype: DType | None, reading: SourceReading,
 ) -> WritePlan:  # fmt: skip
-    ckpt = load_checkpoint(source, variant, remote=False)  # the bytes, not a header mirror
+    ckpt = load_checkpoint(  # the bytes, not a header mirror
+        source, reading.variant, remote=False, include_optimizer=reading.include_optimizer
+    )
     out = Path(output) if output is not None else default_output(source, ckpt, mode)
     check_output(ckpt, out)
-    return plan_write(ckpt, out, mode, limit, dtype)
+    return with_training(plan_write(ckpt, out, mode, limit, dtype), ckpt, reading)
 
 
 def _clean_after_rank0(out: Path) -> None:
@@ -70,16 +74,18 @@ def write_world(
     mode: Mode,
     limit: int | None = None,
     dtype: DType | None = None,
-    variant: str | None = None,
+    reading: SourceReading | None = None,
     force: bool = False,
     progress: Progress | None = None,
 ) -> WriteResult | None:
-    """This rank's part of ``shard`` / ``merge``; rank 0 returns the result, others None."""
+    """This rank's part of ``shard`` / ``merge`` (``reading``: how SOURCE is read; default:
+    the plain files); rank 0 returns the result, others None."""
     started = time.perf_counter()
     src = None if source is None else os.fspath(source)
+    wanted = reading if reading is not None else SourceReading()
     with Group(device="cpu") as group:
         plan = group.agree(
-            lambda: _plan(src, output, mode, limit, dtype, variant), "planning the output"
+            lambda: _plan(src, output, mode, limit, dtype, wanted), "planning the output"
         )
         mine = divide(plan, group.size)[group.rank]
         folder = AtomicFolder(plan.output, force) if group.rank == 0 else None

@@ -8,13 +8,19 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bigmodel_cli.checkpoint import load_checkpoint
 from bigmodel_cli.progress import Progress, shown
 from bigmodel_cli.sharding.output import AtomicFolder, check_output, default_output
 from bigmodel_cli.sharding.plan import Mode, WritePlan, plan_write
+from bigmodel_cli.sharding.reading import SourceReading
+from bigmodel_cli.sharding.training import with_training
 from bigmodel_cli.sharding.write import check_space, execute, verify
-from bigmodel_cli.sizes import DType
+from bigmodel_cli.sizes import as_target_dtype
+
+if TYPE_CHECKING:
+    from bigmodel_cli.sizes import DTypeLike
 
 
 @dataclass(frozen=True)
@@ -35,19 +41,23 @@ def write_checkpoint(
     output: str | os.PathLike[str] | None,
     mode: Mode,
     limit: int | None,
-    dtype: DType | None,
-    variant: str | None,
+    dtype: DTypeLike | None,
+    reading: SourceReading,
     force: bool,
     progress: Progress | None,
 ) -> WriteResult:
-    """Plan and write ``source`` into ``output`` (``mode``: shard at ``limit``, or merge)."""
+    """Plan and write ``source``, read as ``reading`` says, into ``output`` (``mode``: shard
+    at ``limit``, or merge; ``dtype``: as :func:`~bigmodel_cli.sizes.as_target_dtype` takes it)."""
     started = time.perf_counter()
+    target = as_target_dtype(dtype)
     src = None if source is None else os.fspath(source)
-    ckpt = load_checkpoint(src, variant, remote=False)  # the bytes, not a header mirror
+    ckpt = load_checkpoint(  # the bytes, not a header mirror
+        src, reading.variant, remote=False, include_optimizer=reading.include_optimizer
+    )
     out = Path(output) if output is not None else default_output(src, ckpt, mode)
     check_output(ckpt, out)
     with AtomicFolder(out, force) as folder, shown(progress) as bar:
-        plan = plan_write(ckpt, out, mode, limit, dtype)
+        plan = with_training(plan_write(ckpt, out, mode, limit, target), ckpt, reading)
         check_space(plan, folder.path)
         written = execute(plan, folder.path, bar)
         verify(plan, folder.path)

@@ -13,14 +13,15 @@ import errno
 import os
 import shutil
 import struct
-from collections.abc import Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bigmodel_cli.errors import BigmodelError
 from bigmodel_cli.formats import format_of
+from bigmodel_cli.formats.dcp import DcpTensors, Span
 from bigmodel_cli.formats.index import read_index
 from bigmodel_cli.formats.safetensors import ALIGNMENT, build_header, read_header
 from bigmodel_cli.progress import Progress
@@ -119,23 +120,36 @@ class Sources:
             self._fds[path] = fd
         return self._fds[path]
 
-    def tensor(self, slot: TensorSlot) -> torch.Tensor:
-        if self._opened is None or self._opened[0] != slot.file:
-            self._opened = None
-            fmt = format_of(slot.file)
+    def _open(self, file: Path) -> Mapping[str, Any]:
+        if self._opened is None or self._opened[0] != file:
+            self._close_opened()
+            fmt = format_of(file)
             if fmt is None:
-                raise BigmodelError("not a weights file", slot.file)
-            self._opened = (slot.file, fmt.open(slot.file))
-        tensor = self._opened[1].get(slot.name)
+                raise BigmodelError("not a weights file", file)
+            self._opened = (file, fmt.open(file))
+        return self._opened[1]
+
+    def tensor(self, slot: TensorSlot) -> torch.Tensor:
+        tensor = self._open(slot.file).get(slot.name)
         if tensor is None:
             raise BigmodelError("tensor disappeared from the checkpoint", slot.file, slot.name)
         return tensor
+
+    def spans(self, slot: TensorSlot) -> tuple[Span, ...] | None:
+        """The byte ranges of a tensor stored in pieces (DCP's chunks), in order; or None."""
+        opened = self._open(slot.file)
+        return opened.spans(slot.name) if isinstance(opened, DcpTensors) else None
+
+    def _close_opened(self) -> None:
+        if self._opened is not None and isinstance(self._opened[1], DcpTensors):
+            self._opened[1].close()
+        self._opened = None
 
     def close(self) -> None:
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
-        self._opened = None
+        self._close_opened()
 
 
 def check_conversions(plan: WritePlan) -> None:
@@ -257,7 +271,7 @@ def _write_file(
     header = aligned_header(f, c.metadata)
     with _creating(root / c.path(f.name), plan.output / c.path(f.name)) as fd:
         write_all(fd, header)
-        for piece in pieces(f.tensors):
+        for piece in pieces(f.tensors, sources.spans):
             if isinstance(piece, ByteRange):
                 copier.copy(sources.fd(piece.file), piece.start, piece.length, fd, progress)
             elif piece.start < 0:
@@ -280,20 +294,31 @@ class ByteRange:
         return self.end - self.start
 
 
-def pieces(tensors: Iterable[TensorSlot]) -> list[ByteRange | TensorSlot]:
+def pieces(
+    tensors: Iterable[TensorSlot],
+    spans: Callable[[TensorSlot], tuple[Span, ...] | None] = lambda t: None,
+) -> list[ByteRange | TensorSlot]:
     """The write schedule of a file: raw byte ranges (one kernel copy for a run of adjacent
-    tensors, which is as fast as ``cp``), and the tensors that torch must read or cast."""
+    tensors, which is as fast as ``cp``), and the tensors that torch must read or cast. A
+    tensor stored in pieces (``spans``) is its pieces in order, each copied or cast."""
     result: list[ByteRange | TensorSlot] = []
-    for t in tensors:
-        if t.start < 0 or t.converts:
-            result.append(t)
-            continue
-        last = result[-1] if result else None
-        if isinstance(last, ByteRange) and last.file == t.file and last.end == t.start:
-            result[-1] = ByteRange(t.file, last.start, t.end)
-        else:
-            result.append(ByteRange(t.file, t.start, t.end))
+    for slot in tensors:
+        found = spans(slot) if slot.start < 0 else None
+        for t in [slot] if found is None else [split_slot(slot, s) for s in found]:
+            last = result[-1] if result else None
+            if t.start < 0 or t.converts:
+                result.append(t)
+            elif isinstance(last, ByteRange) and last.file == t.file and last.end == t.start:
+                result[-1] = ByteRange(t.file, last.start, t.end)
+            else:
+                result.append(ByteRange(t.file, t.start, t.end))
     return result
+
+
+def split_slot(slot: TensorSlot, span: Span) -> TensorSlot:
+    """The stretch ``span`` of ``slot``'s tensor, as a slot of its own (raw bytes)."""
+    count = (span.end - span.start) * 8 // DTYPES[slot.source_dtype].bits
+    return replace(slot, shape=(count,), file=span.file, start=span.start, end=span.end)
 
 
 def _convert_range(src: int, slot: TensorSlot, dst: int, progress: Progress) -> None:
