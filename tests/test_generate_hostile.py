@@ -1,0 +1,74 @@
+"""``run --generate`` against a hostile user: interrupts at the worst moment, bad numbers,
+damaged pipelines, a ``model_index.json`` naming a library to import (issue 21)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from tests.helpers.cli import BIGMODEL, FIXTURES, assert_one_line_error, run_cli
+
+PIPE = FIXTURES / "tiny-pipeline"
+QUICK = ("--steps", "2", "--height", "64", "--width", "64")
+
+
+def _disk_plan(tmp_path: Path) -> Path:
+    """An auto plan over cpu and disk for the tiny pipeline: most of the UNet on disk."""
+    plan = tmp_path / "plan.json"
+    made = run_cli("plan", PIPE, "--max-memory", "cpu=300KB,disk", "--strategy", "auto", "-o", plan)
+    assert made.code == 0, made.stderr
+    assert '"disk"' in plan.read_text()
+    return plan
+
+
+def _wait_for(path: Path, proc: subprocess.Popen[str], timeout: float = 300) -> None:
+    end = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < end, "no image in time"
+        time.sleep(0.001)
+
+
+def test_sigint_right_after_the_image_exits_130_and_leaves_no_offload_folder(
+    tmp_path: Path,
+) -> None:
+    plan = _disk_plan(tmp_path)
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    image = tmp_path / "out" / "cat.png"
+    image.parent.mkdir()
+    env = {**os.environ, "TMPDIR": str(temp), "OMP_NUM_THREADS": "1"}
+    cmd = [*map(str, BIGMODEL), "run", str(PIPE), "--plan", str(plan), "--generate", "a cat"]
+    proc = subprocess.Popen(
+        [*cmd, *QUICK, "-o", str(image)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait_for(image, proc)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert "Exception ignored" not in err and "Traceback" not in err, err
+    assert list(temp.glob("bigmodel-offload-*")) == []
+    assert [p.name for p in image.parent.iterdir()] == ["cat.png"]  # no temporary name left
+
+
+def test_a_failed_image_write_leaves_the_old_file_and_no_temporary_file(tmp_path: Path) -> None:
+    plan = _disk_plan(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    image = out / "cat.notanimageformat"
+    image.write_text("kept")
+    result = run_cli("run", PIPE, "--plan", plan, "--generate", "a cat", *QUICK, "-o", image)
+    assert_one_line_error(result, 2, "cannot write the image")
+    assert image.read_text() == "kept" and [p.name for p in out.iterdir()] == [image.name]
