@@ -9,6 +9,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.helpers.cli import BIGMODEL, FIXTURES, assert_one_line_error, run_cli
 
 PIPE = FIXTURES / "tiny-pipeline"
@@ -72,3 +74,35 @@ def test_a_failed_image_write_leaves_the_old_file_and_no_temporary_file(tmp_path
     result = run_cli("run", PIPE, "--plan", plan, "--generate", "a cat", *QUICK, "-o", image)
     assert_one_line_error(result, 2, "cannot write the image")
     assert image.read_text() == "kept" and [p.name for p in out.iterdir()] == [image.name]
+
+
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (("--steps", "0"), "--steps"),
+        (("--steps", "-3"), "--steps"),
+        (("--height", "7"), "--height"),
+        (("--width", "0"), "--width"),
+    ],
+)
+def test_bad_generation_numbers_exit_2_naming_the_flag(
+    tmp_path: Path, args: tuple[str, str], flag: str
+) -> None:
+    plan = tmp_path / "plan.json"
+    assert run_cli("plan", PIPE, "--max-memory", "cpu=1GB", "-o", plan).code == 0
+    out = tmp_path / "x.png"
+    result = run_cli("run", PIPE, "--plan", plan, "--generate", "a cat", *QUICK, *args, "-o", out)
+    assert_one_line_error(result, 2, flag)
+    assert not out.exists()
+
+
+def test_a_component_without_config_json_exits_2_naming_it(tmp_path: Path) -> None:
+    import shutil
+
+    pipe = tmp_path / "pipe"
+    shutil.copytree(PIPE, pipe)
+    plan = tmp_path / "plan.json"
+    assert run_cli("plan", pipe, "--max-memory", "cpu=1GB", "-o", plan).code == 0
+    (pipe / "vae" / "config.json").unlink()
+    result = run_cli("run", pipe, "--plan", plan, "--generate", "a cat", *QUICK)
+    assert_one_line_error(result, 2, "config.json")

@@ -21,6 +21,7 @@ from bigmodel_cli.run.pipeline import generate, is_pipeline, load, release
 from bigmodel_cli.runtime.library import Held, held
 
 DEFAULT_IMAGE = "bigmodel-image.png"
+SIDE_MULTIPLE = 8  # diffusers' pipelines refuse other image sides
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ def generate_run(
     >>> how = Generation(steps=20, seed=1)
     >>> generate_run("sd15/", plan="plan.json", prompt="a cat", how=how)  # doctest: +SKIP
     """
+    check_generation(how)
     the_plan = as_plan(plan)
     reset_gpu_peaks(the_plan.named_devices())
     baseline = _peak_rss()  # the process before loading: torch, this package
@@ -111,6 +113,21 @@ def generate_run(
         text=text,
         library_output=tuple(kept.lines),
     )
+
+
+def check_generation(how: Generation) -> None:
+    """Every count in ``how`` a positive whole number and the image sides multiples of 8
+    (what diffusers' pipelines accept), or an error naming the argument."""
+    for name in ("steps", "height", "width", "max_new_tokens"):
+        value = getattr(how, name)
+        if value is not None and (isinstance(value, bool) or value < 1):
+            raise BigmodelError(
+                f"invalid {name} {value}: expected a positive whole number", argument=name
+            )
+        if name in ("height", "width") and value is not None and value % SIDE_MULTIPLE:
+            raise BigmodelError(
+                f"invalid {name} {value}: expected a multiple of {SIDE_MULTIPLE}", argument=name
+            )
 
 
 def _save(image: object, path: Path) -> None:

@@ -164,6 +164,10 @@ def _load_pipeline(folder: Path, plan: Plan, off: _Offload) -> Any:
     for name in plan.device_map:
         if None in entries.get(name, (None, None)):
             raise BigmodelError(f"plan places {name!r}, which model_index.json lacks", folder)
+        if not (folder / name / "config.json").is_file():
+            raise BigmodelError(
+                "is missing: the component cannot be built", folder / name / "config.json"
+            )
     diffusers = import_library("diffusers")
     for lib, _ in entries.values():
         if lib in LIBRARIES:
