@@ -106,3 +106,48 @@ def test_a_component_without_config_json_exits_2_naming_it(tmp_path: Path) -> No
     (pipe / "vae" / "config.json").unlink()
     result = run_cli("run", pipe, "--plan", plan, "--generate", "a cat", *QUICK)
     assert_one_line_error(result, 2, "config.json")
+
+
+@pytest.mark.parametrize("library", ["os", "no_such_package_xyz"])
+def test_model_index_naming_another_library_is_refused_before_any_import(
+    tmp_path: Path, library: str
+) -> None:
+    import json
+    import shutil
+
+    pipe = tmp_path / "pipe"
+    shutil.copytree(PIPE, pipe)
+    plan = tmp_path / "plan.json"
+    assert run_cli("plan", pipe, "--max-memory", "cpu=1GB", "-o", plan).code == 0
+    index = json.loads((pipe / "model_index.json").read_text())
+    index["vae"] = [library, "system"]
+    (pipe / "model_index.json").write_text(json.dumps(index))
+    seen = f"print('IMPORTED' if {library!r} in sys.modules else 'CLEAN', file=sys.stderr)"
+    code = (
+        "import sys, runpy; sys.argv = ['bigmodel', *sys.argv[1:]]\n"
+        f"try:\n    runpy.run_module('bigmodel_cli', run_name='__main__')\nfinally:\n    {seen}\n"
+    )
+    proc = subprocess.run(
+        [
+            BIGMODEL[0],
+            "-c",
+            code,
+            "run",
+            str(pipe),
+            "--plan",
+            str(plan),
+            "--generate",
+            "a cat",
+            *QUICK,
+            "-o",
+            str(tmp_path / "x.png"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("bigmodel: error")]
+    assert len(lines) == 1 and "model_index.json" in lines[0] and library in lines[0], proc.stderr
+    if library != "os":  # os is imported by Python itself
+        assert "CLEAN" in proc.stderr, proc.stderr

@@ -175,7 +175,7 @@ def _load_pipeline(folder: Path, plan: Plan, off: _Offload) -> Any:
     sequential = STRATEGIES[plan.strategy].reports_peak  # all on cpu, moved in turn
     built = {}
     for name in plan.device_map:
-        cls = component_class(*entries[name], folder / name)  # type: ignore[arg-type]
+        cls = component_class(*entries[name], folder / "model_index.json")  # type: ignore[arg-type]
         placed = None if sequential else plan.module_map(name)
         built[name] = _build(cls, folder / name, placed, plan, off)
         if not sequential and plan.device_map[name] != SPLIT:
