@@ -151,3 +151,41 @@ def test_model_index_naming_another_library_is_refused_before_any_import(
     assert len(lines) == 1 and "model_index.json" in lines[0] and library in lines[0], proc.stderr
     if library != "os":  # os is imported by Python itself
         assert "CLEAN" in proc.stderr, proc.stderr
+
+
+def _tracing_workers(parent: int) -> list[int]:
+    """The tracing workers started by process ``parent`` (from /proc: Linux)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            cmd = (entry / "cmdline").read_bytes()
+            env = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        mine = f"BIGMODEL_TRACE_PARENT={parent}\0".encode()
+        if b"bigmodel_cli.runtime.tracing" in cmd and mine in env + b"\0":
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="reads /proc (Linux)")
+def test_tracing_workers_die_with_a_sigkilled_plan(tmp_path: Path) -> None:
+    env = {**os.environ, "BIGMODEL_TRACES": str(tmp_path / "traces"), "OMP_NUM_THREADS": "1"}
+    cmd = [*map(str, BIGMODEL), "plan", str(PIPE), "--max-memory", "cpu=1GB", "--height", "64"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        end = time.monotonic() + 120
+        while not _tracing_workers(proc.pid):
+            assert proc.poll() is None, "plan ended before any tracing worker was seen"
+            assert time.monotonic() < end, "no tracing worker in time"
+            time.sleep(0.01)
+    finally:
+        proc.kill()
+        proc.wait()
+    end = time.monotonic() + 5  # generous: they are killed with their parent
+    while _tracing_workers(proc.pid) and time.monotonic() < end:
+        time.sleep(0.05)
+    left = _tracing_workers(proc.pid)
+    for pid in left:  # leave nothing behind, even when failing
+        os.kill(pid, signal.SIGKILL)
+    assert left == []
