@@ -379,9 +379,20 @@ def _other(command: Any, error: Exception) -> int:
     return _error(reason, EXIT_BUG)
 
 
+def _on_late_signal(signum: int, frame: object) -> None:
+    """A signal in the interpreter's teardown (where KeyboardInterrupt is ignored): 130."""
+    sys.stdout.flush(), sys.stderr.flush(), os._exit(EXIT_INTERRUPTED)
+
+
 def main() -> None:
     signal.signal(signal.SIGTERM, _on_sigterm)
-    code = run_main()
+    try:
+        code = run_main()
+    except KeyboardInterrupt:  # after the command's end
+        code = _error("interrupted", EXIT_INTERRUPTED, prefix="bigmodel: ")
+    finally:
+        for number in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(number, _on_late_signal)
     if launched():  # a torchrun rank: its process group is already destroyed, its output
         sys.stdout.flush()  # written; torch's C++ threads can abort() a finished rank in
         sys.stderr.flush()  # the interpreter's teardown (SIGABRT, "terminate called

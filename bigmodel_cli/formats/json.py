@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -71,10 +72,25 @@ def read_config(folder: Path, name: str = "config.json") -> dict[str, Any] | Non
 def write_json_atomically(path: Path, doc: object) -> None:
     """A temporary file in the same folder, flushed and renamed over ``path`` once
     complete: readers see the old file or the new one, never half of one."""
+    text = json.dumps(doc, indent=2) + "\n"
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+
+    write_atomically(path, write)
+
+
+def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """``write(tmp)`` to a temporary file in ``path``'s folder (its name ends with
+    ``path``'s suffix, so a writer that goes by the extension picks the same format),
+    then renamed over ``path``: readers see the old file or the new one, never half of
+    one; the temporary file is removed if ``write`` fails or is interrupted."""
     import contextlib
     import tempfile
 
-    text = json.dumps(doc, indent=2) + "\n"
     folder = path.parent if str(path.parent) else Path(".")
     if path.is_dir():
         raise BigmodelError("is a folder; give a file name", path)
@@ -83,14 +99,12 @@ def write_json_atomically(path: Path, doc: object) -> None:
     if not folder.is_dir():
         raise BigmodelError("folder does not exist", folder)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=folder)
     except OSError as exc:  # a read-only file system, /proc, no permission
         raise BigmodelError(f"cannot write here ({exc.strerror or exc})", path) from None
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+        write(Path(tmp))
         os.replace(tmp, path)
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):

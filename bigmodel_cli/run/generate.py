@@ -15,11 +15,13 @@ from pathlib import Path
 
 from bigmodel_cli.devices import DeviceKey, device_order, is_gpu, reset_gpu_peaks
 from bigmodel_cli.errors import BigmodelError
+from bigmodel_cli.formats.json import write_atomically
 from bigmodel_cli.placement.plan import Plan, PlanLike, as_plan
-from bigmodel_cli.run.pipeline import generate, is_pipeline, load
+from bigmodel_cli.run.pipeline import generate, is_pipeline, load, release
 from bigmodel_cli.runtime.library import Held, held
 
 DEFAULT_IMAGE = "bigmodel-image.png"
+SIDE_MULTIPLE = 8  # diffusers' pipelines refuse other image sides
 
 
 @dataclass(frozen=True)
@@ -77,23 +79,29 @@ def generate_run(
     >>> how = Generation(steps=20, seed=1)
     >>> generate_run("sd15/", plan="plan.json", prompt="a cat", how=how)  # doctest: +SKIP
     """
+    check_generation(how)
     the_plan = as_plan(plan)
     reset_gpu_peaks(the_plan.named_devices())
     baseline = _peak_rss()  # the process before loading: torch, this package
-    with held() if quiet else contextlib.nullcontext(Held()) as kept:
-        began = time.perf_counter()
-        obj = load(source, the_plan)
-        loaded = time.perf_counter()
-        if quiet and is_pipeline(obj):
-            obj.set_progress_bar_config(disable=True)
-        result = generate(obj, prompt, **asdict(how))
-        done = time.perf_counter()
-    image = text = None
-    if is_pipeline(obj):
-        image = str(Path(output if output is not None else DEFAULT_IMAGE))
-        _save(result, Path(image))
-    else:
-        text = str(result)
+    obj = None
+    try:  # the disk offload folder is removed on every way out, an interrupt included
+        with held() if quiet else contextlib.nullcontext(Held()) as kept:
+            began = time.perf_counter()
+            obj = load(source, the_plan)
+            loaded = time.perf_counter()
+            if quiet and is_pipeline(obj):
+                obj.set_progress_bar_config(disable=True)
+            result = generate(obj, prompt, **asdict(how))
+            done = time.perf_counter()
+        image = text = None
+        if is_pipeline(obj):
+            image = str(Path(output if output is not None else DEFAULT_IMAGE))
+            _save(result, Path(image))
+        else:
+            text = str(result)
+    finally:
+        if obj is not None:
+            release(obj)
     return GenerateReport(
         source=str(source if source is not None else os.getcwd()),
         strategy=the_plan.strategy,
@@ -107,12 +115,28 @@ def generate_run(
     )
 
 
+def check_generation(how: Generation) -> None:
+    """Every count in ``how`` a positive whole number and the image sides multiples of 8
+    (what diffusers' pipelines accept), or an error naming the argument."""
+    for name in ("steps", "height", "width", "max_new_tokens"):
+        value = getattr(how, name)
+        if value is not None and (isinstance(value, bool) or value < 1):
+            raise BigmodelError(
+                f"invalid {name} {value}: expected a positive whole number", argument=name
+            )
+        if name in ("height", "width") and value is not None and value % SIDE_MULTIPLE:
+            raise BigmodelError(
+                f"invalid {name} {value}: expected a multiple of {SIDE_MULTIPLE}", argument=name
+            )
+
+
 def _save(image: object, path: Path) -> None:
+    """The image, written under a temporary name beside ``path`` and renamed into place."""
     save = getattr(image, "save", None)
     if save is None:
         raise BigmodelError("the pipeline gave no image to save", path)
     try:
-        save(path)
+        write_atomically(path, save)
     except (OSError, ValueError) as exc:
         raise BigmodelError(f"cannot write the image ({exc})", path) from None
 

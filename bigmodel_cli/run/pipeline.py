@@ -13,10 +13,14 @@ only when needed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import weakref
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,6 +46,8 @@ from bigmodel_cli.runtime.library import (
 if TYPE_CHECKING:
     from typing import Unpack
 
+_HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
 
 class _Offload:
     """One temporary folder for a load's ``disk`` blocks, a subfolder per component."""
@@ -57,14 +63,47 @@ class _Offload:
         return str(sub)
 
     def keep_with(self, obj: Any) -> None:
-        """Remove the folder when ``obj`` is collected (or at interpreter exit)."""
+        """Remove the folder when ``obj`` is collected (or at interpreter exit), or when
+        :func:`release` is called on it."""
         if self.root is not None:
             obj._bigmodel_offload_folder = str(self.root)
-            weakref.finalize(obj, shutil.rmtree, str(self.root), ignore_errors=True)
+            obj._bigmodel_release = weakref.finalize(obj, _remove, self.root)
 
     def discard(self) -> None:
         if self.root is not None:
-            shutil.rmtree(self.root, ignore_errors=True)
+            _remove(self.root)
+
+
+def _remove(folder: Path) -> None:
+    with _signals_held():
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """A SIGINT / SIGTERM arriving inside is held and raised again on leaving, so an
+    interrupt cannot leave half of a clean-up undone (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    kept = {s: signal.signal(s, lambda n, _: caught.append(n)) for s in _HELD_SIGNALS}
+    try:
+        yield
+    finally:
+        for number, handler in kept.items():
+            signal.signal(number, handler)
+        if caught:
+            signal.raise_signal(caught[0])
+
+
+def release(obj: Any) -> None:
+    """Remove what :func:`load` made for ``obj`` now (its disk offload folder) instead of
+    when it is collected; ``obj`` is not to be run after. Safe to call more than once."""
+    finalizer = getattr(obj, "_bigmodel_release", None)
+    if finalizer is not None:
+        with _signals_held():  # the finalizer detaches itself before it removes
+            finalizer()
 
 
 def _build(
@@ -129,6 +168,10 @@ def _load_pipeline(ckpt: Checkpoint, plan: Plan, off: _Offload) -> Any:
     for name in plan.device_map:
         if None in entries.get(name, (None, None)):
             raise BigmodelError(f"plan places {name!r}, which model_index.json lacks", folder)
+        if not (folder / name / "config.json").is_file():
+            raise BigmodelError(
+                "is missing: the component cannot be built", folder / name / "config.json"
+            )
     diffusers = import_library("diffusers")
     for lib, _ in entries.values():
         if lib in LIBRARIES:
@@ -136,7 +179,7 @@ def _load_pipeline(ckpt: Checkpoint, plan: Plan, off: _Offload) -> Any:
     sequential = STRATEGIES[plan.strategy].reports_peak  # all on cpu, moved in turn
     built = {}
     for name in plan.device_map:
-        cls = component_class(*entries[name], folder / name)  # type: ignore[arg-type]
+        cls = component_class(*entries[name], folder / "model_index.json")  # type: ignore[arg-type]
         component = next(c for c in ckpt.components if c.name == name)
         placed = None if sequential else library_map(plan, component)  # in its built names
         built[name] = _build(cls, folder / name, placed, plan, off)

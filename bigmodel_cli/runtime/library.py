@@ -137,7 +137,8 @@ def held() -> Iterator[Held]:
 
 def import_library(name: str, needed_for: str = "loading this model") -> Any:
     """diffusers / transformers (their output held), or :class:`LibraryMissing` naming
-    the extra that provides it."""
+    the extra that provides it. Nothing else is imported, whatever a file names."""
+    _check_library(name)
     with held() as h:
         try:
             module = importlib.import_module(name)
@@ -147,6 +148,12 @@ def import_library(name: str, needed_for: str = "loading this model") -> Any:
             ) from None
         h.take_over()
     return module
+
+
+def _check_library(name: object, where: str | Path | None = None) -> None:
+    if name not in LIBRARIES:
+        allowed = " or ".join(LIBRARIES)
+        raise BigmodelError(f"names library {name!r}; only {allowed} are imported", where)
 
 
 def attribute(module: str, name: str) -> Any:
@@ -163,6 +170,7 @@ def component_class(
     needed_for: str = "loading this model",
 ) -> Any:
     """The class a component's ``model_index.json`` entry or ``config.json`` names."""
+    _check_library(library, where)
     module = import_library(library, needed_for)
     with held() as h:  # the class's own module may be imported only now
         cls = getattr(module, class_name, None)

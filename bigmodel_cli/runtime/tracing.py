@@ -208,6 +208,7 @@ def _start_worker() -> subprocess.Popen[bytes]:
     root = str(Path(__file__).resolve().parents[2])  # the folder holding bigmodel_cli
     path = os.environ.get("PYTHONPATH")
     env = dict(os.environ, PYTHONPATH=root + (os.pathsep + path if path else ""))
+    env[PARENT_VARIABLE] = str(os.getpid())
     cmd = [sys.executable, "-m", "bigmodel_cli.runtime.tracing"]
     pipe = subprocess.PIPE
     return subprocess.Popen(cmd, stdin=pipe, stdout=pipe, stderr=pipe, env=env)
@@ -258,10 +259,28 @@ def _job_of(doc: Mapping[str, Any]) -> Job:
     )
 
 
+PARENT_VARIABLE = "BIGMODEL_TRACE_PARENT"  # the planning process's id, given to a worker
+
+
+def _die_with_parent() -> None:
+    """The worker is killed when the planning process dies, even by SIGKILL (Linux:
+    ``PR_SET_PDEATHSIG``); a parent already gone ends it at once."""
+    import ctypes
+    import signal
+
+    if sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+    parent = os.environ.get(PARENT_VARIABLE)
+    if parent is not None and str(os.getppid()) != parent:
+        os._exit(1)
+
+
 def main() -> None:
     """The worker: ``{"hide": [MODULE...], "jobs": [...]}`` as JSON on stdin, what each
     trace found as JSON on stdout. A hidden module is not importable here (nor found by
     ``importlib.util.find_spec``, which the libraries ask)."""
+    _die_with_parent()
     request = json.load(sys.stdin)
     for name in request["hide"]:
         sys.modules.setdefault(name, None)  # type: ignore[arg-type]  # import -> ImportError
