@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from bigmodel_cli.errors import BigmodelError
+from bigmodel_cli.formats.files import MAX_DCP_METADATA_BYTES, read_small_file
 from bigmodel_cli.formats.index import safe_member
 from bigmodel_cli.sizes import DTYPES, parse_dtype
 
 METADATA_NAME = ".metadata"
-MAX_METADATA = 1 << 30  # a million tensors' chunks stay far below this
 
 
 @dataclass(frozen=True)
@@ -128,13 +128,7 @@ class _MetadataUnpickler(pickle.Unpickler):
 
 def unpickle_metadata(path: Path) -> Any:
     """The ``Metadata`` record of ``path``; anything but DCP's classes is refused."""
-    try:
-        size = path.stat().st_size
-        if size > MAX_METADATA:
-            raise BigmodelError(f"is {size} bytes; DCP metadata this large is not plausible", path)
-        data = path.read_bytes()
-    except OSError as exc:
-        raise BigmodelError(f"cannot read ({exc.strerror})", path) from None
+    data = read_small_file(path, "DCP metadata", MAX_DCP_METADATA_BYTES)
     try:
         meta = _MetadataUnpickler(io.BytesIO(data)).load()
     except Refused as exc:

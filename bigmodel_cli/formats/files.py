@@ -21,6 +21,8 @@ MAX_HEADER_BYTES = 100_000_000  # a safetensors header's JSON (the spec's 100 MB
 MAX_INDEX_BYTES = 100_000_000  # a *.safetensors.index.json
 MAX_PLAN_BYTES = 100_000_000  # a plan file (one over many ranks lists every read)
 MAX_JSON_BYTES = 10_000_000  # any other small JSON file: config.json, model_index.json, a trace
+MAX_DCP_METADATA_BYTES = 1 << 30  # a DCP .metadata: a million tensors' chunks stay far below
+MAX_TAG_BYTES = 4096  # DeepSpeed's `latest` file: one folder name
 
 _READ = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY", 0)
 

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from bigmodel_cli.errors import BigmodelError
 from bigmodel_cli.formats.base import FileTensors, Layout, TensorInfo
+from bigmodel_cli.formats.files import MAX_TAG_BYTES, read_small_file
 from bigmodel_cli.sizes import torch_dtype_code
 
 if TYPE_CHECKING:
@@ -81,7 +82,8 @@ def zero_folder(path: Path) -> Path | None:
     file names), or None when it is no DeepSpeed checkpoint."""
     latest = path / "latest"
     if path.is_dir() and latest.is_file():
-        tag = latest.read_text(encoding="utf-8", errors="replace").strip()
+        raw = read_small_file(latest, "DeepSpeed's latest tag", MAX_TAG_BYTES, inside=path)
+        tag = raw.decode("utf-8", errors="replace").strip()
         if not tag or "/" in tag or tag in (".", ".."):
             raise BigmodelError(f"names no checkpoint folder ({tag[:80]!r})", latest)
         path = path / tag

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 from bigmodel_cli.errors import BigmodelError, UsageError
-from bigmodel_cli.formats.json import parse_json_object
+from bigmodel_cli.formats.json import read_json
 from bigmodel_cli.sizes import as_size
 
 
@@ -46,12 +46,9 @@ def checked_config(config: str | os.PathLike[str] | None) -> Path | None:
         return None
     path = Path(config)
     try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise BigmodelError(
-            f"config: cannot read ({exc.strerror})", path, argument="config"
-        ) from None
-    parse_json_object(raw, path, "config")
+        read_json(path, "config")
+    except BigmodelError as error:
+        raise BigmodelError(error.reason, path, argument="config") from None
     return path
 
 
