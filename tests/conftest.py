@@ -43,6 +43,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture(autouse=True)
 def _own_trace_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each test keeps its activation traces apart (never in the user's cache), so a test
-    that expects a trace gets one, not an earlier test's result."""
+    """Each test keeps its activation traces and built names apart (never in the user's
+    cache), so a test that expects a trace gets one, not an earlier test's result."""
     monkeypatch.setenv("BIGMODEL_TRACES", str(tmp_path / "traces"))
+    monkeypatch.setenv("BIGMODEL_NAMES", str(tmp_path / "names"))

@@ -47,6 +47,7 @@ class BuiltNames:
     no_split: tuple[str, ...] = ()
     key_mapping: Mapping[str, str] = field(default_factory=dict)
     note: str | None = None
+    repaired: str | None = None  # why a kept answer was passed over and the library asked
 
     @property
     def translated(self) -> bool:
@@ -67,13 +68,14 @@ class BuiltNames:
         fused = len([b for b in self.built.values() if b]) - len(
             {b for b in self.built.values() if b}
         )
-        return {
+        found = {
             "library": self.library,
             "class": self.class_name,
             "key_mapping": dict(self.key_mapping),
             "renamed": len(self.renamed()),
             "fused": fused,
         }
+        return found if self.repaired is None else found | {"repaired": self.repaired}
 
 
 # ---------------------------------------------------------------- maps

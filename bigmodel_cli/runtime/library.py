@@ -8,11 +8,9 @@ config (:func:`build_on_meta`). ``load()``, ``run --forward``, ``run --generate`
 planner's tracing and the torchrun pipeline stages all build through these.
 
 Their output is held back once, by :func:`held`: while a library is imported and called,
-the warnings and log records of the libraries we import (and what those import: torch,
-torchao, bitsandbytes, accelerate), whatever handlers they gave their loggers, are kept
-as lines instead of reaching stderr, and their progress bars are off. The caller decides
-what to do with the lines (``run --generate --verbose`` shows them; an error leaving
-:func:`held` carries them).
+the warnings and log records of it and what it imports (torch, torchao, bitsandbytes,
+accelerate), whatever handlers they set, are kept as lines, and progress bars are off;
+``run --generate --verbose`` shows the lines, an error leaving :func:`held` carries them.
 """
 
 from __future__ import annotations
@@ -31,6 +29,7 @@ from bigmodel_cli.checkpoint.summary import CheckpointSummary
 from bigmodel_cli.errors import BigmodelError
 from bigmodel_cli.formats.json import read_config
 from bigmodel_cli.runtime.inputs import LIBRARIES, Model
+from bigmodel_cli.runtime.kept_names import kept_or_asked, names_key
 from bigmodel_cli.runtime.kv_layers import PER_LAYER, ConfigRead
 from bigmodel_cli.sizes import DType, torch_dtype
 
@@ -299,6 +298,12 @@ def library_names(
         class_name = archs[0]
     if class_name is None and "model_type" not in config:
         return BuiltNames(note="config.json names no transformers class")
+    return kept_or_asked(
+        names_key(class_name, config, stored), stored, lambda: _asked(folder, class_name, stored)
+    )
+
+
+def _asked(folder: Path, class_name: str | None, stored: Sequence[str]) -> BuiltNames:
     try:
         transformers = import_library("transformers")
     except LibraryMissing:

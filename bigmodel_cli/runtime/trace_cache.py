@@ -1,4 +1,6 @@
-"""Traces kept on disk, so that planning the same model at the same shape again is fast.
+"""Traces kept on disk, so that planning the same model at the same shape again is fast
+(and, through the same :func:`load_kept` / :func:`save_kept`, the names a library builds:
+:mod:`bigmodel_cli.runtime.kept_names`).
 
 Building a component on the meta device and tracing one forward pass costs seconds, most
 of it importing diffusers / transformers and torch. What it finds depends only on the
@@ -17,29 +19,31 @@ import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from bigmodel_cli import __version__
 from bigmodel_cli.errors import BigmodelError
-from bigmodel_cli.formats.files import is_count
+from bigmodel_cli.formats.files import MAX_JSON_BYTES, is_count
 from bigmodel_cli.formats.json import read_json, write_json_atomically
 
 SCHEMA = 1
 
 
-def _folder() -> Path:
-    """``$BIGMODEL_TRACES`` where set, else ``$HF_HOME/bigmodel/traces``."""
-    if os.environ.get("BIGMODEL_TRACES"):
-        return Path(os.environ["BIGMODEL_TRACES"])
+def kept_folder(kind: str = "traces") -> Path:
+    """``$BIGMODEL_TRACES`` (``$BIGMODEL_NAMES`` for kind ``names``) where set, else
+    ``$HF_HOME/bigmodel/<kind>``."""
+    given = os.environ.get(f"BIGMODEL_{kind.upper()}")
+    if given:
+        return Path(given)
     home = os.environ.get("HF_HOME") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "huggingface"
     )
-    return Path(home) / "bigmodel" / "traces"
+    return Path(home) / "bigmodel" / kind
 
 
-def _version(package: str) -> str:
+def installed_version(package: str) -> str:
     from importlib import metadata  # 15 ms: not at every start-up
 
     try:
@@ -52,33 +56,50 @@ def trace_key(
     library: str, class_name: str, config: Mapping[str, Any], dtype: str, inputs: object
 ) -> str:
     """The hash naming one trace: everything its result depends on."""
-    what = {
-        "schema": SCHEMA,
-        "bigmodel": __version__,
-        "torch": _version("torch"),
-        "library": [library, _version(library)],
-        "class": class_name,
-        "config": config,
-        "dtype": dtype,
-        "inputs": inputs,
-    }
+    return kept_key(
+        library=[library, installed_version(library)],
+        **{"class": class_name, "config": config, "dtype": dtype, "inputs": inputs},
+    )
+
+
+def kept_key(**what: object) -> str:
+    """The hash naming one kept result: everything it depends on, with this code's and
+    torch's versions."""
+    what |= {"schema": SCHEMA, "bigmodel": __version__, "torch": installed_version("torch")}
     text = json.dumps(what, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def load_trace(key: str) -> tuple[dict[str, Any] | None, str | None]:
-    """A kept trace, or None; and why a kept file was passed over (damaged), or None."""
-    path = _folder() / f"{key}.json"
+def load_kept(
+    kind: str, key: str, problem: Callable[[dict[str, Any]], str | None], limit: int
+) -> tuple[dict[str, Any] | None, str | None]:
+    """A kept result of ``kind``, or None; and why a kept file was passed over (not a
+    regular JSON file within ``limit`` bytes, or ``problem`` found), or None."""
+    path = kept_folder(kind) / f"{key}.json"
     if not os.path.lexists(path):
         return None, None
     try:
-        found = read_json(path, "file")
+        found = read_json(path, "file", limit)
     except BigmodelError as exc:
-        return None, f"kept trace {path.name} passed over ({exc.reason}); traced again"
-    problem = trace_problem(found)
-    if problem is not None:
-        return None, f"kept trace {path.name} passed over ({problem}); traced again"
+        return None, f"kept {path.name} passed over ({exc.reason})"
+    why = problem(found)
+    if why is not None:
+        return None, f"kept {path.name} passed over ({why})"
     return found, None
+
+
+def save_kept(kind: str, key: str, doc: Mapping[str, Any]) -> None:
+    """Keep a result; a folder that cannot be written is passed over."""
+    folder = kept_folder(kind)
+    with contextlib.suppress(OSError, BigmodelError):
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json_atomically(folder / f"{key}.json", {"schema": SCHEMA, **doc})
+
+
+def load_trace(key: str) -> tuple[dict[str, Any] | None, str | None]:
+    """A kept trace, or None; and why a kept file was passed over (damaged), or None."""
+    found, why = load_kept("traces", key, trace_problem, MAX_JSON_BYTES)
+    return found, None if why is None else why.replace("kept ", "kept trace ", 1) + "; traced again"
 
 
 def trace_problem(doc: Mapping[str, Any]) -> str | None:
@@ -112,7 +133,4 @@ def _shape(value: Any) -> bool:
 
 def save_trace(key: str, doc: Mapping[str, Any]) -> None:
     """Keep a trace; a cache folder that cannot be written is passed over."""
-    folder = _folder()
-    with contextlib.suppress(OSError, BigmodelError):
-        folder.mkdir(parents=True, exist_ok=True)
-        write_json_atomically(folder / f"{key}.json", {"schema": SCHEMA, **doc})
+    save_kept("traces", key, doc)
