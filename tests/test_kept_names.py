@@ -72,8 +72,7 @@ POISONS: dict[str, Any] = {
     "tied": lambda d: d | {"tied": [[1, 2]]},
     "key_mapping": lambda d: d | {"key_mapping": {"a": None}},
     "built of other names": lambda d: d | {"built": {"x.weight": None}},
-    "built outside the model": lambda d: d
-    | {"built": dict.fromkeys(d["built"], "not.a.param")},
+    "built outside the model": lambda d: d | {"built": dict.fromkeys(d["built"], "not.a.param")},
     "no_split": lambda d: d | {"no_split": None},
 }
 
