@@ -50,7 +50,8 @@ bench: install
 	$(PY) benchmarks/run_all.py
 
 fuzz: install
-	BIGMODEL_FUZZ_EXAMPLES=1000 $(BIN)/pytest tests/fuzz
+	BIGMODEL_FUZZ_EXAMPLES=1000 $(BIN)/pytest tests/fuzz/test_fuzz_commands.py
+	BIGMODEL_FUZZ_EXAMPLES=10000 $(BIN)/pytest -s tests/fuzz/test_fuzz_inputs.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
