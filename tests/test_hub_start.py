@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import FIXTURES
-from tests.helpers.cli import run_cli, run_subprocess
+from tests.helpers.cli import run_cli, run_counting_imports
 from tests.helpers.hub_env import serve
 from tests.helpers.hub_server import HubServer
 
@@ -29,13 +29,6 @@ NOT_IMPORTED = (
 )
 
 
-def _imported(stderr: str) -> set[str]:
-    """Module names in ``python -X importtime`` output."""
-    return {
-        line.rsplit("|", 1)[1].strip() for line in stderr.splitlines() if line.startswith("import")
-    }
-
-
 @pytest.mark.parametrize("command", [["inspect"], ["plan", "--max-memory", "0=1MB,cpu=1GB"]])
 def test_a_remote_read_imports_only_what_it_uses(tmp_path: Path, command: list[str]) -> None:
     with HubServer({"test/pipe": PIPE}) as hub:
@@ -43,14 +36,14 @@ def test_a_remote_read_imports_only_what_it_uses(tmp_path: Path, command: list[s
             "HF_ENDPOINT": hub.endpoint,
             "HF_HOME": str(tmp_path / "hf"),
             "HF_HUB_DISABLE_TELEMETRY": "1",
-            "PYTHONPROFILEIMPORTTIME": "1",  # python -X importtime
         }
         env.pop("HF_HUB_OFFLINE", None)
-        result = run_subprocess(command[0], "test/pipe", *command[1:], "--json", env=env)
+        result, imported = run_counting_imports(
+            command[0], "test/pipe", *command[1:], "--json", env=env
+        )
         assert result.code == 0, result.stderr[-2000:]
         assert json.loads(result.stdout)["source"].startswith("test/pipe@")
         assert any(r.path.endswith(".safetensors") for r in hub.requests)  # read remotely
-    imported = _imported(result.stderr)
     assert "bigmodel_cli.checkpoint.hub" in imported  # the list saw this run's imports
     assert sorted(imported & set(NOT_IMPORTED)) == []
 

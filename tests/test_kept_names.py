@@ -7,15 +7,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bigmodel_cli.runtime.kept_names import names_key
-from tests.helpers.cli import run_cli
+from tests.helpers.cli import run_cli, run_counting_imports, run_subprocess
 from tests.helpers.zoo import Built, build_and_save, split_plan
 
 
@@ -44,23 +42,14 @@ def test_a_second_split_plan_reads_the_kept_names(
     assert split_plan(neox).to_json() == first
 
 
-def test_kept_names_spare_the_transformers_import(neox: Built, tmp_path: Path) -> None:
+def test_kept_names_spare_the_transformers_import(neox: Built) -> None:
     args = ["plan", str(neox.folder), "--max-memory", f"cpu={neox.nbytes // 2},disk"]
     args += ["--strategy", "auto", "--json"]
-    env = dict(os.environ)  # BIGMODEL_NAMES and BIGMODEL_TRACES: this test's own folders
-    first = subprocess.run(
-        [sys.executable, "-m", "bigmodel_cli", *args], capture_output=True, text=True, env=env
-    )
-    assert first.returncode == 0, first.stderr[-2000:]
-    again = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "bigmodel_cli", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
-    assert again.returncode == 0, again.stderr[-2000:]
-    imported = {line.split("|")[-1].strip() for line in again.stderr.splitlines()}
+    first = run_subprocess(*args)  # BIGMODEL_NAMES and BIGMODEL_TRACES: this test's own
+    assert first.code == 0, first.stderr[-2000:]
+    again, imported = run_counting_imports(*args)
+    assert again.code == 0, again.stderr[-2000:]
+    assert "bigmodel_cli.runtime.kept_names" in imported  # the list saw this run's imports
     assert "torch" not in imported and "transformers" not in imported
     assert json.loads(again.stdout) == json.loads(first.stdout)
 

@@ -96,6 +96,17 @@ def run_subprocess(
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
 
+def run_counting_imports(
+    *args: str | os.PathLike[str], env: dict[str, str] | None = None
+) -> tuple[CliResult, set[str]]:
+    """:func:`run_subprocess` under ``python -X importtime``: the result, and the name of
+    every module the process imported (their lines are left in the result's stderr)."""
+    profiled = (os.environ if env is None else env) | {"PYTHONPROFILEIMPORTTIME": "1"}
+    result = run_subprocess(*args, env=dict(profiled))
+    lines = result.stderr.splitlines()
+    return result, {line.rsplit("|", 1)[1].strip() for line in lines if line.startswith("import")}
+
+
 def assert_one_line_error(result: CliResult, code: int, *needles: str) -> None:
     """Exit ``code``, one line on stderr containing every needle, no traceback."""
     assert result.code == code, (result.code, result.stdout, result.stderr)
