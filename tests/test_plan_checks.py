@@ -107,3 +107,20 @@ def test_reads_that_leave_a_hole_are_refused_before_any_rank_reads() -> None:
 
 def test_the_plans_own_reads_cover_every_tensor_once() -> None:
     check_reads(load_checkpoint(LLAMA), plan_from_json(_ranks_doc()))
+
+
+@pytest.mark.parametrize(
+    ("field", "code"), [("planned", 2), ("capacity", 2), ("weights", 0), ("budget", 0)]
+)
+def test_a_count_past_int64_in_a_plan_is_refused_or_passed_over(
+    tmp_path: Path, field: str, code: int
+) -> None:
+    """A byte count no file or device can hold (10**309 does not even fit a float): a count
+    the plan needs is refused, a figure it can do without is not taken; never exit 1."""
+    doc = bm.plan(PIPELINE, max_memory="cpu=1GB").to_json()
+    doc["devices"]["cpu"][field] = 10**309
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(doc))
+    result = run_cli("run", PIPELINE, "--plan", path)  # the table prints every figure
+    assert result.code == code, result.stderr
+    assert code == 0 or len(result.stderr.splitlines()) == 1, result.stderr

@@ -66,6 +66,8 @@ POISONS = {
     "nan": '"activations": NaN',
     "negative": '"activations": -1',
     "huge": '"activations": 1e400',
+    "past a float": '"activations": 1' + "0" * 309,
+    "past int64": f'"activations": {2**63}',
     "string": '"activations": "lots"',
     "float": '"activations": 1.5',
     "keep": '"keep": 5',

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bigmodel_cli.errors import BigmodelError
-from bigmodel_cli.formats.files import is_count as _count
+from bigmodel_cli.formats.files import is_count
 from bigmodel_cli.runtime.kv import AUTO, KV_DTYPES
 from bigmodel_cli.runtime.shape import RunShape
 
@@ -57,7 +57,7 @@ class Needs:
 
 def _optional_count(doc: Mapping[str, Any], key: str, where: str, path: Any) -> int | None:
     value = doc.get(key)
-    if value is not None and not _count(value):
+    if value is not None and not is_count(value):
         raise BigmodelError(f"plan {where} {key!r} is not a byte count or null", path)
     return value
 
@@ -80,7 +80,7 @@ def run_from_json(raw: Any, path: Any) -> RunShape:
     batch = raw.get("batch", 1)
     return RunShape(
         counted=bool(raw.get("counted", False)),
-        batch=batch if _count(batch) and batch > 0 else 1,
+        batch=batch if is_count(batch) and batch > 0 else 1,
         height=height,
         width=width,
         frames=frames,
@@ -99,7 +99,7 @@ def needs_from_json(name: str, entry: Mapping[str, Any], path: Any) -> Needs | N
     inputs = entry.get("inputs")
     if inputs is not None and not (
         isinstance(inputs, dict)
-        and all(isinstance(s, list) and all(_count(d) for d in s) for s in inputs.values())
+        and all(isinstance(s, list) and all(is_count(d) for d in s) for s in inputs.values())
     ):
         raise BigmodelError(f"plan {where} 'inputs' is not an object of name -> shape", path)
     note = entry.get("note")

@@ -16,8 +16,7 @@ from typing import Any
 
 from bigmodel_cli.devices import Device, DeviceKey, is_gpu, key_text, parse_device
 from bigmodel_cli.errors import BigmodelError
-from bigmodel_cli.formats.files import MAX_PLAN_BYTES
-from bigmodel_cli.formats.files import is_count as _count
+from bigmodel_cli.formats.files import MAX_PLAN_BYTES, is_count
 from bigmodel_cli.formats.json import read_json, write_json_atomically
 from bigmodel_cli.placement.items import SPLIT
 from bigmodel_cli.placement.needs import Needs, needs_from_json, run_from_json, run_json
@@ -240,8 +239,8 @@ def plan_from_json(doc: Mapping[str, Any], path: Path | None = None) -> Plan:
         fits=bool(doc.get("fits", True)),
         peak_fits=doc.get("peak_fits") if isinstance(doc.get("peak_fits"), bool) else None,
         execution_device=None if execution is None else device_key(execution, path),
-        peak_gpu=doc["peak_gpu"] if _count(doc.get("peak_gpu")) else None,
-        held_for_offload=doc["held_for_offload"] if _count(doc.get("held_for_offload")) else 0,
+        peak_gpu=doc["peak_gpu"] if is_count(doc.get("peak_gpu")) else None,
+        held_for_offload=doc["held_for_offload"] if is_count(doc.get("held_for_offload")) else 0,
         detected=bool(doc.get("detected", False)),
         block_bytes=_split_bytes(doc.get("split_bytes"), path),
         skipped=_names(doc, "skipped", path),
@@ -301,7 +300,7 @@ def _devices(raw: Any, path: Path | None) -> tuple[DevicePlan, ...]:
     for key, entry in raw.items():
         entry = entry if isinstance(entry, dict) else {}
         planned, capacity = entry.get("planned"), entry.get("capacity")
-        if not _count(planned) or not (capacity is None or _count(capacity)):
+        if not is_count(planned) or not (capacity is None or is_count(capacity)):
             raise BigmodelError(
                 f"plan device {key!r} needs integer 'planned' and 'capacity' byte counts", path
             )
@@ -311,12 +310,12 @@ def _devices(raw: Any, path: Path | None) -> tuple[DevicePlan, ...]:
         devices.append(
             DevicePlan(
                 device_key(key, path),
-                budget if _count(budget) else capacity,
-                reserve if _count(reserve) else 0,
+                budget if is_count(budget) else capacity,
+                reserve if is_count(reserve) else 0,
                 planned,
-                held if _count(held) else 0,
-                weights if _count(weights) and "weights" in entry else None,
-                run_bytes if _count(run_bytes) else 0,
+                held if is_count(held) else 0,
+                weights if is_count(weights) and "weights" in entry else None,
+                run_bytes if is_count(run_bytes) else 0,
             )
         )
     return tuple(devices)
@@ -352,7 +351,7 @@ def _components(raw: Any, path: Path | None) -> dict[str, int]:
     sizes = {}
     for name, entry in raw.items():
         nbytes = entry.get("bytes") if isinstance(entry, dict) else None
-        if not _count(nbytes):
+        if not is_count(nbytes):
             raise BigmodelError(f"plan component {name!r} needs an integer 'bytes'", path)
         sizes[name] = nbytes
     return sizes
@@ -368,7 +367,7 @@ def _split_bytes(raw: Any, path: Path | None) -> dict[str, dict[DeviceKey, int]]
     if not isinstance(raw, dict):
         return {}
     return {
-        name: {device_key(k, path): n for k, n in by_device.items() if _count(n)}
+        name: {device_key(k, path): n for k, n in by_device.items() if is_count(n)}
         for name, by_device in raw.items()
         if isinstance(by_device, dict)
     }

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bigmodel_cli.errors import BigmodelError
-from bigmodel_cli.formats.files import is_count as _count
+from bigmodel_cli.formats.files import is_count
 
 BACKENDS = ("nccl", "gloo")
 Ranges = tuple[tuple[int, int], ...]  # (offset, length) in a file
@@ -105,7 +105,7 @@ def world_from_json(doc: Mapping[str, Any], path: Path | None) -> WorldPlan | No
     if raw is None:
         return None
     if not isinstance(raw, dict) or not all(
-        _count(raw.get(k), positive=True) for k in ("nodes", "procs_per_node")
+        is_count(raw.get(k), positive=True) for k in ("nodes", "procs_per_node")
     ):
         raise BigmodelError(
             "plan 'world' needs positive integer 'nodes' and 'procs_per_node'", path
@@ -205,7 +205,7 @@ def _rank(entry: Any, r: int, world: World, path: Path | None) -> RankPlan:
         bytes=entry["bytes"],
         modules=tuple(modules),
         reads=reads,
-        weights=entry["weights"] if _count(entry.get("weights")) else 0,
+        weights=entry["weights"] if is_count(entry.get("weights")) else 0,
         tied=dict(tied),
     )
 
@@ -216,7 +216,8 @@ def _reads(raw: Any, r: int, path: Path | None) -> dict[str, Ranges]:
     reads: dict[str, Ranges] = {}
     for name, ranges in raw.items():
         ok = isinstance(ranges, list) and all(
-            isinstance(x, list) and len(x) == 2 and _count(x[0]) and _count(x[1]) for x in ranges
+            isinstance(x, list) and len(x) == 2 and is_count(x[0]) and is_count(x[1])
+            for x in ranges
         )
         if not ok or Path(name).is_absolute() or ".." in Path(name).parts:
             raise BigmodelError(
@@ -235,7 +236,7 @@ def _duplicates(raw: Any, path: Path | None) -> tuple[Duplicate, ...]:
         isinstance(d, dict)
         and isinstance(d.get("tensor"), str)
         and isinstance(d.get("file"), str)
-        and _count(d.get("bytes"))
+        and is_count(d.get("bytes"))
         and isinstance(d.get("ranks"), list)
         for d in raw
     )

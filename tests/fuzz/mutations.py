@@ -48,6 +48,7 @@ def pack(raw: bytes, data: bytes, length: int | None = None) -> bytes:
 
 odd_numbers = st.one_of(
     st.integers(min_value=-(2**70), max_value=2**70),
+    st.sampled_from([2**63, 10**309, -(10**309), 10**4000]),  # past int64, past a float
     st.floats(allow_nan=False, allow_infinity=False),
     st.booleans(),
     st.none(),
