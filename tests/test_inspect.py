@@ -373,3 +373,40 @@ def test_every_command_help_shows_an_example(command: str) -> None:
     result = run_cli(command, "--help")
     assert result.code == 0
     assert f"Example: bigmodel {command} " in " ".join(result.stdout.split())
+
+
+@pytest.mark.parametrize("layout", ["single model", "pipeline component"])
+@pytest.mark.parametrize("command", ["inspect", "plan", "shard", "merge"])
+def test_a_lone_weights_file_linking_outside_is_refused(
+    tmp_path: Path, layout: str, command: str
+) -> None:
+    """Without an index, the one weights file of a folder is held to the same rule as an
+    index's shards: a link leading out of the folder is not followed."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    if layout == "single model":
+        root = folder = tmp_path / "model"
+        folder.mkdir()
+        weights = folder / "model.safetensors"
+        shutil.copy(FIXTURES / "single.safetensors", outside / "secret.safetensors")
+    else:
+        root = tmp_path / "pipe"
+        shutil.copytree(FIXTURES / "tiny-pipeline", root)
+        folder = root / "vae"
+        weights = folder / "diffusion_pytorch_model.safetensors"
+        weights.rename(outside / "secret.safetensors")
+    weights.unlink(missing_ok=True)
+    weights.symlink_to(outside / "secret.safetensors")
+    extra = ["-o", tmp_path / "out"] if command in ("shard", "merge") else []
+    result = run_cli(command, root, *extra)
+    assert_one_line_error(result, 2, "weights file", "link leading outside")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_link_to_a_weights_file_inside_the_folder_is_read(tmp_path: Path) -> None:
+    folder = tmp_path / "model"
+    folder.mkdir()
+    shutil.copy(FIXTURES / "single.safetensors", folder / "real.safetensors.orig")
+    (folder / "model.safetensors").symlink_to("real.safetensors.orig")
+    result = run_cli("inspect", folder, "--json")
+    assert result.code == 0, result.stderr

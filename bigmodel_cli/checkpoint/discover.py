@@ -78,7 +78,7 @@ def _pipeline(root: Path, variant: str | None) -> Checkpoint:
     entries = pipeline_entries(read_model_index(root))
     components, skipped = [], []
     for name, entry in entries.items():
-        folder = safe_member(root, name, root / MODEL_INDEX)
+        folder = safe_member(root, name, root / MODEL_INDEX, "component")
         component = find_component(folder, name, variant) if folder.is_dir() else None
         if component is None:
             skipped.append(name)
@@ -124,8 +124,8 @@ def find_component(
                 raise BigmodelError(
                     f"several weight files and no index: {', '.join(files)}", folder
                 )
-            if files:
-                return _file_component(name, folder / files[0])
+            if files:  # a link leading out of the folder is refused, as an index's shards
+                return _file_component(name, safe_member(folder, files[0], folder, "weights file"))
     except BigmodelError:
         if quiet:
             return None

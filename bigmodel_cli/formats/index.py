@@ -27,13 +27,14 @@ class Index:
         return list(dict.fromkeys(self.weight_map.values()))
 
 
-def safe_member(folder: Path, name: str, index_path: Path) -> Path:
-    """``folder/name`` for a plain file name; anything that could leave ``folder`` is refused."""
+def safe_member(folder: Path, name: str, named_in: Path, what: str = "shard") -> Path:
+    """``folder/name`` for a plain file name; anything that could leave ``folder`` is
+    refused (``what`` names it in the error, ``named_in`` is the file that named it)."""
     if "/" in name or "\\" in name or name in (".", ".."):
         raise BigmodelError(
-            f"shard name {name!r} is not a plain file name in the same folder", index_path
+            f"{what} name {name!r} is not a plain file name in the same folder", named_in
         )
-    return safe_path(folder, name, index_path, "shard")
+    return safe_path(folder, name, named_in, what)
 
 
 def read_index(path: Path) -> Index:
