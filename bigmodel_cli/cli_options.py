@@ -63,10 +63,12 @@ FLAG_NAMES = {"output": "-o", "plan_path": "--plan", "counted": "--runtime"}
 def as_flags(error: BigmodelError | Warned | str) -> str:
     """The error's (or warning's) line with the API argument it names spelled as the CLI's
     flag: the library says ``max_shard_size must be positive``, the CLI ``--max-shard-size``."""
-    text = str(error)
+    text = error.reason if isinstance(error, BigmodelError) else str(error)
     for argument in getattr(error, "arguments", ()):
         flag = FLAG_NAMES.get(argument, "--" + argument.replace("_", "-"))
-        text = re.sub(rf"(?<![\w-]){re.escape(argument)}(?![\w-])", flag, text)
+        text = re.sub(rf"(?<![\w/.-]){re.escape(argument)}(?![\w/-])", flag, text)
+    if isinstance(error, BigmodelError):  # the path and the tensor as they are
+        return str(BigmodelError(text, error.path, error.tensor))
     return text
 
 

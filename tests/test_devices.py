@@ -10,7 +10,7 @@ import pytest
 from bigmodel_cli import devices
 from bigmodel_cli.cli import as_flags
 from bigmodel_cli.devices import Device, Reserve, make_budget, parse_max_memory, parse_reserve
-from bigmodel_cli.errors import UsageError
+from bigmodel_cli.errors import BigmodelError, UsageError
 
 
 def test_max_memory_keys_units_and_order() -> None:
@@ -124,3 +124,15 @@ def test_no_gpu_detected_means_cpu_only(monkeypatch: pytest.MonkeyPatch) -> None
     _fake_cuda(monkeypatch, [])
     budget = make_budget(None, None)
     assert [d.key for d in budget.devices] == ["cpu"] and budget.gpus == ()
+
+
+def test_a_path_keeps_its_words_when_the_argument_becomes_a_flag() -> None:
+    """``force`` in the error's path or in a path quoted in its reason stays as written."""
+    error = BigmodelError(
+        "holds no checkpoint (/data/force/out/old.bin: empty); use force",
+        "/data/force/out",
+        argument="force",
+    )
+    assert as_flags(error) == (
+        "/data/force/out: holds no checkpoint (/data/force/out/old.bin: empty); use --force"
+    )

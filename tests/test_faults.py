@@ -22,6 +22,7 @@ from tests.helpers.checkpoints import sparse_checkpoint
 from tests.helpers.cli import BIGMODEL, FIXTURES, CliResult, run_cli
 from tests.helpers.trees import tree_hash, wait_for_temp_data
 
+OLD_CHECKPOINT = FIXTURES / "single.safetensors"  # what an earlier run left in OUT
 POINTS = ("open", "write", "copy_file_range", "sendfile", "rename", "replace", "mkdir", "ftruncate")
 
 
@@ -115,7 +116,7 @@ def test_a_fault_at_any_write_loses_nothing(
     if existing:
         out.mkdir()
         (out / "previous.txt").write_text("the OUT of an earlier run")
-        (out / "model.safetensors").write_bytes(b"")  # a checkpoint: --force may replace it
+        shutil.copy(OLD_CHECKPOINT, out / "model.safetensors")  # --force may replace it
         old = tree_hash(out)
 
     def cleanup() -> None:
@@ -123,7 +124,7 @@ def test_a_fault_at_any_write_loses_nothing(
         if existing:
             out.mkdir()
             (out / "previous.txt").write_text("the OUT of an earlier run")
-            (out / "model.safetensors").write_bytes(b"")
+            shutil.copy(OLD_CHECKPOINT, out / "model.safetensors")
 
     total, complete = count_points(monkeypatch, lambda: run_cli(*args), out, cleanup)
     assert total > 3

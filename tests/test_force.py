@@ -65,3 +65,29 @@ def test_force_replaces_an_earlier_output_and_an_empty_folder(tmp_path: Path) ->
     out.mkdir()
     assert run_cli("merge", SOURCE, "-o", out, "--force").code == 0
     assert (out / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("bait", ["empty .bin", "empty model_index.json", "link to /etc/passwd"])
+def test_force_refuses_someones_files_beside_a_weights_like_name(tmp_path: Path, bait: str) -> None:
+    """One file with a checkpoint's name does not make a checkpoint: the folder must read
+    as one (valid headers, complete index, no link leading out)."""
+    out = photos(tmp_path / "out")
+    if bait == "empty .bin":
+        (out / "old.bin").write_bytes(b"")
+    elif bait == "empty model_index.json":
+        (out / "model_index.json").write_text("{}")
+    else:
+        (out / "model.safetensors").symlink_to("/etc/passwd")
+    before = tree_hash(out)
+    result = run_cli("shard", SOURCE, "-o", out, "--force")
+    assert_one_line_error(result, 2, str(out), "holds no checkpoint")
+    assert tree_hash(out) == before
+
+
+def test_force_replaces_a_checkpoint_of_another_variant(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(FIXTURES / "tiny-pipeline" / "vae", out)
+    weights = out / "diffusion_pytorch_model.safetensors"
+    weights.rename(out / "diffusion_pytorch_model.fp16.safetensors")
+    assert run_cli("shard", SOURCE, "-o", out, "--force").code == 0
+    assert sorted(p.name for p in out.iterdir()) == ["model.safetensors"]

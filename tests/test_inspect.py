@@ -410,3 +410,8 @@ def test_a_link_to_a_weights_file_inside_the_folder_is_read(tmp_path: Path) -> N
     (folder / "model.safetensors").symlink_to("real.safetensors.orig")
     result = run_cli("inspect", folder, "--json")
     assert result.code == 0, result.stderr
+
+
+def test_an_empty_pickle_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "pytorch_model.bin").write_bytes(b"")  # torch.load: EOFError with no text
+    assert_one_line_error(run_cli("inspect", tmp_path / "pytorch_model.bin"), 2, "EOFError")

@@ -425,7 +425,7 @@ def test_existing_output_needs_force_and_is_replaced_whole(models: Path, tmp_pat
     out = tmp_path / "out"
     out.mkdir()
     (out / "old.txt").write_text("old")
-    (out / "model.safetensors").write_bytes(b"")  # an earlier output: --force may replace it
+    shutil.copy(FIXTURES / "single.safetensors", out / "model.safetensors")  # an earlier output
     result = run_cli("shard", models / "llama", "-o", out)
     assert result.code == 2 and "--force" in result.stderr
     assert sorted(p.name for p in out.iterdir()) == ["model.safetensors", "old.txt"]

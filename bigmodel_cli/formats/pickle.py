@@ -45,9 +45,8 @@ def load_state_dict(path: Path) -> dict[str, Any]:
             path,
         ) from None
     except (RuntimeError, OSError, EOFError, ValueError, KeyError, AttributeError) as exc:
-        raise BigmodelError(
-            f"cannot read pickle checkpoint ({str(exc).splitlines()[0][:200]})", path
-        ) from None
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]  # EOFError: ""
+        raise BigmodelError(f"cannot read pickle checkpoint ({first[:200]})", path) from None
     return _flatten(obj, path)
 
 

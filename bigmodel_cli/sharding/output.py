@@ -22,7 +22,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from bigmodel_cli.checkpoint.model_index import MODEL_INDEX
+from bigmodel_cli.checkpoint.names import variant_of
 from bigmodel_cli.errors import BigmodelError, UsageError
 from bigmodel_cli.formats import FORMATS
 
@@ -68,8 +68,10 @@ def check_output(ckpt: Checkpoint, out: Path) -> None:
 
 def replaceable(out: Path) -> str | None:
     """Why ``--force`` may not replace the existing ``out``, or None when it may: an empty
-    folder, or one holding a checkpoint or pipeline (weights, an index, model_index.json)
-    that is neither the current folder nor holds it."""
+    folder, or one the checkpoint reader reads as a checkpoint or pipeline (every weights
+    file with a valid header, its index complete, no link leading out), that is neither
+    the current folder nor holds it. A weights-like name among someone's files is not
+    enough."""
     where = Path(os.path.realpath(out))
     here = Path(os.path.realpath(os.curdir))
     if where == here or where in here.parents:
@@ -80,12 +82,32 @@ def replaceable(out: Path) -> str | None:
         names = os.listdir(where)
     except OSError as exc:
         return f"cannot list it ({exc.strerror})"
-    if names and not any(n == MODEL_INDEX or n.endswith(WEIGHT_SUFFIXES) for n in names):
-        return (
-            "holds no checkpoint (no weights, index or model_index.json); force replaces "
-            "only an empty folder or one this tool wrote: remove it yourself or choose another -o"
-        )
-    return None
+    if not names:
+        return None
+    why = _not_a_checkpoint(where)
+    if why is None:
+        return None
+    return (
+        f"holds no checkpoint ({why}); force replaces only an empty folder or a checkpoint "
+        "this tool can read: remove it yourself or choose another -o"
+    )
+
+
+def _not_a_checkpoint(folder: Path) -> str | None:
+    """Why ``folder`` does not read as a checkpoint or pipeline, in any variant its weights
+    carry, or None when it does."""
+    from bigmodel_cli.checkpoint.discover import read_path  # reads headers: only for --force
+
+    files = [p.name for p in folder.iterdir()] + [p.name for p in folder.glob("*/*")]
+    variants = {variant_of(n, s) for n in files for s in WEIGHT_SUFFIXES if n.endswith(s)}
+    first = None
+    for variant in [None, *sorted(v for v in variants if v is not None)]:
+        try:
+            read_path(folder, folder.name, variant)
+            return None
+        except BigmodelError as exc:
+            first = first or str(exc)
+    return first
 
 
 def sibling(out: Path, tag: str) -> Path:
