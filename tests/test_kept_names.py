@@ -63,6 +63,11 @@ POISONS: dict[str, Any] = {
     "built of other names": lambda d: d | {"built": {"x.weight": None}},
     "built outside the model": lambda d: d | {"built": dict.fromkeys(d["built"], "not.a.param")},
     "no_split": lambda d: d | {"no_split": None},
+    "schema true": lambda d: d | {"schema": True},
+    "a param twice": lambda d: d | {"params": d["params"] + d["params"][:1]},
+    "built takes nothing": lambda d: d | {"built": dict.fromkeys(d["built"])},
+    "tied outside the model": lambda d: d | {"tied": [["nope", d["params"][0]]]},
+    "no_split outside the model": lambda d: d | {"no_split": ["nope"]},
 }
 
 

@@ -68,6 +68,7 @@ POISONS = {
     "huge": '"activations": 1e400',
     "past a float": '"activations": 1' + "0" * 309,
     "past int64": f'"activations": {2**63}',
+    "schema true": '"schema": true',
     "string": '"activations": "lots"',
     "float": '"activations": 1.5',
     "keep": '"keep": 5',

@@ -87,8 +87,11 @@ def save_names(key: str, names: BuiltNames) -> None:
 
 
 def names_problem(doc: Mapping[str, Any], stored: Sequence[str]) -> str | None:
-    """What is wrong with a kept names document for ``stored``, or None."""
-    if doc.get("schema") != SCHEMA:
+    """What is wrong with a kept names document for ``stored``, or None. Its form and its
+    consistency are checked (types; exactly the stored names asked about; every built,
+    tied and unsplit name one of the model's parameters or modules), not its truth: a file
+    edited into another consistent answer is taken, as a kept trace is."""
+    if type(doc.get("schema")) is not int or doc["schema"] != SCHEMA:
         return f"schema {str(doc.get('schema'))[:20]!r}, not {SCHEMA}"
     for field in ("library", "class"):
         if not isinstance(doc.get(field), str):
@@ -96,18 +99,31 @@ def names_problem(doc: Mapping[str, Any], stored: Sequence[str]) -> str | None:
     for field in ("params", "no_split"):
         if not _names(doc.get(field)):
             return f"{field} is not a list of names"
-    tied = doc.get("tied")
+    tied, mapping, built = doc.get("tied"), doc.get("key_mapping"), doc.get("built")
     if not isinstance(tied, list) or not all(_names(group) for group in tied):
         return "tied is not a list of name groups"
-    mapping = doc.get("key_mapping")
     if not isinstance(mapping, dict) or not all(isinstance(v, str) for v in mapping.values()):
         return "key_mapping is not a map of patterns"
-    built = doc.get("built")
     if not isinstance(built, dict) or list(built) != list(stored):
         return "built does not map the checkpoint's stored names"
-    known = set(doc["params"])
+    return _inconsistency(doc["params"], built, tied, doc["no_split"])
+
+
+def _inconsistency(
+    params: list[str], built: dict[str, Any], tied: list[list[str]], no_split: list[str]
+) -> str | None:
+    known = set(params)
+    modules = {p.rsplit(".", i)[0] for p in params for i in range(1, p.count(".") + 1)}
+    if len(known) != len(params):
+        return "params names a parameter twice"
     if not all(v is None or (isinstance(v, str) and v in known) for v in built.values()):
         return "built names a tensor the model does not have"
+    if built and all(v is None for v in built.values()):
+        return "built takes none of the stored tensors"
+    if not all(len(g) > 1 and set(g) <= known for g in tied):
+        return "tied names a parameter the model does not have"
+    if not set(no_split) <= modules:
+        return "no_split names a module the model does not have"
     return None
 
 

@@ -104,7 +104,7 @@ def load_trace(key: str) -> tuple[dict[str, Any] | None, str | None]:
 
 def trace_problem(doc: Mapping[str, Any]) -> str | None:
     """What is wrong with a kept trace document, or None when every field is as written."""
-    if doc.get("schema") != SCHEMA:
+    if type(doc.get("schema")) is not int or doc["schema"] != SCHEMA:
         return f"schema {str(doc.get('schema'))[:20]!r}, not {SCHEMA}"
     if not _none_or(doc.get("activations"), is_count):
         return f"activations {str(doc.get('activations'))[:40]!r} is not a byte count"
