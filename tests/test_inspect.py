@@ -415,3 +415,7 @@ def test_a_link_to_a_weights_file_inside_the_folder_is_read(tmp_path: Path) -> N
 def test_an_empty_pickle_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "pytorch_model.bin").write_bytes(b"")  # torch.load: EOFError with no text
     assert_one_line_error(run_cli("inspect", tmp_path / "pytorch_model.bin"), 2, "EOFError")
+
+
+def test_a_device_as_source_is_named_as_such() -> None:
+    assert_one_line_error(run_cli("inspect", "/dev/zero"), 2, "/dev/zero", "not a regular file")

@@ -41,7 +41,9 @@ def test_parse_size_accepts_spec_forms(text: str, expected: int) -> None:
     assert parse_size(text) == expected
 
 
-@pytest.mark.parametrize("text", ["", "GB", "5XB", "-5GB", "5 G B", "five", "1e9", "5GB5", "nan"])
+@pytest.mark.parametrize(
+    "text", ["", "GB", "5XB", "-5GB", "5 G B", "five", "1e9", "5GB5", "nan", "١٠KB", "５GB"]
+)
 def test_parse_size_rejects_anything_else_naming_the_value(text: str) -> None:
     with pytest.raises(UsageError, match="invalid max_shard_size") as info:
         parse_size(text, "max_shard_size", "max_shard_size")

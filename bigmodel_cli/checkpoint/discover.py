@@ -31,7 +31,9 @@ def read_path(path: Path, name: str, variant: str | None = None) -> Checkpoint:
             path, path.parent, "file", (_file_component("model", path),), variant=variant
         )
     if not path.is_dir():
-        raise BigmodelError("no such file or directory", path)
+        there = os.path.exists(path)  # a device, a FIFO, a socket
+        reason = "not a regular file or a folder" if there else "no such file or directory"
+        raise BigmodelError(reason, path)
     if os.path.lexists(path / MODEL_INDEX):  # of any kind: the reader refuses what is not a file
         return _pipeline(path, variant)
     component = find_component(path, name, variant)
