@@ -143,6 +143,7 @@ VERB_WRONG: list[tuple[str, str, Call]] = [
         "must be a whole number from 0",
         lambda out, plan: bm.generate(object(), "x", seed=-1),
     ),
+    ("prompt", TEXT, lambda out, plan: bm.generate(object(), ["a cat"])),
     ("output_type", TEXT, lambda out, plan: bm.generate(object(), "x", output_type=5)),
 ]
 

@@ -269,6 +269,7 @@ def generate(
     >>> generate(pipe, "an astronaut riding a horse", steps=20).save("out.png")  # doctest: +SKIP
     >>> generate(llama, "The capital of France is", max_new_tokens=8)  # doctest: +SKIP
     """
+    a.text(prompt, "prompt")
     r = as_record(GenerateRequest, request, options)
     if is_pipeline(obj):
         if prompt is None:
