@@ -24,6 +24,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bigmodel_cli import arguments as a
 from bigmodel_cli.checkpoint.checkpoint import Checkpoint, HubSource
 from bigmodel_cli.checkpoint.discover import read_path
 from bigmodel_cli.checkpoint.names import hf_cache_folder
@@ -55,7 +56,13 @@ def load_checkpoint(
     """Resolve ``source``: a path, a Hugging Face repo id (``revision``: a branch, tag or
     commit; default ``main``), or None for the current folder. With ``remote``, a repo id
     that is not fully cached is read from the Hub's headers; ``offline`` never asks.
-    ``include_optimizer``: a training checkpoint's optimizer state too."""
+    ``include_optimizer``: a training checkpoint's optimizer state too. Each argument of
+    another type is refused, naming it (the API's verbs all read SOURCE here)."""
+    a.path(source, "source")
+    a.text(variant, "variant")
+    a.text(revision, "revision")
+    a.flag(offline, "offline")
+    a.flag(include_optimizer, "include_optimizer")
     if is_repo_id(source):
         return _from_repo(str(source), variant, revision, offline, remote)
     path = Path(source) if source is not None else Path.cwd()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
+from bigmodel_cli import arguments as a
 from bigmodel_cli.placement.plan import DevicePlan, Plan, plan_from_json, read_plan
 from bigmodel_cli.placement.request import PlanOptions, PlanRequest, as_request
 from bigmodel_cli.placement.strategies import STRATEGIES
@@ -45,6 +46,7 @@ def make_plan(
     >>> plan = make_plan("sdxl/", max_memory="0=8GB,1=8GB", dtype="fp16")  # doctest: +SKIP
     >>> plan.save("plan.json")  # doctest: +SKIP
     """
+    a.path(source, "source")
     asked = as_request(request, options)
     if asked.over_ranks:
         from bigmodel_cli.placement.ranks import plan_ranks

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from bigmodel_cli import arguments as a
 from bigmodel_cli.devices import Device, DeviceKey, is_gpu, key_text, parse_device
 from bigmodel_cli.errors import BigmodelError
 from bigmodel_cli.formats.files import MAX_PLAN_BYTES, is_count
@@ -160,11 +161,11 @@ class Plan:
             "skipped": list(self.skipped),
         }
 
-    def save(self, path: str | Path) -> Plan:
+    def save(self, path: str | os.PathLike[str]) -> Plan:
         """Write the plan to ``path`` atomically; returns it with ``path`` set. An existing
         file is replaced only when it is an earlier plan: never a shard, a config, or
         anything else of the user's."""
-        path = Path(path)
+        path = a.file(path, "path")
         if path.is_dir():
             raise BigmodelError("is a folder; -o wants a file name such as plan.json", path)
         if path.is_symlink() or (path.exists() and not _is_plan(path)):
@@ -187,14 +188,14 @@ def _is_plan(path: Path) -> bool:
 # ---------------------------------------------------------------- reading
 
 
-def read_plan(path: str | Path) -> Plan:
+def read_plan(path: str | os.PathLike[str]) -> Plan:
     """Parse and check a plan file; every problem is a :class:`BigmodelError` naming it.
 
     >>> plan = read_plan("plan.json")  # doctest: +SKIP
     >>> plan.device_map  # doctest: +SKIP
     {'unet': 0, 'vae': 1, 'text_encoder': 1}
     """
-    path = Path(path)
+    path = a.file(path, "path")
     return plan_from_json(read_json(path, "plan", MAX_PLAN_BYTES), path)
 
 
@@ -386,5 +387,6 @@ def as_plan(plan: PlanLike) -> Plan:
         return read_plan(Path(plan))
     raise BigmodelError(
         "plan must be the path of a plan file (plan.json), its JSON document (a dict) or a "
-        f"Plan (bigmodel_cli.plan(...)), not {plan!r}"
+        f"Plan (bigmodel_cli.plan(...)), not {plan!r}",
+        argument="plan",
     )

@@ -91,9 +91,6 @@ class RankRequest:
                 f"procs_per_node plan over ranks with strategy {RANKS_STRATEGY}",
                 argument=("strategy", "nodes", "procs_per_node"),
             )
-        for name, value in (("nodes", asked.nodes), ("procs_per_node", asked.procs_per_node)):
-            if value is not None and value < 1:
-                raise UsageError(f"{name} must be at least 1, not {value}", argument=name)
         budget = rank_budget(asked.max_memory, asked.reserve)
         backend = "nccl" if budget.device == "cuda" else "gloo"
         world = World(asked.nodes or 1, asked.procs_per_node or 1, backend)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, TypedDict
 
+from bigmodel_cli import arguments as a
 from bigmodel_cli.errors import UsageError
 from bigmodel_cli.placement.strategies import RANKS_STRATEGY, STRATEGIES, default_strategy
 from bigmodel_cli.runtime.kv import AUTO, cache_dtype
@@ -101,7 +102,9 @@ class PlanRequest:
         return load_checkpoint(path, self.variant, revision=self.revision, offline=self.offline)
 
     def check(self) -> PlanRequest:
-        """The request, or a :class:`UsageError` naming the argument that cannot be."""
+        """The request, or a :class:`UsageError` naming the argument that cannot be: each
+        field's type first (the CLI's values and the API's pass here alike)."""
+        a.check_fields(self, FIELD_CHECKS)
         if self.strategy is not None and self.strategy not in STRATEGIES:
             raise UsageError(
                 f"unknown strategy {self.strategy!r}; expected one of: {', '.join(STRATEGIES)}",
@@ -115,6 +118,15 @@ class PlanRequest:
                 argument="quantize",
             )
         return self
+
+
+# Each field's type check (max_memory, reserve and dtype: checked where they are parsed).
+FIELD_CHECKS: dict[str, a.Check] = dict.fromkeys(("strategy", "variant", "revision"), a.text)
+FIELD_CHECKS |= dict.fromkeys(("quantize", "kv_dtype"), a.text)
+FIELD_CHECKS |= dict.fromkeys(("offline", "counted", "double_quant"), a.flag)
+FIELD_CHECKS |= dict.fromkeys(("no_split", "no_quantize"), a.names)
+FIELD_CHECKS |= dict.fromkeys(("nodes", "procs_per_node", "batch", "height", "width"), a.count)
+FIELD_CHECKS |= dict.fromkeys(("frames", "context", "encoder_length"), a.count)
 
 
 class PlanOptions(TypedDict, total=False):
@@ -144,12 +156,10 @@ class PlanOptions(TypedDict, total=False):
 
 
 def as_request(request: PlanRequest | None, options: PlanOptions) -> PlanRequest:
-    """``request``, or one made of ``options`` (never both); checked."""
-    if request is not None and options:
-        raise TypeError(f"give a PlanRequest or keywords, not both ({', '.join(options)})")
-    if request is None:
-        fixed: dict[str, Any] = dict(options)
-        for key in ("no_split", "no_quantize"):
-            fixed[key] = tuple(fixed.get(key) or ())
-        request = PlanRequest(**fixed)
-    return request.check()
+    """``request``, or one made of ``options`` (never both); checked. A list of names
+    becomes a tuple (a bare str is refused, not taken as its characters)."""
+    fixed = {k: a.names(v, k) if k in _NAMES else v for k, v in options.items()}
+    return a.record_or_keywords(PlanRequest, request, fixed).check()
+
+
+_NAMES = ("no_split", "no_quantize")

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from bigmodel_cli import arguments as a
 from bigmodel_cli.checkpoint import Checkpoint
 from bigmodel_cli.devices import reset_gpu_peaks
 from bigmodel_cli.errors import BigmodelError
@@ -52,6 +53,7 @@ def run_plan(
     >>> report = run_plan("sdxl/", plan="plan.json", verify=True)  # doctest: +SKIP
     """
     began = time.perf_counter()
+    a.path(source, "source")
     r = as_record(RunPlanRequest, request, options)
     the_plan = as_plan(plan)
     if the_plan.world is not None:  # a plan over ranks: run/distributed.py, under torchrun

@@ -25,6 +25,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bigmodel_cli import arguments as a
 from bigmodel_cli.checkpoint import Checkpoint, load_checkpoint
 from bigmodel_cli.checkpoint.model_index import pipeline_entries, read_model_index
 from bigmodel_cli.devices import DeviceKey, is_gpu, torch_device
@@ -128,6 +129,7 @@ def load(source: str | os.PathLike[str] | None, plan: PlanLike) -> Any:
     >>> pipe = load("sd15/", "plan.json")  # doctest: +SKIP
     >>> image = generate(pipe, "an astronaut riding a horse", steps=20)  # doctest: +SKIP
     """
+    a.path(source, "source")
     view = as_plan(plan)
     if view.world is not None:
         raise BigmodelError(
@@ -267,6 +269,7 @@ def generate(
     >>> generate(pipe, "an astronaut riding a horse", steps=20).save("out.png")  # doctest: +SKIP
     >>> generate(llama, "The capital of France is", max_new_tokens=8)  # doctest: +SKIP
     """
+    a.text(prompt, "prompt")
     r = as_record(GenerateRequest, request, options)
     if is_pipeline(obj):
         if prompt is None:

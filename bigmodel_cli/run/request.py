@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypedDict, TypeVar
 
+from bigmodel_cli import arguments as a
 from bigmodel_cli.torchrun import READERS
 
 if TYPE_CHECKING:
@@ -99,7 +100,24 @@ class GenerateOptions(TypedDict, total=False):
 
 
 def as_record(cls: type[R], request: R | None, options: Any) -> R:
-    """``request``, or a ``cls`` made of the keywords ``options`` (never both)."""
-    if request is not None and options:
-        raise TypeError(f"give a {cls.__name__} or keywords, not both ({', '.join(options)})")
-    return request if request is not None else cls(**options)
+    """``request``, or a ``cls`` made of the keywords ``options`` (never both); each field's
+    type checked (``dtype``: where it is parsed), naming the argument that is wrong."""
+    made = a.record_or_keywords(cls, request, options)
+    a.check_fields(made, _CHECKS.get(cls, {}))
+    return made
+
+
+_FLAGS = ("verify", "offline")
+_CHECKS: dict[type, dict[str, a.Check]] = {
+    RunPlanRequest: {
+        **dict.fromkeys((*_FLAGS, "forward", "require_fit", "copy"), a.flag),
+        "variant": a.text,
+    },
+    WorldRequest: {**dict.fromkeys(_FLAGS, a.flag), "variant": a.text, "reader": a.text},
+    GenerateRequest: {
+        **dict.fromkeys(("steps", "max_new_tokens"), a.whole),
+        **dict.fromkeys(("height", "width"), a.count),
+        "seed": a.seed,
+        "output_type": a.text,
+    },
+}

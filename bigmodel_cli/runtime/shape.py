@@ -30,22 +30,13 @@ class RunShape:
     kv_dtype: str = AUTO  # the KV cache's dtype (runtime.kv.KV_DTYPES)
     encoder_length: int | None = None  # an encoder-decoder's encoder tokens (default: context)
 
-    def __post_init__(self) -> None:
-        sizes = {"batch": self.batch, "height": self.height, "width": self.width}
-        sizes |= {"frames": self.frames, "context": self.context}
-        sizes |= {"encoder_length": self.encoder_length}
-        for name, value in sizes.items():
-            if value is not None and value < 1:
-                raise UsageError(
-                    f"invalid {name} {value}: expected a positive whole number", argument=name
-                )
-
     def method(self, component: str) -> str | None:
         return self.quantize.get(component)
 
 
 def parse_quantize(text: str | None, components: Sequence[str]) -> dict[str, str]:
-    """``"nf4"`` -> every component; ``"unet=int8,text_encoder=nf4"`` -> those two."""
+    """``"nf4"`` -> every component; ``"unet=int8,text_encoder=nf4"`` -> those two. The
+    sizes are checked by the request (:data:`~bigmodel_cli.arguments.MAX_COUNT`)."""
     if text is None or not text.strip():
         return {}
     entries = [e.strip() for e in text.split(",") if e.strip()]

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict
 
+from bigmodel_cli import arguments as a
 from bigmodel_cli.errors import BigmodelError, UsageError
 from bigmodel_cli.formats.json import read_json
 from bigmodel_cli.sizes import as_size
@@ -35,16 +36,19 @@ class ReadingOptions(TypedDict, total=False):
 
 
 def source_reading(options: ReadingOptions) -> SourceReading:
-    """``options`` as one record, ``config`` checked (an unknown keyword: TypeError)."""
+    """``options`` as one record, each checked (an unknown keyword: TypeError)."""
     given: dict[str, Any] = {**options, "config": checked_config(options.get("config"))}
-    return SourceReading(**given)
+    reading = SourceReading(**given)
+    a.text(reading.variant, "variant")
+    a.flag(reading.include_optimizer, "include_optimizer")
+    return reading
 
 
 def checked_config(config: str | os.PathLike[str] | None) -> Path | None:
     """``config`` when it is a readable JSON object (as ``from_pretrained`` needs)."""
     if config is None:
         return None
-    path = Path(config)
+    path = a.file(config, "config")
     try:
         read_json(path, "config")
     except BigmodelError as error:

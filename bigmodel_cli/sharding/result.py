@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bigmodel_cli import arguments as a
 from bigmodel_cli.checkpoint import load_checkpoint
 from bigmodel_cli.progress import Progress, shown
 from bigmodel_cli.sharding.output import AtomicFolder, check_output, default_output
@@ -49,6 +50,9 @@ def write_checkpoint(
     """Plan and write ``source``, read as ``reading`` says, into ``output`` (``mode``: shard
     at ``limit``, or merge; ``dtype``: as :func:`~bigmodel_cli.sizes.as_target_dtype` takes it)."""
     started = time.perf_counter()
+    a.path(source, "source")
+    a.path(output, "output")
+    a.flag(force, "force")
     target = as_target_dtype(dtype)
     src = None if source is None else os.fspath(source)
     ckpt = load_checkpoint(  # the bytes, not a header mirror
