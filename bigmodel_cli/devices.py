@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TypeGuard
 
 from bigmodel_cli.errors import UsageError
-from bigmodel_cli.sizes import parse_size
+from bigmodel_cli.sizes import MAX_SIZE, parse_size
 
 DeviceKey = int | str  # a GPU index, "cpu" or "disk"
 HOSTS = ("cpu", "disk")
@@ -156,7 +156,7 @@ def _dict_entry(name: object, budget: object) -> tuple[DeviceKey, int | None]:
         return key, None
     if isinstance(budget, str):
         return key, parse_size(budget, f"max_memory size for {key}", "max_memory")
-    if isinstance(budget, int) and not isinstance(budget, bool) and budget >= 0:
+    if isinstance(budget, int) and not isinstance(budget, bool) and 0 <= budget <= MAX_SIZE:
         return key, budget
     raise UsageError(
         f"invalid max_memory budget {budget!r} for {key}: expected bytes (int) or a size "
@@ -189,7 +189,7 @@ def parse_reserve(text: str | int | None) -> Reserve:
     GPU."""
     if text is None:
         return Reserve()
-    if isinstance(text, int) and not isinstance(text, bool) and text >= 0:
+    if isinstance(text, int) and not isinstance(text, bool) and 0 <= text <= MAX_SIZE:
         return Reserve(nbytes=text)
     if not isinstance(text, str):
         raise UsageError(

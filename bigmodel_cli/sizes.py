@@ -24,6 +24,7 @@ _UNITS = {
     "gib": 2**30,
     "tib": 2**40,
 }
+MAX_SIZE = 2**63 - 1  # bytes: what an off_t holds; a size past it is no real device or file
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*$", re.IGNORECASE | re.ASCII)
 
 
@@ -42,14 +43,21 @@ def parse_size(text: str, what: str = "size", argument: str | None = None) -> in
         value = Decimal(match.group(1)) * _UNITS[unit]
     except InvalidOperation as exc:  # pragma: no cover - the regex admits only numbers
         raise UsageError(f"invalid {what} {text!r}", argument=argument) from exc
-    return int(value)
+    return _bounded(int(value), what, argument)
+
+
+def _bounded(n: int, what: str, argument: str | None) -> int:
+    """``n`` when no machine could be refused it: at most 2**63 - 1 bytes."""
+    if n > MAX_SIZE:
+        raise UsageError(f"invalid {what} {n}: more than {MAX_SIZE} bytes", argument=argument)
+    return n
 
 
 def as_size(value: int | str, argument: str) -> int:
     """A size argument as the ecosystem writes it: bytes (``5_000_000_000``) or a string
     (``"5GB"``, ``"500MiB"``), as ``save_pretrained(max_shard_size=...)`` takes it."""
     if isinstance(value, int) and not isinstance(value, bool):
-        return value
+        return _bounded(value, argument, argument)
     if isinstance(value, str):
         return parse_size(value, argument, argument)
     raise UsageError(

@@ -1,13 +1,17 @@
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from bigmodel_cli.cli import as_flags
+from bigmodel_cli.devices import parse_max_memory, parse_reserve
 from bigmodel_cli.errors import UsageError
 from bigmodel_cli.sizes import (
     DTYPES,
+    as_size,
     bytes_at,
     cast_to,
     format_size,
@@ -134,3 +138,19 @@ def test_a_cast_changes_floating_tensors_only_as_torch_would(code: str) -> None:
         assert (found == target) == (dtype.is_floating_point or DTYPES[code] == target)
     assert cast_to(DTYPES[code], None) == DTYPES[code]
     assert bytes_at(DTYPES[code], 8, target) == found.nbytes(8)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: as_size(10**40, "max_shard_size"),
+        lambda: parse_size("99999999999999999999999GB", "max_shard_size", "max_shard_size"),
+        lambda: parse_max_memory({"cpu": 10**40}),
+        lambda: parse_max_memory("cpu=10000000000000000000000000TB"),
+        lambda: parse_reserve(10**40),
+    ],
+)
+def test_a_size_past_what_any_file_or_device_holds_is_refused(call: Any) -> None:
+    with pytest.raises(UsageError):
+        call()
+    assert as_size(2**63 - 1, "max_shard_size") == 2**63 - 1
