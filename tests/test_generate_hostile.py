@@ -37,6 +37,10 @@ def _wait_for(path: Path, proc: subprocess.Popen[str], timeout: float = 300) -> 
 def test_sigint_right_after_the_image_exits_130_and_leaves_no_offload_folder(
     tmp_path: Path,
 ) -> None:
+    """SIGINT a moment after the image appears: exit 130, no traceback, no offload folder,
+    no temporary name. A run that ends before the signal lands (exit 0, on a busy machine)
+    must leave nothing either; then it is tried again, up to three times, and one must be
+    caught."""
     plan = _disk_plan(tmp_path)
     temp = tmp_path / "tmp"
     temp.mkdir()
@@ -44,25 +48,30 @@ def test_sigint_right_after_the_image_exits_130_and_leaves_no_offload_folder(
     image.parent.mkdir()
     env = {**os.environ, "TMPDIR": str(temp), "OMP_NUM_THREADS": "1"}
     cmd = [*map(str, BIGMODEL), "run", str(PIPE), "--plan", str(plan), "--generate", "a cat"]
-    proc = subprocess.Popen(
-        [*cmd, *QUICK, "-o", str(image)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        _wait_for(image, proc)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 130, err
-    assert "Exception ignored" not in err and "Traceback" not in err, err
-    assert list(temp.glob("bigmodel-offload-*")) == []
-    assert [p.name for p in image.parent.iterdir()] == ["cat.png"]  # no temporary name left
+    for _ in range(3):
+        image.unlink(missing_ok=True)
+        proc = subprocess.Popen(
+            [*cmd, *QUICK, "-o", str(image)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            _wait_for(image, proc)
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert "Exception ignored" not in err and "Traceback" not in err, err
+        assert list(temp.glob("bigmodel-offload-*")) == []
+        assert [p.name for p in image.parent.iterdir()] == ["cat.png"]  # no temporary name
+        if proc.returncode != 0:
+            assert proc.returncode == 130, err
+            return
+    pytest.fail("the run ended before the signal three times")
 
 
 def test_a_failed_image_write_leaves_the_old_file_and_no_temporary_file(tmp_path: Path) -> None:
