@@ -83,10 +83,31 @@ def names(value: Any, name: str) -> tuple[str, ...]:
 
 
 def path(value: Any, name: str) -> str | os.PathLike[str] | None:
-    """None, or a path: a str or an ``os.PathLike`` (``pathlib.Path``)."""
-    if value is not None and not isinstance(value, str | os.PathLike):
-        raise _refuse(name, value, PATH)
+    """None, or a path: a str or an ``os.PathLike`` (``pathlib.Path``) that the system
+    can take (no NUL byte, no lone surrogate)."""
+    if value is None:
+        return None
+    try:
+        usable = isinstance(value, str | os.PathLike) and b"\0" not in os.fsencode(value)
+    except (TypeError, UnicodeEncodeError):
+        usable = False
+    if not usable:
+        raise _refuse(name, value, PATH + " without NUL bytes or lone surrogates")
     return value
+
+
+def progress(value: Any, name: str) -> Any:
+    """None, or a progress bar: an object with ``start(total, description)`` and
+    ``advance(nbytes)`` (:class:`bigmodel_cli.progress.Progress`)."""
+    if value is not None and not all(callable(getattr(value, m, None)) for m in PROGRESS):
+        raise TypeError(
+            f"{name} must be a progress bar (with start(total, description) and "
+            f"advance(nbytes) methods) or None, not {value!r}"
+        )
+    return value
+
+
+PROGRESS = ("start", "advance")
 
 
 def file(value: Any, name: str) -> Path:

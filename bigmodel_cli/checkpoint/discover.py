@@ -156,6 +156,8 @@ def _sharded(folder: Path, name: str, index_path: Path, fmt: Format) -> Componen
     metadata: dict[str, str] | None = None
     owner: dict[str, str] = {}
     files = sorted((safe_member(folder, f, index_path) for f in index.files), key=lambda p: p.name)
+    if not files:
+        raise BigmodelError("index maps no tensor to a file (its weight_map is empty)", index_path)
     for path in files:
         if not path.is_file():
             raise BigmodelError(f"index names {path.name!r}, which does not exist", index_path)

@@ -30,6 +30,7 @@ from bigmodel_cli.checkpoint.discover import read_path
 from bigmodel_cli.checkpoint.names import hf_cache_folder
 from bigmodel_cli.checkpoint.training import read_training_path
 from bigmodel_cli.errors import BigmodelError
+from bigmodel_cli.formats.files import path_errors
 
 if TYPE_CHECKING:
     from bigmodel_cli.checkpoint.hub import Mirror
@@ -63,13 +64,14 @@ def load_checkpoint(
     a.text(revision, "revision")
     a.flag(offline, "offline")
     a.flag(include_optimizer, "include_optimizer")
-    if is_repo_id(source):
-        return _from_repo(str(source), variant, revision, offline, remote)
-    path = Path(source) if source is not None else Path.cwd()
-    training = read_training_path(path, include_optimizer)
-    if training is not None:
-        return training
-    return read_path(path, path.resolve().name or "model", variant)
+    with path_errors(source):
+        if is_repo_id(source):
+            return _from_repo(str(source), variant, revision, offline, remote)
+        path = Path(source) if source is not None else Path.cwd()
+        training = read_training_path(path, include_optimizer)
+        if training is not None:
+            return training
+        return read_path(path, path.resolve().name or "model", variant)
 
 
 @contextmanager

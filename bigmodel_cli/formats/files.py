@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeGuard
 
@@ -154,3 +156,25 @@ def is_regular_or_absent(path: Path) -> bool:
         return stat.S_ISREG(os.lstat(path).st_mode)
     except FileNotFoundError:
         return True
+
+
+@contextmanager
+def path_errors(path: str | os.PathLike[str] | None) -> Iterator[None]:
+    """What the system refuses of a path given from outside (a name part over 255 bytes,
+    a link loop, a file where a folder should be, a NUL byte) as one :class:`BigmodelError`
+    naming ``path``, where the path is first used; anything else passes on."""
+    where = None if path is None else Path(path)
+    try:
+        yield
+    except OSError as exc:
+        raise BigmodelError(f"cannot use this path ({exc.strerror or exc})", where) from None
+    except RuntimeError as exc:
+        if "symlink loop" not in str(exc).lower():
+            raise
+        raise BigmodelError("cannot use this path (a symlink loop)", where) from None
+    except ValueError as exc:
+        if "null byte" not in str(exc) and "surrogate" not in str(exc):
+            raise
+        raise BigmodelError(
+            "cannot use this path (a NUL byte or an invalid character)", where
+        ) from None

@@ -17,7 +17,7 @@ from typing import Any
 from bigmodel_cli import arguments as a
 from bigmodel_cli.devices import Device, DeviceKey, is_gpu, key_text, parse_device
 from bigmodel_cli.errors import BigmodelError
-from bigmodel_cli.formats.files import MAX_PLAN_BYTES, is_count
+from bigmodel_cli.formats.files import MAX_PLAN_BYTES, is_count, path_errors
 from bigmodel_cli.formats.json import read_json, write_json_atomically
 from bigmodel_cli.placement.items import SPLIT
 from bigmodel_cli.placement.needs import Needs, needs_from_json, run_from_json, run_json
@@ -166,14 +166,16 @@ class Plan:
         file is replaced only when it is an earlier plan: never a shard, a config, or
         anything else of the user's."""
         path = a.file(path, "path")
-        if path.is_dir():
-            raise BigmodelError("is a folder; -o wants a file name such as plan.json", path)
-        if path.is_symlink() or (path.exists() and not _is_plan(path)):
-            raise BigmodelError(
-                "exists and is not a bigmodel plan; refusing to overwrite it (choose another -o)",
-                path,
-            )
-        write_json_atomically(path, self.to_json())
+        with path_errors(path):
+            if path.is_dir():
+                raise BigmodelError("is a folder; -o wants a file name such as plan.json", path)
+            if path.is_symlink() or (path.exists() and not _is_plan(path)):
+                raise BigmodelError(
+                    "exists and is not a bigmodel plan; refusing to overwrite it "
+                    "(choose another -o)",
+                    path,
+                )
+            write_json_atomically(path, self.to_json())
         return replace(self, path=path)
 
 

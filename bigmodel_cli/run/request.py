@@ -112,8 +112,14 @@ _CHECKS: dict[type, dict[str, a.Check]] = {
     RunPlanRequest: {
         **dict.fromkeys((*_FLAGS, "forward", "require_fit", "copy"), a.flag),
         "variant": a.text,
+        "progress": a.progress,
     },
-    WorldRequest: {**dict.fromkeys(_FLAGS, a.flag), "variant": a.text, "reader": a.text},
+    WorldRequest: {
+        **dict.fromkeys(_FLAGS, a.flag),
+        "variant": a.text,
+        "reader": a.text,
+        "progress": a.progress,
+    },
     GenerateRequest: {
         **dict.fromkeys(("steps", "max_new_tokens"), a.whole),
         **dict.fromkeys(("height", "width"), a.count),

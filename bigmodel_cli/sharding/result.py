@@ -53,6 +53,7 @@ def write_checkpoint(
     a.path(source, "source")
     a.path(output, "output")
     a.flag(force, "force")
+    a.progress(progress, "progress")
     target = as_target_dtype(dtype)
     src = None if source is None else os.fspath(source)
     ckpt = load_checkpoint(  # the bytes, not a header mirror
