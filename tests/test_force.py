@@ -67,7 +67,9 @@ def test_force_replaces_an_earlier_output_and_an_empty_folder(tmp_path: Path) ->
     assert (out / "model.safetensors").is_file()
 
 
-@pytest.mark.parametrize("bait", ["empty .bin", "empty model_index.json", "link to /etc/passwd"])
+@pytest.mark.parametrize(
+    "bait", ["empty .bin", "empty model_index.json", "link to /etc/passwd", "weights in a repo"]
+)
 def test_force_refuses_someones_files_beside_a_weights_like_name(tmp_path: Path, bait: str) -> None:
     """One file with a checkpoint's name does not make a checkpoint: the folder must read
     as one (valid headers, complete index, no link leading out)."""
@@ -76,8 +78,12 @@ def test_force_refuses_someones_files_beside_a_weights_like_name(tmp_path: Path,
         (out / "old.bin").write_bytes(b"")
     elif bait == "empty model_index.json":
         (out / "model_index.json").write_text("{}")
-    else:
+    elif bait == "link to /etc/passwd":
         (out / "model.safetensors").symlink_to("/etc/passwd")
+    else:  # a project under git that holds a valid checkpoint: not replaced whole
+        (out / ".git").mkdir()
+        (out / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+        shutil.copy(SOURCE, out / "model.safetensors")
     before = tree_hash(out)
     result = run_cli("shard", SOURCE, "-o", out, "--force")
     assert_one_line_error(result, 2, str(out), "holds no checkpoint")
@@ -91,3 +97,17 @@ def test_force_replaces_a_checkpoint_of_another_variant(tmp_path: Path) -> None:
     weights.rename(out / "diffusion_pytorch_model.fp16.safetensors")
     assert run_cli("shard", SOURCE, "-o", out, "--force").code == 0
     assert sorted(p.name for p in out.iterdir()) == ["model.safetensors"]
+
+
+def test_force_never_unpickles_what_is_in_out(tmp_path: Path) -> None:
+    """A .bin in OUT is not this tool's (it writes safetensors) and is not read: reading it
+    would import torch and load the whole pickle, three times, to decide."""
+    import torch
+
+    out = tmp_path / "out"
+    out.mkdir()
+    torch.save({"w": torch.zeros(4)}, out / "pytorch_model.bin")
+    before = tree_hash(out)
+    result = run_cli("merge", SOURCE, "-o", out, "--force")
+    assert_one_line_error(result, 2, "pytorch_model.bin", "pickle weights")
+    assert tree_hash(out) == before

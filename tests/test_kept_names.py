@@ -68,6 +68,7 @@ POISONS: dict[str, Any] = {
     "built takes nothing": lambda d: d | {"built": dict.fromkeys(d["built"])},
     "tied outside the model": lambda d: d | {"tied": [["nope", d["params"][0]]]},
     "no_split outside the model": lambda d: d | {"no_split": ["nope"]},
+    "a name 30,000 parts deep": lambda d: d | {"params": [*d["params"], "a." * 30_000 + "w"]},
 }
 
 

@@ -28,6 +28,7 @@ from bigmodel_cli.runtime.trace_cache import (
 )
 
 KIND = "names"
+LONGEST_NAME, DEEPEST_NAME = 1000, 64  # a parameter's name: characters, dotted parts
 
 
 def names_key(class_name: str | None, config: Mapping[str, Any], stored: Sequence[str]) -> str:
@@ -112,6 +113,8 @@ def names_problem(doc: Mapping[str, Any], stored: Sequence[str]) -> str | None:
 def _inconsistency(
     params: list[str], built: dict[str, Any], tied: list[list[str]], no_split: list[str]
 ) -> str | None:
+    if any(len(p) > LONGEST_NAME or p.count(".") > DEEPEST_NAME for p in params):
+        return "params names a parameter longer or deeper than any model's"
     known = set(params)
     modules = {p.rsplit(".", i)[0] for p in params for i in range(1, p.count(".") + 1)}
     if len(known) != len(params):

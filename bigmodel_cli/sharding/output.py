@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 from bigmodel_cli.checkpoint.names import variant_of
 from bigmodel_cli.errors import BigmodelError, UsageError
 from bigmodel_cli.formats import FORMATS
+from bigmodel_cli.formats.pickle import PICKLE
 
 if TYPE_CHECKING:
     from bigmodel_cli.checkpoint import Checkpoint
@@ -94,11 +95,18 @@ def replaceable(out: Path) -> str | None:
 
 
 def _not_a_checkpoint(folder: Path) -> str | None:
-    """Why ``folder`` does not read as a checkpoint or pipeline, in any variant its weights
-    carry, or None when it does."""
+    """Why ``folder`` does not read as a checkpoint or pipeline of the kind this tool
+    writes (safetensors, in any variant its weights carry), or None when it does. A git
+    repository, or pickle weights (which this tool never writes, and which would need torch
+    to read), are refused before anything is read."""
     from bigmodel_cli.checkpoint.discover import read_path  # reads headers: only for --force
 
     files = [p.name for p in folder.iterdir()] + [p.name for p in folder.glob("*/*")]
+    if ".git" in files:
+        return "a git repository"
+    pickles = [n for n in files if n.endswith(PICKLE.suffixes)]
+    if pickles:
+        return f"{pickles[0]}: pickle weights, which this tool never writes"
     variants = {variant_of(n, s) for n in files for s in WEIGHT_SUFFIXES if n.endswith(s)}
     first = None
     for variant in [None, *sorted(v for v in variants if v is not None)]:
