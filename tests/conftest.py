@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
@@ -47,3 +48,11 @@ def _own_trace_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cache), so a test that expects a trace gets one, not an earlier test's result."""
     monkeypatch.setenv("BIGMODEL_TRACES", str(tmp_path / "traces"))
     monkeypatch.setenv("BIGMODEL_NAMES", str(tmp_path / "names"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A shell's background job (`make test &`, `nohup ... &`) starts with SIGINT ignored,
+    and so would every process a test starts: the tests that interrupt a run with SIGINT
+    need it delivered. Python's own handler here makes the children start with the default."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
