@@ -3,7 +3,7 @@
 Each check takes the value and the argument's name as the API spells it, returns the
 value (a sequence of names as a tuple) or raises a :class:`UsageError` naming the argument
 and what it accepts, so that the CLI's ``as_flags`` writes it as the flag. bools are real
-bools, counts real ints (not bools, not floats) within :data:`MAX_COUNT`, text real str,
+bools, counts real ints (not bools, not floats) within :data:`MAX_RUN_COUNT`, text real str,
 names a list or tuple of str (a bare str is refused: it is not a list of its characters).
 Pure functions.
 """
@@ -20,7 +20,7 @@ from bigmodel_cli.errors import UsageError
 # A run's dimension (batch, pixels, frames, tokens), a step count or a rank count larger
 # than this (2**31 - 1, a C int's largest value) is no real run: refused, the CLI's flags
 # and the API's keywords alike (both pass PlanRequest.check).
-MAX_COUNT = 2**31 - 1
+MAX_RUN_COUNT = 2**31 - 1
 
 PATH = "a path (str or pathlib.Path)"
 Check = Callable[[Any, str], Any]
@@ -39,10 +39,10 @@ def flag(value: Any, name: str) -> bool:
 
 
 def count(value: Any, name: str, least: int = 1) -> int | None:
-    """None, or a whole number (an int, not a bool) from ``least`` to :data:`MAX_COUNT`."""
+    """None, or a whole number (an int, not a bool) from ``least`` to :data:`MAX_RUN_COUNT`."""
     if value is None:
         return None
-    if not isinstance(value, int) or isinstance(value, bool) or not least <= value <= MAX_COUNT:
+    if not isinstance(value, int) or isinstance(value, bool) or not least <= value <= MAX_RUN_COUNT:
         raise _refuse(name, value, _whole(least))
     return value
 
@@ -56,7 +56,7 @@ def whole(value: Any, name: str) -> int:
 
 
 def _whole(least: int) -> str:
-    return f"at least {least} and at most {MAX_COUNT}, a whole number (int)"
+    return f"at least {least} and at most {MAX_RUN_COUNT}, a whole number (int)"
 
 
 def seed(value: Any, name: str) -> int:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 import bigmodel_cli as bm
-from bigmodel_cli.arguments import MAX_COUNT
+from bigmodel_cli.arguments import MAX_RUN_COUNT
 from bigmodel_cli.errors import BigmodelError
 from tests.helpers import FIXTURES
 from tests.helpers.cli import run_cli
@@ -23,7 +23,7 @@ SINGLE = FIXTURES / "single.safetensors"
 LLAMA = FIXTURES / "tiny-llama"
 BUDGET = "cpu=1GB"
 FLAG = "must be True or False"
-COUNT = f"must be at least 1 and at most {MAX_COUNT}, a whole number"
+COUNT = f"must be at least 1 and at most {MAX_RUN_COUNT}, a whole number"
 TEXT = "must be a str"
 PATH = r"must be a path \(str or pathlib.Path\)"
 NAMES = r"must be a list of names \(str\)"
@@ -40,7 +40,7 @@ PLAN_WRONG: list[tuple[str, Any, str]] = [
     ("context", 0, COUNT),
     ("batch", 1.5, COUNT),
     ("height", 10**30, COUNT),
-    ("width", MAX_COUNT + 1, COUNT),
+    ("width", MAX_RUN_COUNT + 1, COUNT),
     ("frames", "8", COUNT),
     ("encoder_length", -1, COUNT),
     ("offline", "yes", FLAG),
@@ -92,8 +92,10 @@ def test_a_float_context_never_reaches_a_saved_plan(tmp_path: Path) -> None:
 
 
 def test_the_accepted_forms_of_names_and_counts_still_plan() -> None:
-    by_list = bm.plan(LLAMA, max_memory=BUDGET, no_split=["model.layers.0"], context=MAX_COUNT)
-    by_tuple = bm.plan(LLAMA, max_memory=BUDGET, no_split=("model.layers.0",), context=MAX_COUNT)
+    by_list = bm.plan(LLAMA, max_memory=BUDGET, no_split=["model.layers.0"], context=MAX_RUN_COUNT)
+    by_tuple = bm.plan(
+        LLAMA, max_memory=BUDGET, no_split=("model.layers.0",), context=MAX_RUN_COUNT
+    )
     assert by_list.to_json() == by_tuple.to_json()
 
 

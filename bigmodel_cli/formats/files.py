@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeGuard
 
 from bigmodel_cli.errors import BigmodelError
+from bigmodel_cli.sizes import MAX_SIZE
 
 MAX_HEADER_BYTES = 100_000_000  # a safetensors header's JSON (the spec's 100 MB)
 MAX_INDEX_BYTES = 100_000_000  # a *.safetensors.index.json
@@ -26,18 +27,16 @@ MAX_JSON_BYTES = 10_000_000  # any other small JSON file: config.json, model_ind
 MAX_DCP_METADATA_BYTES = 1 << 30  # a DCP .metadata: a million tensors' chunks stay far below
 MAX_TAG_BYTES = 4096  # DeepSpeed's `latest` file: one folder name
 
-MAX_COUNT = 2**63 - 1  # a count read from a file: no file, tensor or device holds more bytes
-
 _READ = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY", 0)
 
 
 def is_count(value: Any, positive: bool = False) -> TypeGuard[int]:
     """An int that is not a bool, at least 0 (1 when ``positive``) and at most
-    :data:`MAX_COUNT`: a byte count, an index or a size read from a file."""
+    :data:`~bigmodel_cli.sizes.MAX_SIZE`: a byte count, an index or a size read from a file."""
     return (
         isinstance(value, int)
         and not isinstance(value, bool)
-        and int(positive) <= value <= MAX_COUNT
+        and int(positive) <= value <= MAX_SIZE
     )
 
 

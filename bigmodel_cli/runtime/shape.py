@@ -36,7 +36,7 @@ class RunShape:
 
 def parse_quantize(text: str | None, components: Sequence[str]) -> dict[str, str]:
     """``"nf4"`` -> every component; ``"unet=int8,text_encoder=nf4"`` -> those two. The
-    sizes are checked by the request (:data:`~bigmodel_cli.arguments.MAX_COUNT`)."""
+    sizes are checked by the request (:data:`~bigmodel_cli.arguments.MAX_RUN_COUNT`)."""
     if text is None or not text.strip():
         return {}
     entries = [e.strip() for e in text.split(",") if e.strip()]
