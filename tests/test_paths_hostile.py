@@ -91,3 +91,22 @@ def test_a_progress_that_is_no_progress_bar_is_named(call: Any, tmp_path: Path) 
     with pytest.raises(TypeError, match="^progress must be a progress bar"):
         call(tmp_path)
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("where", ["under a file", "in a loop", "too long"])
+def test_the_one_atomic_writer_names_a_path_no_file_can_have(
+    where: str, loop: Path, tmp_path: Path
+) -> None:
+    """Plans, images and kept files are written by write_atomically: its checks of the
+    path end in one error naming it, whoever calls it."""
+    from bigmodel_cli.errors import BigmodelError
+    from bigmodel_cli.formats.json import write_json_atomically
+
+    (tmp_path / "file").write_text("")
+    path = {
+        "under a file": tmp_path / "file" / "x.json",
+        "in a loop": loop / "x.json",
+        "too long": tmp_path / f"{LONG}.json",
+    }[where]
+    with pytest.raises(BigmodelError, match="cannot use this path"):
+        write_json_atomically(path, {})

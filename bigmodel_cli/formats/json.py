@@ -10,7 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from bigmodel_cli.errors import BigmodelError
-from bigmodel_cli.formats.files import MAX_JSON_BYTES, is_regular_or_absent, read_small_file
+from bigmodel_cli.formats.files import (
+    MAX_JSON_BYTES,
+    is_regular_or_absent,
+    path_errors,
+    read_small_file,
+)
 
 
 def _reject_constant(value: str) -> Any:
@@ -92,12 +97,13 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
     import tempfile
 
     folder = path.parent if str(path.parent) else Path(".")
-    if path.is_dir():
-        raise BigmodelError("is a folder; give a file name", path)
-    if not is_regular_or_absent(path):
-        raise BigmodelError("exists and is not a regular file; refusing to replace it", path)
-    if not folder.is_dir():
-        raise BigmodelError("folder does not exist", folder)
+    with path_errors(path):  # a name too long, a link loop, a file where a folder should be
+        if path.is_dir():
+            raise BigmodelError("is a folder; give a file name", path)
+        if not is_regular_or_absent(path):
+            raise BigmodelError("exists and is not a regular file; refusing to replace it", path)
+        if not folder.is_dir():
+            raise BigmodelError("folder does not exist", folder)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=folder)
     except OSError as exc:  # a read-only file system, /proc, no permission

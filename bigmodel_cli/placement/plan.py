@@ -175,7 +175,7 @@ class Plan:
                     "(choose another -o)",
                     path,
                 )
-            write_json_atomically(path, self.to_json())
+        write_json_atomically(path, self.to_json())
         return replace(self, path=path)
 
 
