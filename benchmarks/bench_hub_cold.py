@@ -86,10 +86,12 @@ def summary(runs: list[Measured]) -> tuple[float, float, float, int]:
     return statistics.median(times), min(times), cpu, max(m.peak_rss for m in runs)
 
 
-def row(latency: float, label: str, runs: list[Measured], base: float, target: str) -> str:
+def row(
+    latency: float, label: str, runs: list[Measured], base: float | None, target: str = ""
+) -> str:
+    """A table row; ``base``: the baseline's wall time (None: this row is the baseline)."""
     wall, best, cpu, rss = summary(runs)
-    ratio = "baseline" if not target else f"{wall / base:.2f}x"
-    target = "" if target == "none" else target
+    ratio = "baseline" if base is None else f"{wall / base:.2f}x"
     return (
         f"| {latency * 1000:.0f} ms | {label} | {wall:.2f} s ({best:.2f}) | {ratio} "
         f"| {cpu:.2f} s | {rss / 1e6:.0f} MB | {target} |"
@@ -113,7 +115,7 @@ def main() -> int:
                 base, wall = summary(theirs)[0], summary(ours)[0]
                 met = wall <= most * base
                 ok &= met
-                rows.append(row(latency, "hf-mem 0.5.6", theirs, base, ""))
+                rows.append(row(latency, "hf-mem 0.5.6", theirs, None))
                 verdict = f"<= {most}x: {'met' if met else 'MISSED'}"
                 rows.append(row(latency, "bigmodel plan, cold", ours, base, verdict))
                 if latency:
@@ -124,7 +126,7 @@ def main() -> int:
                     measure(PLAN_SPLIT, env | {"HF_HOME": str(tmp / f"split-{latency:g}-{i}")})
                     for i in range(3)
                 ]
-                rows.append(row(latency, "bigmodel plan, cold, split", split, base, "none"))
+                rows.append(row(latency, "bigmodel plan, cold, split", split, base))
     print(
         f"\n### cold plan of a {SHARDS}-file Hub repo against hf-mem, same local Hub "
         f"(median of {RUNS} in turns, best in brackets)\n"
