@@ -56,7 +56,7 @@ def test_kept_traces_spare_the_library_import() -> None:
     assert run_subprocess(*ARGS).code == 0  # BIGMODEL_TRACES: this test's own folder
     result, imported = run_counting_imports(*ARGS)
     assert result.code == 0, result.stderr[-2000:]
-    assert "bigmodel_cli.runtime.trace_cache" in imported  # the list saw this run's imports
+    assert "bigmodel_cli.runtime.kept" in imported  # the list saw this run's imports
     assert "torch" not in imported and "diffusers" not in imported
 
 
@@ -87,7 +87,7 @@ def _poison(path: Path, poison: str) -> None:
 
 @pytest.mark.parametrize("poison", sorted(POISONS))
 def test_a_poisoned_trace_is_passed_over(tmp_path: Path, poison: str) -> None:
-    from bigmodel_cli.runtime.trace_cache import load_trace, save_trace
+    from bigmodel_cli.runtime.kept import load_trace, save_trace
 
     save_trace("k", {"activations": 10, "keep": [], "inputs": {"sample": [1, 4]}, "note": None})
     assert load_trace("k") == (

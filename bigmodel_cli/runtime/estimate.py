@@ -17,11 +17,11 @@ from bigmodel_cli.checkpoint import Checkpoint, Component
 from bigmodel_cli.checkpoint.model_index import read_model_index
 from bigmodel_cli.formats.json import read_config
 from bigmodel_cli.runtime.inputs import LIBRARIES, Model, Resolved, Shape, input_shapes, resolve
+from bigmodel_cli.runtime.kept import load_trace, save_trace, trace_key
 from bigmodel_cli.runtime.kv import KVCache, Tokens, cache_dtype, kv_cache
 from bigmodel_cli.runtime.library import library_config
 from bigmodel_cli.runtime.quantize import HEADS, Tensor, weight_sizes
 from bigmodel_cli.runtime.shape import RunShape
-from bigmodel_cli.runtime.trace_cache import load_trace, save_trace, trace_key
 from bigmodel_cli.runtime.tracing import Job, Traced, from_doc, to_doc, trace_all
 from bigmodel_cli.sizes import DTYPES, DType
 
@@ -140,7 +140,7 @@ def _traced(
     ckpt: Checkpoint, models: Mapping[str, Model], run: Resolved, target: DType | None
 ) -> dict[str, Traced]:
     """Each component built (and traced), or what an earlier run found
-    (:mod:`.trace_cache`); without its library or class, a note saying so. The traces
+    (:mod:`.kept`); without its library or class, a note saying so. The traces
     not kept run together (:func:`.tracing.trace_all`)."""
     found: dict[str, Traced] = {}
     todo: dict[str, tuple[str, Job]] = {}

@@ -5,7 +5,7 @@ imports torch and transformers and builds the model on the meta device: seconds,
 answer that depends only on the class, the config, the stored names and the versions of
 the code involved. It is kept as a JSON file under ``$HF_HOME/bigmodel/names/`` (or
 ``$BIGMODEL_NAMES``) named by a hash of all of those, beside the kept traces
-(:mod:`.trace_cache`). A kept file is checked on read (a regular JSON file, every field of
+(:mod:`.kept`). A kept file is checked on read (a regular JSON file, every field of
 the right type, its stored names exactly the ones asked about, every built name one of the
 model's): a damaged one is asked again, and the plan says so.
 """
@@ -19,7 +19,7 @@ from typing import Any
 
 from bigmodel_cli.checkpoint.built_names import BuiltNames
 from bigmodel_cli.formats.files import MAX_INDEX_BYTES
-from bigmodel_cli.runtime.trace_cache import (
+from bigmodel_cli.runtime.kept import (
     SCHEMA,
     installed_version,
     kept_key,

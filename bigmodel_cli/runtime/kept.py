@@ -1,6 +1,6 @@
-"""Traces kept on disk, so that planning the same model at the same shape again is fast
-(and, through the same :func:`load_kept` / :func:`save_kept`, the names a library builds:
-:mod:`bigmodel_cli.runtime.kept_names`).
+"""What the libraries answered, kept on disk (:func:`load_kept` / :func:`save_kept`, checked
+on read): the traces here, so that planning the same model at the same shape again is
+fast, and the names a library builds (:mod:`bigmodel_cli.runtime.kept_names`).
 
 Building a component on the meta device and tracing one forward pass costs seconds, most
 of it importing diffusers / transformers and torch. What it finds depends only on the
